@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` (the whole pipeline on the tiny model and bundled synthetic data)
+# and `make test`. Both create the CPU virtual environment on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-done
+
+.PHONY: setup demo test test-fast clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e '.[cpu,test]'
+	# torchaudio/torchcodec arrive as CUDA builds that break imports beside the CPU torch; nothing here uses them.
+	$(PY) -m pip uninstall -y -q torchaudio torchcodec || true
+	$(PY) -m medvlthinker.compat.torchvision_ops
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m medvlthinker.demo
+
+test: setup
+	$(PY) -m pytest tests -q --timeout=900 -x --durations=15
+
+test-fast: setup
+	$(PY) -m pytest tests -q -m "not vllm and not slow"
+
+clean-cache:
+	rm -rf .cache

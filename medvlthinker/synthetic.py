@@ -1,0 +1,200 @@
+"""Deterministic synthetic data in the unified schema, for the demo and the tests.
+
+The questions are answerable from the picture (colour and shape of drawn figures) or, for text-only rows, from the
+question itself (small arithmetic), so a model can in principle learn them; each row carries a short reasoning so
+the SFT converter has targets. The same seed always gives the same rows, images included (PNG bytes are stable).
+
+The benchmark names and option counts mirror the real evaluation set (PROTOCOL.md section 5): PMC-VQA has 4
+options, MedXpertQA-MM 5, the closed PathVQA/SLAKE/VQA-RAD questions are yes/no, MMMU and MedXpertQA have
+multi-image rows, and SLAKE/VQA-RAD/PathVQA reuse one image for several questions (``misc.image_id``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (230, 210, 40),
+    "purple": (140, 50, 170),
+}
+SHAPES = ("circle", "square", "triangle")
+LETTERS = "ABCDE"
+
+# dataset_name -> (number of options, images per row, rows sharing one image)
+EVAL_BENCHMARKS: dict[str, tuple[int, int, int]] = {
+    "pmc_vqa": (4, 1, 1),
+    "MMMU-medical": (4, 2, 1),
+    "MedXpertQA-MM": (5, 2, 1),
+    "pathvqa_closed": (2, 1, 2),
+    "slake_closed": (2, 1, 2),
+    "vqa_rad_closed": (2, 1, 2),
+}
+
+
+def draw_image(colour: str, shape: str, size: tuple[int, int], seed: int) -> Image.Image:
+    """One figure of the given colour and shape on a noisy grey background."""
+    rng = random.Random(seed)
+    w, h = size
+    img = Image.new("RGB", size, (rng.randint(90, 160),) * 3)
+    draw = ImageDraw.Draw(img)
+    m = min(w, h)
+    r = rng.randint(m // 5, m // 3)
+    cx, cy = rng.randint(r, w - r), rng.randint(r, h - r)
+    fill = COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return img
+
+
+def image_to_png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _options_with_answer(rng: random.Random, correct: str, pool: list[str], n: int) -> tuple[dict[str, str], str]:
+    distractors = rng.sample([p for p in pool if p != correct], n - 1)
+    texts = distractors + [correct]
+    rng.shuffle(texts)
+    options = {LETTERS[i]: t for i, t in enumerate(texts)}
+    label = LETTERS[texts.index(correct)]
+    return options, label
+
+
+def _row(
+    *, question, options, label, images, reasoning, dataset_name, dataset_index, misc=None
+) -> dict[str, Any]:
+    return {
+        "images": images,
+        "question": question,
+        "options": json.dumps(options),
+        "answer_label": label,
+        "answer": options[label],
+        "reasoning": reasoning,
+        "dataset_name": dataset_name,
+        "dataset_index": dataset_index,
+        "hash": None,
+        "misc": json.dumps(misc or {}),
+    }
+
+
+def _image_question(rng: random.Random, n_options: int, figures: list[tuple[str, str]]):
+    """A question about the first figure; the options are colours, shapes, or yes/no."""
+    colour, shape = figures[0]
+    if n_options == 2:
+        asked = rng.choice(list(COLOURS))
+        question = f"Is the {shape} in the image {asked}?"
+        options = {"A": "Yes", "B": "No"} if rng.random() < 0.5 else {"A": "No", "B": "Yes"}
+        truth = "Yes" if asked == colour else "No"
+        label = next(k for k, v in options.items() if v == truth)
+        reasoning = f"The image shows a {colour} {shape}, so the answer is {truth.lower()}."
+        return question, options, label, reasoning
+    if rng.random() < 0.5:
+        which = "first image" if len(figures) > 1 else "image"
+        question = f"What colour is the {shape} in the {which}?"
+        options, label = _options_with_answer(rng, colour.capitalize(), [c.capitalize() for c in COLOURS], n_options)
+        reasoning = f"The {shape} is filled with {colour}."
+    else:
+        which = "first image" if len(figures) > 1 else "image"
+        question = f"Which shape is drawn in the {which}?"
+        pool = [s.capitalize() for s in SHAPES] + ["Hexagon", "Star"]
+        options, label = _options_with_answer(rng, shape.capitalize(), pool, n_options)
+        reasoning = f"The figure has the outline of a {shape}."
+    return question, options, label, reasoning
+
+
+def make_eval_rows(rows_per_benchmark: int = 4, seed: int = 0, image_size: tuple[int, int] = (64, 64)) -> list[dict]:
+    """Rows for the six benchmarks of the evaluation set, ``dataset_index`` 0..N-1 in benchmark order."""
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    for name, (n_options, n_images, share) in EVAL_BENCHMARKS.items():
+        shared: list | None = None
+        for i in range(rows_per_benchmark):
+            if shared is None or i % share == 0:
+                figures = [(rng.choice(list(COLOURS)), rng.choice(SHAPES)) for _ in range(n_images)]
+                images = [draw_image(c, s, image_size, rng.randrange(1 << 30)) for c, s in figures]
+                shared = [figures, images, f"{name}_img{i // share}"]
+            figures, images, image_id = shared
+            question, options, label, reasoning = _image_question(rng, n_options, figures)
+            rows.append(
+                _row(
+                    question=question, options=options, label=label, images=list(images), reasoning=reasoning,
+                    dataset_name=name, dataset_index=len(rows), misc={"image_id": image_id},
+                )
+            )
+    return rows
+
+
+def make_text_rows(n: int = 16, seed: int = 0, start_index: int = 0, dataset_name: str = "m23k") -> list[dict]:
+    """Text-only multiple-choice rows with reasoning, shaped like m23k (images None, 4 options)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(2, 20), rng.randint(2, 20)
+        dose = a + b
+        question = (
+            f"A patient receives {a} mg of a drug in the morning and {b} mg in the evening. "
+            "What is the total daily dose?"
+        )
+        pool = [f"{v} mg" for v in range(max(1, dose - 6), dose + 7)]
+        options, label = _options_with_answer(rng, f"{dose} mg", pool, 4)
+        reasoning = f"The daily dose is the sum of both doses: {a} + {b} = {dose} mg."
+        rows.append(
+            _row(
+                question=question, options=options, label=label, images=None, reasoning=reasoning,
+                dataset_name=dataset_name, dataset_index=start_index + i,
+            )
+        )
+    return rows
+
+
+def make_image_rows(
+    n: int = 16, seed: int = 0, start_index: int = 0, dataset_name: str = "pmc_vqa", image_size=(64, 64)
+) -> list[dict]:
+    """Single-image 4-option rows with reasoning, shaped like the PMC-VQA training set."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        figures = [(rng.choice(list(COLOURS)), rng.choice(SHAPES))]
+        images = [draw_image(figures[0][0], figures[0][1], image_size, rng.randrange(1 << 30))]
+        question, options, label, reasoning = _image_question(rng, 4, figures)
+        rows.append(
+            _row(
+                question=question, options=options, label=label, images=images, reasoning=reasoning,
+                dataset_name=dataset_name, dataset_index=start_index + i,
+            )
+        )
+    return rows
+
+
+def to_dataset(rows: list[dict]):
+    """Rows -> ``datasets.Dataset`` with the unified features (images as ``Sequence(Image)``)."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "images": datasets.Sequence(datasets.Image()),
+            "question": datasets.Value("string"),
+            "options": datasets.Value("string"),
+            "answer_label": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "reasoning": datasets.Value("string"),
+            "dataset_name": datasets.Value("string"),
+            "dataset_index": datasets.Value("int64"),
+            "hash": datasets.Value("string"),
+            "misc": datasets.Value("string"),
+        }
+    )
+    return datasets.Dataset.from_list(rows, features=features)
