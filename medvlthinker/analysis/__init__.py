@@ -1,0 +1,1 @@
+"""Analysis: the paper table, plots, the HTML report."""

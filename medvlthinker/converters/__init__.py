@@ -1,0 +1,1 @@
+"""Converters from unified rows to the training formats: verl RL parquet and TRL SFT conversations."""

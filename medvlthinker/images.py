@@ -1,0 +1,93 @@
+"""Images: decoding whatever a data set holds, the PMC-VQA resize rule, content hashes.
+
+Rows carry images as PIL images, Hugging Face image dicts (``{"bytes": ..., "path": ...}``), file paths or raw
+bytes; ``decode_image`` turns any of them into an RGB PIL image or raises ``ImageDecodeError`` saying what failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+# PMC-VQA training images (PROTOCOL.md section 7): a side under 28 px -> the short side goes to 28; else a side
+# over 1024 px -> the long side goes to 1024; bilinear, aspect ratio kept. 28 is one merged Qwen2-VL patch.
+PMC_MIN_SIDE = 28
+PMC_MAX_SIDE = 1024
+
+
+class ImageDecodeError(ValueError):
+    """An image that cannot be decoded; the message says which source and why."""
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, dict):
+        return f"image dict (path={obj.get('path')!r}, {len(obj.get('bytes') or b'')} bytes)"
+    if isinstance(obj, (bytes, bytearray)):
+        return f"{len(obj)} bytes"
+    return repr(obj)[:120]
+
+
+def decode_image(obj: Any, base_dir: str | os.PathLike | None = None) -> Image.Image:
+    """Any stored form of an image -> a fully loaded RGB ``PIL.Image``.
+
+    ``base_dir`` resolves relative paths (a jsonl file's image folder).
+    """
+    try:
+        if isinstance(obj, Image.Image):
+            img = obj
+        elif isinstance(obj, dict):
+            if obj.get("bytes"):
+                img = Image.open(io.BytesIO(obj["bytes"]))
+            elif obj.get("path"):
+                return decode_image(obj["path"], base_dir)
+            else:
+                raise ImageDecodeError("image dict has neither bytes nor path")
+        elif isinstance(obj, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(bytes(obj)))
+        elif isinstance(obj, (str, os.PathLike)):
+            path = os.path.join(base_dir, obj) if base_dir and not os.path.isabs(obj) else obj
+            if not os.path.exists(path):
+                raise ImageDecodeError(f"image file not found: {path}")
+            img = Image.open(path)
+        else:
+            raise ImageDecodeError(f"unsupported image value of type {type(obj).__name__}")
+        img.load()
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageDecodeError(f"cannot decode {_describe(obj)}: {e}") from e
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def pmc_resize(img: Image.Image) -> Image.Image:
+    """The PMC-VQA training-image rule (the evaluation images are never resized beforehand)."""
+    w, h = img.size
+    short, long_ = min(w, h), max(w, h)
+    if short < PMC_MIN_SIDE:
+        short, long_ = PMC_MIN_SIDE, max(1, round(long_ * PMC_MIN_SIDE / short))
+    elif long_ > PMC_MAX_SIDE:
+        short, long_ = max(1, round(short * PMC_MAX_SIDE / long_)), PMC_MAX_SIDE
+    else:
+        return img
+    # The short-side rule wins even when it pushes the long side past 1024 (10x2000 -> 28x5600), as the original.
+    new = (short, long_) if w <= h else (long_, short)
+    return img.resize(new, Image.BILINEAR)
+
+
+def image_sha256(obj: Any) -> str:
+    """Content hash of the decoded pixels (format-independent: the same picture as PNG or JPEG-lossless match)."""
+    img = decode_image(obj)
+    h = hashlib.sha256()
+    h.update(f"{img.size[0]}x{img.size[1]}".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def to_png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

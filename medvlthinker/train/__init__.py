@@ -1,0 +1,1 @@
+"""Training: SFT with TRL, the RL preflight, checkpoint merging."""
