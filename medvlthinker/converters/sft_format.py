@@ -1,0 +1,143 @@
+"""Unified rows -> the SFT data set TRL's SFTTrainer reads (conversational prompt-completion form).
+
+One output row per input row:
+
+- ``prompt``: ``[{"role": "user", "content": [{"type": "image"} per image..., {"type": "text", "text": user_text}]}]``
+  with ``user_text`` from :func:`medvlthinker.prompts.build_user_text` (PROTOCOL.md section 2);
+- ``completion``: ``[{"role": "assistant", "content": [{"type": "text", "text": target}]}]`` with ``target`` from
+  :func:`medvlthinker.prompts.build_sft_target` (section 9);
+- ``images``: the row's images (an empty list for a text-only row), then ``dataset_name`` and ``dataset_index``.
+
+TRL renders the prompt with the chat template and the generation prompt, and the completion as the rest of the
+conversation, so with ``completion_only_loss`` the loss covers exactly the assistant turn.
+
+Images pass through undecoded (their stored bytes), unless ``resize_pmc`` asks for the PMC-VQA training-image
+rule of :func:`medvlthinker.images.pmc_resize` (the released PMC-VQA sets are already resized).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from medvlthinker import prompts
+from medvlthinker.images import decode_image, pmc_resize, to_png_bytes
+from medvlthinker.schema import SchemaError, validate_row
+
+OUTPUT_COLUMNS = ("prompt", "completion", "images", "dataset_name", "dataset_index")
+
+
+def sft_features():
+    """The ``datasets.Features`` of an SFT data set (contract 4)."""
+    import datasets
+
+    part = {"type": datasets.Value("string"), "text": datasets.Value("string")}
+    turn = {"role": datasets.Value("string"), "content": datasets.List(part)}
+    return datasets.Features(
+        {
+            "prompt": datasets.List(turn),
+            "completion": datasets.List(turn),
+            "images": datasets.List(datasets.Image()),
+            "dataset_name": datasets.Value("string"),
+            "dataset_index": datasets.Value("int64"),
+        }
+    )
+
+
+def _image_for_output(image: Any, resize_pmc: bool) -> Any:
+    if not resize_pmc:
+        return image
+    return {"bytes": to_png_bytes(pmc_resize(decode_image(image))), "path": None}
+
+
+def to_sft_example(row: dict[str, Any], *, resize_pmc: bool = False, validate: bool = True) -> dict[str, Any]:
+    """One unified row -> one SFT example (see the module docstring).
+
+    Raises :class:`SchemaError` naming the row when it breaks the schema or has no reasoning to train on.
+
+    >>> ex = to_sft_example({"question": "Q?", "options": '{"A": "x", "B": "y"}', "answer_label": "B",
+    ...                      "answer": "y", "reasoning": "Because.", "dataset_name": "m23k", "dataset_index": 0,
+    ...                      "images": None})
+    >>> ex["completion"][0]["content"][0]["text"]
+    '<think> Because. </think>\\n<answer> B </answer>'
+    >>> [part["type"] for part in ex["prompt"][0]["content"]], ex["images"]
+    (['text'], [])
+    """
+    if validate:
+        validate_row(row)
+    reasoning = row.get("reasoning")
+    if not isinstance(reasoning, str) or not reasoning.strip():
+        raise SchemaError(
+            "the row has no reasoning, so there is no SFT target",
+            fix="convert a set with a reasoning column (m23k, PMC-VQA GPT-4o reasoning) or drop rows without one",
+        ).for_row(row)
+    images = list(row.get("images") or [])
+    # The prompt text comes from the same builder as eval and RL; the message layout (images first, then text)
+    # is that of prompts.build_messages, with the "text" key present on every part so Arrow stores one struct type.
+    messages = prompts.build_messages(row)
+    content = [
+        {"type": "image", "text": None} if part["type"] == "image" else {"type": "text", "text": part["text"]}
+        for part in messages[0]["content"]
+    ]
+    target = prompts.build_sft_target(reasoning, row["answer_label"])
+    return {
+        "prompt": [{"role": "user", "content": content}],
+        "completion": [{"role": "assistant", "content": [{"type": "text", "text": target}]}],
+        "images": [_image_for_output(image, resize_pmc) for image in images],
+        "dataset_name": row["dataset_name"],
+        "dataset_index": row["dataset_index"],
+    }
+
+
+def convert_to_sft(ds, *, resize_pmc: bool = False, validate: bool = True, num_proc: int | None = None):
+    """A unified ``datasets.Dataset`` -> the SFT ``datasets.Dataset`` (contract 4), with a progress bar."""
+    import datasets
+
+    if "images" in ds.column_names:
+        # Keep the stored bytes: decoding to PIL and re-encoding would change nothing but cost time.
+        ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
+    else:
+        ds = ds.add_column("images", [None] * len(ds))
+
+    def _convert(row):
+        return to_sft_example(row, resize_pmc=resize_pmc, validate=validate)
+
+    return ds.map(
+        _convert,
+        remove_columns=ds.column_names,
+        features=sft_features(),
+        num_proc=num_proc,
+        desc="SFT examples",
+    )
+
+
+def write_sft_dataset(ds, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Save an SFT data set with ``save_to_disk`` (written beside ``out_dir`` first, then renamed into place).
+
+    An existing complete ``out_dir`` is an error unless ``overwrite``; a half-written one never exists.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(out)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_to_disk(str(tmp))
+    os.rename(tmp, out)
+    return out
+
+
+def check_sft_dataset(ds, where: str = "the SFT data set") -> None:
+    """Raise ``ValueError`` naming the file and the fix when ``ds`` is not in the contract-4 layout."""
+    missing = [c for c in ("prompt", "completion", "images") if c not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"{where} lacks the column(s) {missing} (has {ds.column_names}); "
+            "fix: build it with data_process/convert_sft_format.py"
+        )
+    if len(ds) == 0:
+        raise ValueError(f"{where} has no rows; fix: check the converter's input and its --subset/--size")
