@@ -1,0 +1,23 @@
+"""Loading any data set in the unified schema (PROTOCOL.md section 1), from the Hub or a local path.
+
+>>> from medvlthinker.data import load_unified  # doctest: +SKIP
+>>> ds = load_unified("UCSC-VLAA/MedVLThinker-Eval", "test", subset=["slake_closed"])  # doctest: +SKIP
+"""
+
+from medvlthinker.data.loading import (
+    load_unified,
+    save_unified,
+    source_kind,
+    unified_features,
+    check_dataset_images,
+    validate_dataset,
+)
+
+__all__ = [
+    "check_dataset_images",
+    "load_unified",
+    "save_unified",
+    "source_kind",
+    "unified_features",
+    "validate_dataset",
+]

@@ -1,0 +1,344 @@
+"""``load_unified`` / ``save_unified``: one loader for every data set of the project.
+
+A source is a Hugging Face dataset name (Hub) or a local path:
+
+- a ``save_to_disk`` directory (a ``Dataset``, or a ``DatasetDict`` whose split is chosen with ``split``);
+- a directory of ``.parquet`` files (a downloaded Hub snapshot), or one ``.parquet`` file;
+- a ``.jsonl`` file, one row per line, whose image entries are file paths relative to the jsonl's folder.
+
+Whatever the source, the result is a ``datasets.Dataset`` with the unified features (``images`` as
+``Sequence(Image)``, ``dataset_index`` int64, the optional columns present and None where absent); extra
+columns are kept. Validation (on by default) raises :class:`medvlthinker.schema.SchemaError` naming the row
+and the source; image decoding is checked only with ``check_images`` because it reads every image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence as SequenceABC
+from pathlib import Path
+from typing import Any
+
+from medvlthinker.schema import COLUMNS, REQUIRED_COLUMNS, SchemaError, validate_row
+
+_SPLIT_PREFERENCE = ("test", "train", "validation")
+_LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".arrow")
+
+
+def unified_features(image_decode: bool = True):
+    """The ``datasets.Features`` of the unified schema (``image_decode=False`` keeps images as dicts)."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "images": datasets.Sequence(datasets.Image(decode=image_decode)),
+            "question": datasets.Value("string"),
+            "options": datasets.Value("string"),
+            "answer_label": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "reasoning": datasets.Value("string"),
+            "dataset_name": datasets.Value("string"),
+            "dataset_index": datasets.Value("int64"),
+            "hash": datasets.Value("string"),
+            "misc": datasets.Value("string"),
+        }
+    )
+
+
+def source_kind(source: str | os.PathLike) -> str:
+    """How ``source`` is read: ``"disk"``, ``"parquet_dir"``, ``"parquet"``, ``"jsonl"`` or ``"hub"``.
+
+    >>> source_kind("UCSC-VLAA/MedVLThinker-Eval")
+    'hub'
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            return "disk"
+        if any(path.rglob("*.parquet")):
+            return "parquet_dir"
+        raise FileNotFoundError(
+            f"{path} is a directory but neither a save_to_disk data set (no state.json / dataset_dict.json) nor "
+            f"a folder of .parquet files; fix: point --dataset_name at a save_to_disk directory, a .parquet or "
+            f".jsonl file, or a Hugging Face dataset name"
+        )
+    if path.is_file():
+        if path.suffix == ".parquet":
+            return "parquet"
+        if path.suffix in (".jsonl", ".json"):
+            return "jsonl"
+        raise ValueError(
+            f"{path}: unsupported file type {path.suffix!r}; fix: use a .parquet or .jsonl file, or a "
+            f"save_to_disk directory"
+        )
+    text = str(source)
+    looks_local = text.startswith(("/", "./", "../", "~")) or text.endswith(_LOCAL_SUFFIXES) or text.count("/") > 1
+    if looks_local:
+        raise FileNotFoundError(
+            f"{text} does not exist; fix: check the path (a save_to_disk directory, .parquet or .jsonl file), or "
+            f"give a Hugging Face dataset name such as UCSC-VLAA/MedVLThinker-Eval"
+        )
+    return "hub"
+
+
+def _pick_split(dsd, split: str | None, source: str):
+    names = list(dsd.keys())
+    if split is not None:
+        if split not in dsd:
+            raise ValueError(f"{source} has no split {split!r}; it has {names}; fix: pass --split one of {names}")
+        return dsd[split]
+    if len(names) == 1:
+        return dsd[names[0]]
+    for name in _SPLIT_PREFERENCE:
+        if name in dsd:
+            return dsd[name]
+    raise ValueError(f"{source} has several splits {names}; fix: choose one with split=/--split")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    base = path.parent
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise SchemaError(
+                    f"{path}:{lineno} is not valid JSON ({exc})",
+                    fix="write one JSON object per line",
+                ) from None
+            if not isinstance(row, dict):
+                raise SchemaError(f"{path}:{lineno} is a JSON {type(row).__name__}, not an object",
+                                  fix="write one JSON object (a row) per line")
+            images = row.get("images")
+            if isinstance(images, list):
+                row["images"] = [_resolve_image(image, base) for image in images]
+            rows.append(row)
+    return rows
+
+
+def _resolve_image(image: Any, base: Path) -> Any:
+    # Paths in a jsonl file are relative to its folder, so the file and its images move together.
+    if isinstance(image, str):
+        return {"path": str(base / image) if not os.path.isabs(image) else image, "bytes": None}
+    if isinstance(image, dict) and image.get("path") and not image.get("bytes"):
+        p = image["path"]
+        return {"path": str(base / p) if not os.path.isabs(p) else p, "bytes": None}
+    return image
+
+
+def _fill_optional(row: dict[str, Any]) -> dict[str, Any]:
+    for column in COLUMNS:
+        row.setdefault(column, None)
+    if isinstance(row.get("misc"), (dict, list)):
+        row["misc"] = json.dumps(row["misc"])
+    if isinstance(row.get("options"), dict):
+        row["options"] = json.dumps(row["options"])
+    return row
+
+
+def _normalize(ds, source: str):
+    """Add the missing optional columns and cast the unified ones to their features (extras are kept)."""
+    import datasets
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise SchemaError(
+            f"data set {source} lacks the column(s) {missing} (it has {ds.column_names})",
+            fix="convert it to the unified schema of PROTOCOL.md section 1 (see data_process/)",
+        )
+    features = unified_features()
+    for column in COLUMNS:
+        if column not in ds.column_names:
+            ds = ds.add_column(column, [None] * len(ds), feature=features[column])
+    target = datasets.Features({name: ds.features[name] for name in ds.column_names})
+    changed = False
+    for column in COLUMNS:
+        if ds.features[column] != features[column]:
+            target[column] = features[column]
+            changed = True
+    if changed:
+        try:
+            ds = ds.cast(target)
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(
+                f"data set {source} cannot be cast to the unified features ({type(exc).__name__}: {exc})",
+                fix="store options/answer/... as strings, dataset_index as an integer and images as a list of "
+                "images (PROTOCOL.md section 1)",
+            ) from exc
+    order = list(COLUMNS) + [c for c in ds.column_names if c not in COLUMNS]
+    return ds.select_columns(order) if ds.column_names != order else ds
+
+
+def _with_source(exc: SchemaError, source: str) -> SchemaError:
+    return SchemaError(
+        f"{exc.problem} (in {source})",
+        dataset_name=exc.dataset_name,
+        dataset_index=exc.dataset_index,
+        position=exc.position,
+        fix=exc.fix,
+    )
+
+
+def validate_dataset(ds, *, check_images: bool = False, source: str = "the data set", progress: bool = True) -> int:
+    """Validate every row of a unified ``Dataset``; return the number of rows.
+
+    Raises :class:`SchemaError` naming the first bad row (dataset_name, dataset_index, position) and ``source``.
+    With ``check_images`` every image is decoded with :func:`medvlthinker.images.decode_image`.
+    """
+    from medvlthinker.schema import validate_rows
+
+    columns = [c for c in ds.column_names if c in COLUMNS and c != "images"]
+    try:
+        n = validate_rows(ds.select_columns(columns))
+    except SchemaError as exc:
+        raise _with_source(exc, source) from exc
+    if check_images and "images" in ds.column_names:
+        check_dataset_images(ds, source=source, progress=progress)
+    return n
+
+
+def check_dataset_images(ds, *, source: str = "the data set", progress: bool = True) -> None:
+    """Decode every image of every row; a failure raises :class:`SchemaError` naming the row."""
+    from datasets import Image, Sequence
+    from tqdm.auto import tqdm
+
+    from medvlthinker.images import decode_image
+
+    raw = ds.select_columns(["images", "dataset_name", "dataset_index"])
+    raw = raw.cast_column("images", Sequence(Image(decode=False)))
+    rows = tqdm(raw, total=len(raw), desc="checking images", unit="row", disable=not progress or len(raw) < 64)
+    for position, row in enumerate(rows):
+        try:
+            validate_row(
+                {**row, "question": "", "options": '{"A": ""}', "answer_label": "A", "answer": ""},
+                check_images=True,
+                image_decoder=decode_image,
+            )
+        except SchemaError as exc:
+            raise _with_source(
+                SchemaError(exc.problem, dataset_name=exc.dataset_name, dataset_index=exc.dataset_index,
+                            position=position, fix=exc.fix),
+                source,
+            ) from exc
+
+
+def load_unified(
+    source: str | os.PathLike,
+    split: str | None = None,
+    *,
+    subset: list[str] | None = None,
+    size: int | None = None,
+    validate: bool = True,
+    check_images: bool = False,
+    num_proc: int | None = None,
+):
+    """Load ``source`` as a unified ``datasets.Dataset``.
+
+    ``split`` picks a split of a Hub data set or a saved ``DatasetDict`` (default: the only one, else ``test``,
+    ``train``, ``validation``). ``subset`` keeps the rows whose ``dataset_name`` is listed (an unknown name is an
+    error that lists the available ones); ``size`` then keeps the first N rows. ``validate`` checks the schema of
+    every kept row; ``check_images`` also decodes every image. ``num_proc`` goes to the Hub/parquet readers and
+    the subset filter.
+    """
+    import datasets
+
+    kind = source_kind(source)
+    name = str(source)
+    if kind == "disk":
+        loaded = datasets.load_from_disk(str(Path(source).expanduser()))
+        ds = _pick_split(loaded, split, name) if isinstance(loaded, datasets.DatasetDict) else loaded
+    elif kind in ("parquet", "parquet_dir"):
+        path = Path(source).expanduser()
+        files = [str(path)] if kind == "parquet" else sorted(str(p) for p in path.rglob("*.parquet"))
+        if kind == "parquet_dir" and split is not None:
+            in_split = [f for f in files if split in Path(f).relative_to(path).as_posix()]
+            files = in_split or files
+        ds = datasets.Dataset.from_parquet(files, num_proc=num_proc)
+    elif kind == "jsonl":
+        rows = [_fill_optional(row) for row in _read_jsonl(Path(source).expanduser())]
+        rows = _subset_rows(rows, subset, name)
+        if size is not None:
+            rows = rows[: _check_size(size)]
+        if validate:
+            try:
+                from medvlthinker.schema import validate_rows
+
+                validate_rows([{**r, "images": r["images"] if isinstance(r["images"], list) else None}
+                               for r in rows])
+            except SchemaError as exc:
+                raise _with_source(exc, name) from exc
+        extras = sorted({k for r in rows for k in r if k not in COLUMNS})
+        ds = datasets.Dataset.from_list([{c: r.get(c) for c in (*COLUMNS, *extras)} for r in rows],
+                                        features=unified_features() if not extras else None)
+        ds = _normalize(ds, name)
+        if check_images:
+            check_dataset_images(ds, source=name)
+        return ds
+    else:
+        try:
+            loaded = datasets.load_dataset(name, split=split, num_proc=num_proc)
+        except Exception as exc:  # offline, unknown name, missing split: all say the same thing to the user
+            raise FileNotFoundError(
+                f"cannot load {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); fix: check the name "
+                f"and split, connect to the Hub (HF_HUB_OFFLINE unset), or pass a local path (save_to_disk "
+                f"directory, .parquet or .jsonl file)"
+            ) from exc
+        ds = _pick_split(loaded, split, name) if isinstance(loaded, datasets.DatasetDict) else loaded
+
+    ds = _normalize(ds, name)
+    if subset:
+        wanted = set(subset)
+        present = set(ds.unique("dataset_name"))
+        unknown = sorted(wanted - present)
+        if unknown:
+            raise ValueError(
+                f"subset {unknown} not found in {name}; its dataset_name values are {sorted(present)}; fix: pass "
+                f"--subset with names from that list"
+            )
+        ds = ds.filter(lambda n: n in wanted, input_columns="dataset_name", num_proc=num_proc)
+    if size is not None:
+        ds = ds.select(range(min(_check_size(size), len(ds))))
+    if validate:
+        validate_dataset(ds, check_images=check_images, source=name)
+    elif check_images:
+        check_dataset_images(ds, source=name)
+    return ds
+
+
+def _check_size(size: int) -> int:
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}; fix: pass a positive --dataset_size or leave it out")
+    return size
+
+
+def _subset_rows(rows: list[dict[str, Any]], subset: SequenceABC[str] | None, name: str) -> list[dict[str, Any]]:
+    if not subset:
+        return rows
+    wanted = set(subset)
+    present = {r.get("dataset_name") for r in rows}
+    unknown = sorted(wanted - present)
+    if unknown:
+        raise ValueError(
+            f"subset {unknown} not found in {name}; its dataset_name values are {sorted(map(str, present))}; fix: "
+            f"pass --subset with names from that list"
+        )
+    return [r for r in rows if r.get("dataset_name") in wanted]
+
+
+def save_unified(ds, path: str | os.PathLike) -> Path:
+    """Write a unified data set: ``save_to_disk`` to a directory, or one parquet file when ``path`` ends in
+    ``.parquet`` (images referenced by path are embedded as bytes, so the file stands alone)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        from datasets.table import embed_table_storage
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        embedded = ds.with_format("arrow").map(embed_table_storage, batched=True).with_format(None)
+        embedded.to_parquet(str(path))
+    else:
+        ds.save_to_disk(str(path))
+    return path
