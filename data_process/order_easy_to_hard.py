@@ -1,0 +1,61 @@
+"""Attach pass_count from a pass-rate run, keep [below, above], order the rows (PROTOCOL.md section 6).
+
+    python data_process/order_easy_to_hard.py \
+        --dataset_name UCSC-VLAA/MedVLThinker-m23k-tokenized --split train \
+        --results_jsonl_path outputs/pass_rate/Qwen2.5-VL-3B-Instruct/m23k/eval_results.jsonl \
+        --save_to_disk_path data/local/m23k-easy_to_hard
+
+Prints and saves (next to the output, in ``<output>_curation/``) the pass-count distribution as a table and a bar
+plot, and how many rows each filter removed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from medvlthinker import curation
+
+
+@click.command()
+@click.option("--dataset_name", required=True, help="Training set: Hub name, save_to_disk directory or .parquet file.")
+@click.option("--split", default="train", show_default=True, help="Split, for Hub data sets.")
+@click.option(
+    "--results_jsonl_path",
+    required=True,
+    help="eval_results.jsonl of the pass-rate run (n=16, temperature 1.0), or its output directory.",
+)
+@click.option("--remove_pass_count_below", type=int, default=1, show_default=True, help="Drop rows with pass_count below this (paper: 1; -1 = no result).")
+@click.option("--remove_pass_count_above", type=int, default=7, show_default=True, help="Drop rows with pass_count above this (paper: 7).")
+@click.option("--order_type", type=click.Choice(curation.ORDERS), default="easy_to_hard", show_default=True, help="Row order of the output.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the shuffle before the stable sort (paper: 42).")
+@click.option("--num_rollouts", type=int, default=16, show_default=True, help="Rollouts per record expected in the results (0: do not check).")
+@click.option("--save_to_disk_path", required=True, help="Output: a save_to_disk directory, or a .parquet file.")
+@click.option("--report_dir", default=None, help="Where the distribution table, plots and report go [default: <output>_curation].")
+@click.option("--plot_format", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True)
+def main(dataset_name, split, results_jsonl_path, remove_pass_count_below, remove_pass_count_above, order_type, seed,
+         num_rollouts, save_to_disk_path, report_dir, plot_format):
+    ds = curation.load_dataset_any(dataset_name, split)
+    click.echo(f"loaded {dataset_name}: {len(ds)} rows")
+    counts = curation.load_pass_counts(results_jsonl_path, expected_rollouts=num_rollouts or None)
+    click.echo(f"loaded pass counts of {len(counts)} questions from {results_jsonl_path}")
+    curated, report = curation.curate(
+        ds,
+        counts,
+        remove_pass_count_below=remove_pass_count_below,
+        remove_pass_count_above=remove_pass_count_above,
+        order=order_type,
+        seed=seed,
+        max_count=max(16, num_rollouts),
+    )
+    curation.save_dataset(curated, save_to_disk_path)
+    out = Path(save_to_disk_path)
+    report_dir = Path(report_dir) if report_dir else out.with_name(out.name.removesuffix(".parquet") + "_curation")
+    paths = curation.write_curation_outputs(report, report_dir, plot_format=plot_format)
+    click.echo(paths["table"].read_text(encoding="utf-8"), nl=False)
+    click.echo(f"saved {report.rows_out} rows to {save_to_disk_path}; report, table and plots in {report_dir}")
+
+
+if __name__ == "__main__":
+    main()
