@@ -1,0 +1,251 @@
+"""Keep the ragged dimension of Qwen2.5-VL's 3-D position ids through verl 0.9's batch indexing.
+
+Symptom (GRPO on Qwen2.5-VL, verl 0.9.1, tensordict 0.10, any GPU count): the run gets through rollout and reward
+and then dies in the actor update::
+
+    verl/workers/engine_workers.py train_mini_batch -> tensordict_utils.make_iterator -> index_select_tensor_dict
+    RuntimeError: split_with_sizes expects split_sizes to sum exactly to 135 (input tensor's size at dimension 1),
+    but got split_sizes=[4, 4, 4, 4]
+
+Cause: verl stores the per-sample ``(4, L_i)`` mRoPE position ids (a text row plus 3 rotary rows) as one jagged
+nested tensor. Which dimension is ragged depends on the data: ``torch.nested.as_nested_tensor`` makes the sequence
+dimension ragged (``_ragged_idx == 2``, values ``(4, sum L_i)``) when the lengths differ, but the row dimension
+(``_ragged_idx == 1``, values ``(4 * B, L)``) when every sample has the same length L, which is common in GRPO
+(the n rollouts of a prompt all hit max_response_length). ``_ragged_idx`` is a Python attribute that does not
+survive ``TensorDict.consolidate()`` + pickle (what Ray does between processes): it always comes back as 1. verl's
+``maybe_fix_3d_position_ids`` then sets it to 2 unconditionally, which repairs the first layout and breaks the
+second; where it is not called before indexing, the first layout breaks instead.
+
+Fix: read the layout from the tensor itself (the shape of its values buffer against its offsets), rebuild the
+nested tensor with the ragged dimension that layout implies, and do so before verl indexes, chunks or concatenates
+a batch. Installed only when a behavioural probe shows the installed verl needs it (so it steps aside by itself
+once verl is fixed), in every Ray worker through ``runtime_env.worker_process_setup_hook`` (set in
+``configs/rl/base/grpo.yaml``) and in the driver by ``python -m medvlthinker.compat.verl_position_ids``, which
+runs verl's ``main_ppo`` after installing it. Set ``MEDVLTHINKER_VERL_POSITION_IDS_FIX=0`` to disable it.
+docs/known-issues.md has a minimal reproduction for reporting upstream.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import pickle
+
+logger = logging.getLogger(__name__)
+
+KEY = "position_ids"
+HOOK = "medvlthinker.compat.verl_position_ids.worker_setup"
+"""What ``ray_kwargs.ray_init.runtime_env.worker_process_setup_hook`` names in the RL configs."""
+ENV_DISABLE = "MEDVLTHINKER_VERL_POSITION_IDS_FIX"
+# mRoPE position ids have 3 (rotary) or 4 (text + rotary) rows; used only to settle a layout that fits both readings
+MAX_POSITION_ROWS = 4
+_PATCHED_TU = ("index_select_tensor_dict", "chunk_tensordict", "concat_tensordict")
+
+_state: dict = {"installed": False, "originals": {}, "maybe_fix_code": None, "probe": None}
+
+
+# ---------------------------------------------------------------------------------------------------- the repair
+def ragged_idx_from_layout(nt) -> int | None:
+    """The ragged dimension a 3-D jagged nested tensor's buffers imply (1 or 2), or None when they fit neither.
+
+    Ragged 2: values ``(C, sum L_i)`` and offsets ending at ``sum L_i``. Ragged 1: values ``(C * B, L)`` and
+    offsets stepping by C. A buffer that fits both (square values) is read as ragged 2 when it has at most
+    ``MAX_POSITION_ROWS`` rows; the two readings coincide for a batch of one.
+    """
+    values, offsets = nt.values(), nt.offsets()
+    if values.dim() != 2 or offsets is None:
+        return None
+    total = int(offsets[-1])
+    steps = offsets.diff()
+    fits2 = values.shape[1] == total
+    fits1 = values.shape[0] == total and bool((steps == steps[0]).all())
+    if fits1 and fits2:
+        return 2 if values.shape[0] <= MAX_POSITION_ROWS else 1
+    return 2 if fits2 else 1 if fits1 else None
+
+
+def restore_position_ids(data) -> None:
+    """Rebuild ``data["position_ids"]`` (a TensorDict entry) with the ragged dimension its layout implies."""
+    import torch
+
+    if data is None or KEY not in data.keys():
+        return
+    nt = data.get(KEY)
+    if not (isinstance(nt, torch.Tensor) and nt.is_nested and nt.dim() == 3 and nt.layout == torch.jagged):
+        return
+    ragged = ragged_idx_from_layout(nt)
+    if ragged is None or getattr(nt, "_ragged_idx", None) == ragged:
+        return
+    data[KEY] = torch.nested.nested_tensor_from_jagged(nt.values(), offsets=nt.offsets(), jagged_dim=ragged)
+
+
+def _maybe_fix_trampoline(data):
+    # Replaces the body of verl's maybe_fix_3d_position_ids, so modules that imported it by name get it too.
+    from medvlthinker.compat.verl_position_ids import restore_position_ids
+
+    restore_position_ids(data)
+
+
+def _restoring(fn, many: bool = False):
+    @functools.wraps(fn)
+    def wrapper(data, *args, **kwargs):
+        for td in data if many else (data,):
+            restore_position_ids(td)
+        return fn(data, *args, **kwargs)
+
+    wrapper.__medvlthinker_original__ = fn
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------------------ the probe
+def _roundtrip(td):
+    return pickle.loads(pickle.dumps(td.consolidate()))
+
+
+def _sample_batch(lengths: list[int]):
+    """A batch the way verl's left_right_2_no_padding builds it: (4, L_i) position ids as one jagged tensor."""
+    import torch
+    from tensordict import TensorDict
+
+    rows = [torch.arange(4 * n).reshape(4, n) + 1000 * i for i, n in enumerate(lengths)]
+    ids = torch.nested.as_nested_tensor([torch.arange(n) for n in lengths], layout=torch.jagged)
+    nested = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+    return TensorDict({KEY: nested, "input_ids": ids}, batch_size=[len(lengths)]), rows
+
+
+def check_index_select(lengths: list[int], indices: list[int], apply_verl_fix_first: bool) -> None:
+    """Send a batch through consolidate + pickle, then select ``indices`` with verl; raise unless rows match.
+
+    With ``apply_verl_fix_first`` verl's own ``maybe_fix_3d_position_ids`` runs first and the rows come from
+    ``make_iterator`` (the order of ``train_mini_batch``); otherwise ``index_select_tensor_dict`` runs directly.
+    """
+    import torch
+    from verl.utils import tensordict_utils as tu
+
+    td, rows = _sample_batch(lengths)
+    td = _roundtrip(td)
+    if apply_verl_fix_first:
+        tu.maybe_fix_3d_position_ids(td)
+        # make_iterator without shuffling yields rows in order: its first mini-batch is rows 0..k-1
+        indices = list(range(len(indices)))
+        selected = next(tu.make_iterator(td, mini_batch_size=len(indices), epochs=1))
+    else:
+        selected = tu.index_select_tensor_dict(td, indices)
+    got = selected[KEY].unbind()
+    if len(got) != len(indices):
+        raise AssertionError(f"selected {len(got)} rows, expected {len(indices)}")
+    for row, i in zip(got, indices):
+        if row.shape != rows[i].shape or not torch.equal(row, rows[i]):
+            raise AssertionError(f"row {i}: got shape {tuple(row.shape)}, expected {tuple(rows[i].shape)}")
+
+
+PROBES = (
+    ("lengths differ, index_select after pickle", [5, 7, 3, 6], [2, 0], False),
+    ("equal lengths, verl's fix then make_iterator", [6, 6, 6, 6], [0, 1], True),
+    ("lengths differ, verl's fix then make_iterator", [5, 7, 3, 6], [0, 1], True),
+)
+
+
+def probe() -> list[str]:
+    """Run the probes against the functions installed now; the descriptions of those that fail."""
+    failures = []
+    for name, lengths, indices, verl_fix in PROBES:
+        try:
+            check_index_select(lengths, indices, verl_fix)
+        except Exception as exc:  # any failure means verl cannot index these batches
+            failures.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    return failures
+
+
+# ------------------------------------------------------------------------------------------- install / uninstall
+def needed() -> bool:
+    """Whether the installed verl (without this fix) loses rows of 3-D position ids; computed once."""
+    if _state["probe"] is None:
+        if _state["installed"]:
+            uninstall()
+            _state["probe"] = probe()
+            _install()
+        else:
+            _state["probe"] = probe()
+    return bool(_state["probe"])
+
+
+def is_active() -> bool:
+    """Whether the fix is installed in this process."""
+    return _state["installed"]
+
+
+def _install() -> None:
+    from verl.utils import tensordict_utils as tu
+
+    for name in _PATCHED_TU:
+        original = getattr(tu, name)
+        _state["originals"][name] = original
+        setattr(tu, name, _restoring(original, many=name == "concat_tensordict"))
+    fix = tu.maybe_fix_3d_position_ids
+    _state["maybe_fix_code"] = fix.__code__
+    fix.__code__ = _maybe_fix_trampoline.__code__
+    _state["installed"] = True
+
+
+def uninstall() -> None:
+    """Put verl's functions back (tests use it to show the failure the fix prevents)."""
+    if not _state["installed"]:
+        return
+    from verl.utils import tensordict_utils as tu
+
+    for name, original in _state["originals"].items():
+        setattr(tu, name, original)
+    tu.maybe_fix_3d_position_ids.__code__ = _state["maybe_fix_code"]
+    _state["originals"].clear()
+    _state["installed"] = False
+
+
+def install(force: bool = False) -> bool:
+    """Install the fix when the installed verl needs it (or with ``force``); True when it is active afterwards.
+
+    Raises RuntimeError when the fix is installed but the probes still fail (a verl this fix does not know).
+    """
+    if os.environ.get(ENV_DISABLE, "1") == "0":
+        logger.warning("%s=0: verl 3-D position-id fix disabled", ENV_DISABLE)
+        return False
+    if _state["installed"]:
+        return True
+    if not (force or needed()):
+        logger.info("verl indexes 3-D position ids correctly; position-id fix not needed")
+        return False
+    _install()
+    still = probe()
+    if still:
+        uninstall()
+        raise RuntimeError(
+            "the verl 3-D position-id fix is installed but verl still loses rows: " + "; ".join(still)
+            + f". The installed verl differs from what medvlthinker/compat/verl_position_ids.py knows; "
+            f"set {ENV_DISABLE}=0 to run without it and see docs/known-issues.md"
+        )
+    logger.info("verl 3-D position-id fix installed (%s)", "; ".join(_state["probe"] or ["forced"]))
+    return True
+
+
+def worker_setup() -> None:
+    """Ray ``worker_process_setup_hook``: runs in every worker process of the job before any task."""
+    install()
+
+
+def status() -> dict:
+    """What preflight reports: whether verl needs the fix, whether it is active, and the probe results."""
+    need = needed()
+    return {"needed": need, "active": is_active(), "failures_without_fix": list(_state["probe"] or [])}
+
+
+def main() -> None:
+    """``python -m medvlthinker.compat.verl_position_ids [hydra args]``: verl's main_ppo with the fix installed."""
+    install()
+    from verl.trainer.main_ppo import main as main_ppo
+
+    main_ppo()
+
+
+if __name__ == "__main__":
+    main()
