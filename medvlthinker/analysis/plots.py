@@ -1,0 +1,301 @@
+"""The paper's figures, as PNG and PDF (matplotlib, Agg backend, no timestamps in the files).
+
+- pass-count distribution of a pass-rate run (n=16): :func:`plot_pass_counts` draws it with
+  :func:`medvlthinker.curation.plot_pass_count_distribution`, the curation stage's own plot;
+- metrics@n per benchmark from a sampled run (the paper: temperature 0.5, n=5): mean accuracy, majority vote and
+  pass@n (:func:`metrics_at_n`, :func:`plot_metrics_at_n`);
+- pass@k curves with the unbiased estimator 1 - C(n-c, k) / C(n, k) (the paper: n=64), one panel per benchmark and
+  one line per model (:func:`pass_at_k_curves`, :func:`plot_pass_at_k`);
+- a radar of the six benchmarks for several models (:func:`plot_radar`), from a table or the published numbers.
+
+The numbers come from :mod:`medvlthinker.stats`; every plotting function returns the files it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from medvlthinker import stats  # noqa: E402
+from medvlthinker.analysis.tables import AVG, BENCHMARKS, AnalysisError, PaperTable  # noqa: E402
+
+FORMATS = ("png", "pdf")
+_METADATA = {"png": {}, "pdf": {"CreationDate": None, "ModDate": None}}
+_COLOURS = ("#3b6ea5", "#d1603d", "#3f9b5a", "#8e5ea2", "#c9a227", "#5b5b5b", "#2aa1b3", "#b5475d")
+
+
+def save_figure(fig, out_dir: str | os.PathLike, stem: str, formats: Sequence[str] = FORMATS) -> list[str]:
+    """Save ``fig`` as ``out_dir/stem.{png,pdf}`` (150 dpi) and close it; return the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    try:
+        for fmt in formats:
+            if fmt not in _METADATA:
+                raise AnalysisError(f"unsupported plot format {fmt!r}; use one of {list(_METADATA)}")
+            path = os.path.join(out_dir, f"{stem}.{fmt}")
+            fig.savefig(path, dpi=150, metadata=_METADATA[fmt], bbox_inches="tight")
+            paths.append(path)
+    finally:
+        plt.close(fig)
+    return paths
+
+
+def _group(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Records by benchmark column label, in the paper's column order (other data sets are left out)."""
+    grouped: dict[str, list[Mapping[str, Any]]] = {b.label: [] for b in BENCHMARKS}
+    names = {b.dataset_name: b.label for b in BENCHMARKS}
+    for record in records:
+        label = names.get(record["dataset_name"])
+        if label is not None:
+            grouped[label].append(record)
+    return {label: recs for label, recs in grouped.items() if recs}
+
+
+def _rollouts_per_row(label: str, records: Sequence[Mapping[str, Any]]) -> int:
+    counts = {int(r["num_rollouts"]) for r in records}
+    if len(counts) != 1:
+        raise AnalysisError(
+            f"{label}: rows have different numbers of rollouts {sorted(counts)}; metrics@n and pass@k need the "
+            f"same n for every row: resume the sampling run until every row has all its rollouts"
+        )
+    return counts.pop()
+
+
+# ---- pass-count distribution -------------------------------------------------------------------------------------
+
+
+def plot_pass_counts(
+    pass_rate_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    expected_rollouts: int | None = 16,
+    stem: str = "pass_count_distribution",
+    title: str | None = None,
+) -> list[str]:
+    """The pass-count distribution of a pass-rate run (an eval output directory with n rollouts per row)."""
+    from medvlthinker import curation
+
+    counts = curation.load_pass_counts(pass_rate_dir, expected_rollouts=expected_rollouts)
+    max_count = expected_rollouts or max((c for _, c in counts.values()), default=0)
+    distribution = curation.pass_count_distribution([c for _, c in counts.values()], max_count=max_count)
+    os.makedirs(out_dir, exist_ok=True)
+    return [
+        str(curation.plot_pass_count_distribution(distribution, os.path.join(out_dir, f"{stem}.{fmt}"), title))
+        for fmt in FORMATS
+    ]
+
+
+# ---- metrics@n ---------------------------------------------------------------------------------------------------
+
+
+def metrics_at_n(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per benchmark (and "Avg." over those present): ``{"mean", "majority", "pass_at_n", "n", "rows"}`` in percent.
+
+    ``mean`` is the accuracy of single samples (avg@n), ``majority`` the majority vote over the n samples
+    (conversion failures do not vote), ``pass_at_n`` whether any of the n is correct.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for label, recs in _group(records).items():
+        n = _rollouts_per_row(label, recs)
+        out[label] = {
+            "mean": 100.0 * stats.avg_at_n(recs),
+            "majority": 100.0 * stats.maj_at_n(recs),
+            "pass_at_n": 100.0 * stats.mean_pass_at_k(recs, n),
+            "n": n,
+            "rows": len(recs),
+        }
+    if not out:
+        raise AnalysisError("no records of the six benchmarks; pass the output directory of a sampling run")
+    if len(out) > 1:
+        out[AVG] = {
+            key: sum(v[key] for v in out.values()) / len(out) for key in ("mean", "majority", "pass_at_n")
+        } | {"n": min(v["n"] for v in out.values()), "rows": sum(v["rows"] for v in out.values())}
+    return out
+
+
+def plot_metrics_at_n(
+    metrics: Mapping[str, Mapping[str, float]], out_dir: str | os.PathLike, *, stem: str = "metrics_at_n",
+    title: str | None = None,
+) -> list[str]:
+    """Grouped bars per benchmark: mean, majority vote, pass@n."""
+    labels = list(metrics)
+    series = (("mean", "mean (avg@n)"), ("majority", "majority vote"), ("pass_at_n", "pass@n"))
+    n = int(min(m["n"] for m in metrics.values()))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.0, 3.4))
+    for i, (key, name) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
+        bars = ax.bar(xs, [metrics[label][key] for label in labels], width, label=name.replace("@n", f"@{n}")
+                      if "pass" in name else name, color=_COLOURS[i])
+        ax.bar_label(bars, fmt="%.0f", fontsize=6, padding=1)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 122)  # headroom for the legend above the 100% bars
+    ax.set_yticks([0, 20, 40, 60, 80, 100])
+    ax.set_title(title or f"Metrics@{n} per benchmark", fontsize=10)
+    ax.legend(fontsize=7, ncols=3, loc="upper center", frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, stem)
+
+
+# ---- pass@k ------------------------------------------------------------------------------------------------------
+
+
+def default_ks(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself.
+
+    >>> default_ks(64), default_ks(5)
+    ([1, 2, 4, 8, 16, 32, 64], [1, 2, 4, 5])
+    """
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n]
+
+
+def pass_at_k_curves(
+    records: Iterable[Mapping[str, Any]], ks: Sequence[int] | None = None
+) -> dict[str, list[tuple[int, float]]]:
+    """Per benchmark: ``[(k, pass@k in percent), ...]``, the mean over rows of the unbiased estimator."""
+    curves = {}
+    for label, recs in _group(records).items():
+        n = _rollouts_per_row(label, recs)
+        use = [k for k in (ks or default_ks(n)) if 1 <= k <= n]
+        curves[label] = [(k, 100.0 * stats.mean_pass_at_k(recs, k)) for k in use]
+    if not curves:
+        raise AnalysisError("no records of the six benchmarks; pass the output directory of a sampling run")
+    return curves
+
+
+def plot_pass_at_k(
+    curves_by_model: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
+    out_dir: str | os.PathLike,
+    *,
+    stem: str = "pass_at_k",
+    title: str | None = None,
+) -> list[str]:
+    """One panel per benchmark (2 x 3), one line per model, k on a log2 axis."""
+    labels = [b.label for b in BENCHMARKS if any(b.label in c for c in curves_by_model.values())]
+    cols = min(3, len(labels))
+    rows = (len(labels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows + 0.4), squeeze=False)
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    for ax, label in zip(axes.flat, labels):
+        for i, (model, curves) in enumerate(curves_by_model.items()):
+            if label not in curves:
+                continue
+            ks, values = zip(*curves[label])
+            ax.plot(ks, values, marker="o", markersize=3, color=_COLOURS[i % len(_COLOURS)], label=model)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.minorticks_off()
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("k", fontsize=8)
+        ax.set_ylabel("pass@k (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper right", fontsize=7, frameon=False)
+    fig.suptitle(title or "pass@k (unbiased estimator)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, stem)
+
+
+# ---- radar -------------------------------------------------------------------------------------------------------
+
+
+def radar_values(table: PaperTable) -> dict[str, dict[str, float]]:
+    """``{model: {column: accuracy}}`` of the models that have all six benchmarks."""
+    return {
+        row.model: {b.label: row.cells[b.label].mean for b in BENCHMARKS}
+        for row in table.rows
+        if all(b.label in row.cells for b in BENCHMARKS)
+    }
+
+
+def plot_radar(
+    values_by_model: Mapping[str, Mapping[str, float]],
+    out_dir: str | os.PathLike,
+    *,
+    stem: str = "radar",
+    title: str | None = None,
+) -> list[str]:
+    """A radar (spider) chart of the six benchmark accuracies, one polygon per model (0-100 %)."""
+    import math
+
+    if not values_by_model:
+        raise AnalysisError("radar: no model has all six benchmarks; evaluate on the full eval set")
+    labels = [b.label for b in BENCHMARKS]
+    for model, values in values_by_model.items():
+        missing = [label for label in labels if label not in values]
+        if missing:
+            raise AnalysisError(f"radar: model {model!r} lacks {missing}; it needs all six benchmarks")
+    angles = [2 * math.pi * i / len(labels) for i in range(len(labels))]
+    fig = plt.figure(figsize=(5.2, 4.6))
+    ax = fig.add_subplot(projection="polar")
+    ax.set_theta_offset(math.pi / 2)  # first benchmark at the top, clockwise in column order
+    ax.set_theta_direction(-1)
+    for i, (model, values) in enumerate(values_by_model.items()):
+        ys = [values[label] for label in labels]
+        colour = _COLOURS[i % len(_COLOURS)]
+        ax.plot(angles + angles[:1], ys + ys[:1], color=colour, linewidth=1.4, label=model)
+        ax.fill(angles + angles[:1], ys + ys[:1], color=colour, alpha=0.08)
+    ax.set_xticks(angles, labels, fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_yticks([20, 40, 60, 80], ["20", "40", "60", "80"], fontsize=6)
+    ax.set_title(title or "Accuracy per benchmark (%)", fontsize=10, pad=14)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=7, frameon=False, ncols=2)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, stem)
+
+
+# ---- one call for the scripts ------------------------------------------------------------------------------------
+
+
+def make_plots(
+    out_dir: str | os.PathLike,
+    *,
+    table: PaperTable | None = None,
+    published: Mapping[str, Mapping[str, float]] | None = None,
+    sampling_runs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    pass_rate_dir: str | os.PathLike | None = None,
+    pass_rate_rollouts: int | None = 16,
+) -> dict[str, list[str]]:
+    """Every plot the inputs allow: ``{"radar": [...], "metrics_at_n:MODEL": [...], "pass_at_k": [...],
+    "pass_count_distribution": [...]}``.
+
+    ``published`` rows (e.g. the paper's base model) are drawn on the radar next to the table's models.
+    ``sampling_runs`` maps a model name to its graded records with n > 1 rollouts per row.
+    """
+    written: dict[str, list[str]] = {}
+    radar: dict[str, dict[str, float]] = {}
+    if table is not None:
+        radar.update(radar_values(table))
+    for model, row in (published or {}).items():
+        radar[f"{model} (paper)"] = {b.label: row[b.label] for b in BENCHMARKS}
+    if radar:
+        written["radar"] = plot_radar(radar, out_dir)
+    if sampling_runs:
+        curves = {}
+        for i, (model, records) in enumerate(sampling_runs.items()):
+            stem = "metrics_at_n" if len(sampling_runs) == 1 else f"metrics_at_n_{i}"
+            written[f"metrics_at_n:{model}"] = plot_metrics_at_n(
+                metrics_at_n(records), out_dir, stem=stem, title=f"{model}: metrics@n per benchmark"
+            )
+            curves[model] = pass_at_k_curves(records)
+        written["pass_at_k"] = plot_pass_at_k(curves, out_dir)
+    if pass_rate_dir is not None:
+        written["pass_count_distribution"] = plot_pass_counts(
+            pass_rate_dir, out_dir, expected_rollouts=pass_rate_rollouts
+        )
+    return written

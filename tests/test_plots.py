@@ -1,0 +1,104 @@
+"""The figures: numbers behind them (from medvlthinker.stats), and PNG + PDF files that open."""
+
+from __future__ import annotations
+
+import doctest
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from medvlthinker import stats, synthetic
+from medvlthinker.analysis import plots, tables
+from medvlthinker.analysis.tables import AVG, AnalysisError
+from test_tables import ROOT, make_records, write_run
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return synthetic.make_eval_rows(rows_per_benchmark=6, seed=5, image_size=(32, 32))
+
+
+@pytest.fixture(scope="module")
+def sampled(rows):
+    return tables.regrade_records(make_records(rows, seed=1, p_correct=0.4, n_rollouts=8))
+
+
+def _check_files(paths, stem, out_dir):
+    assert sorted(paths) == sorted(os.path.join(out_dir, f"{stem}.{ext}") for ext in ("png", "pdf"))
+    with Image.open(paths[0]) as img:
+        assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 200
+        assert len(img.getcolors(1 << 20)) > 8  # something was drawn
+    with open(paths[1], "rb") as handle:
+        assert handle.read(5) == b"%PDF-"
+
+
+def test_doctests():
+    assert doctest.testmod(plots).failed == 0
+
+
+def test_metrics_at_n_match_the_statistics(sampled, tmp_path):
+    metrics = plots.metrics_at_n(sampled)
+    assert list(metrics) == ["PMC", "MMMU", "MedX-M", "PathVQA", "SLAKE", "VQA-Rad", AVG]
+    slake = [r for r in sampled if r["dataset_name"] == "slake_closed"]
+    assert metrics["SLAKE"]["mean"] == pytest.approx(100 * stats.avg_at_n(slake))
+    assert metrics["SLAKE"]["majority"] == pytest.approx(100 * stats.maj_at_n(slake))
+    assert metrics["SLAKE"]["pass_at_n"] == pytest.approx(100 * sum(r["num_correct"] > 0 for r in slake) / 6)
+    assert metrics["SLAKE"]["n"] == 8 and metrics["SLAKE"]["rows"] == 6
+    assert metrics[AVG]["mean"] == pytest.approx(sum(metrics[b]["mean"] for b in list(metrics)[:6]) / 6)
+    for m in metrics.values():
+        assert m["mean"] <= m["pass_at_n"]
+    _check_files(plots.plot_metrics_at_n(metrics, tmp_path), "metrics_at_n", tmp_path)
+
+
+def test_pass_at_k_curves_use_the_unbiased_estimator(sampled, tmp_path):
+    curves = plots.pass_at_k_curves(sampled)
+    assert [k for k, _ in curves["PMC"]] == [1, 2, 4, 8]
+    pmc = [r for r in sampled if r["dataset_name"] == "pmc_vqa"]
+    for k, value in curves["PMC"]:
+        direct = sum(stats.pass_at_k(8, r["num_correct"], k) for r in pmc) / len(pmc)
+        assert value == pytest.approx(100 * direct)
+    values = [v for _, v in curves["PMC"]]
+    assert values == sorted(values) and values[0] == pytest.approx(plots.metrics_at_n(pmc)["PMC"]["mean"])
+    other = plots.pass_at_k_curves(sampled, ks=[1, 3])
+    assert [k for k, _ in other["SLAKE"]] == [1, 3]
+    _check_files(plots.plot_pass_at_k({"a": curves, "b": other}, tmp_path), "pass_at_k", tmp_path)
+
+
+def test_uneven_rollouts_are_refused(sampled):
+    broken = [dict(r) for r in sampled]
+    broken[0]["num_rollouts"] = 7
+    with pytest.raises(AnalysisError, match="PMC: rows have different numbers of rollouts"):
+        plots.pass_at_k_curves(broken)
+
+
+def test_radar_from_table_and_published(tmp_path, rows):
+    run = write_run(tmp_path / "run", make_records(rows, seed=0))
+    table = tables.build_table(tables.load_runs([("demo", run)]), n_resamples=1)
+    values = plots.radar_values(table)
+    assert values["demo"]["VQA-Rad"] == table.row("demo").cells["VQA-Rad"].mean
+    published = tables.load_published()
+    paths = plots.plot_radar(values | {"GPT-4o": published["GPT-4o"]}, tmp_path / "fig")
+    _check_files(paths, "radar", str(tmp_path / "fig"))
+    with pytest.raises(AnalysisError, match="lacks"):
+        plots.plot_radar({"x": {"PMC": 1.0}}, tmp_path)
+
+
+def test_make_plots_cli(tmp_path, rows):
+    greedy = write_run(tmp_path / "greedy", make_records(rows, seed=0))
+    sampling = write_run(tmp_path / "sampling", make_records(rows, seed=3, n_rollouts=4))
+    pass_rate = write_run(tmp_path / "pass_rate", make_records(synthetic.make_text_rows(n=12), seed=4,
+                                                               p_correct=0.3, n_rollouts=16))
+    out = tmp_path / "plots"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "analysis", "make_plots.py"), "--run", f"base={greedy}",
+         "--published-model", "Qwen2.5-VL-3B-Instruct", "--sampling-run", f"base={sampling}",
+         "--pass-rate-dir", pass_rate, "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    stems = {"radar", "metrics_at_n", "pass_at_k", "pass_count_distribution"}
+    assert sorted(os.listdir(out)) == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
+    assert "pass_count_distribution:" in result.stdout
