@@ -1,0 +1,53 @@
+"""One self-contained HTML report (table, figures, sample browser) plus the tables and figures it shows.
+
+    python analysis/make_report.py --runs-root outputs/eval --eval-data UCSC-VLAA/MedVLThinker-Eval \\
+        --compare base=Qwen2.5-VL-3B-Instruct --published-model Qwen2.5-VL-3B-Instruct --output-dir outputs/report
+
+Writes OUTPUT_DIR/report.html, OUTPUT_DIR/tables/table.{md,tex,tsv,json} and OUTPUT_DIR/plots/*.{png,pdf}.
+Runs are grouped by model as in make_tables.py (--run MODEL=DIR repeated per greedy repeat, or --runs-root
+ROOT/MODEL/REPEAT/). --eval-data (any source load_unified reads) supplies the image thumbnails.
+"""
+
+from __future__ import annotations
+
+import click
+
+from medvlthinker.analysis import report, tables
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--run", "runs", multiple=True, metavar="MODEL=DIR", help="Greedy eval output of MODEL (repeatable).")
+@click.option("--runs-root", type=click.Path(file_okay=False), help="A tree ROOT/MODEL/REPEAT/ of eval outputs.")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="Where everything goes.")
+@click.option("--eval-data", default=None, help="The eval set (Hub name or local path) for image thumbnails.")
+@click.option("--eval-split", default=None, help="Split of --eval-data (default: its only one, else test).")
+@click.option("--sampling-run", multiple=True, metavar="MODEL=DIR", help="Sampled run (n > 1) for metrics@n, pass@k.")
+@click.option("--pass-rate-dir", type=click.Path(exists=True), help="Pass-rate output for the pass-count plot.")
+@click.option("--pass-rate-rollouts", default=16, help="Rollouts per question of the pass-rate run.")
+@click.option("--published-model", multiple=True, help="A published row to draw on the radar.")
+@click.option("--compare", multiple=True, metavar="MODEL=PUBLISHED", help="Compare MODEL with a published row.")
+@click.option("--paired", nargs=2, metavar="A B", default=None, help="Paired comparison A - B.")
+@click.option("--grading", type=click.Choice(tables.GRADINGS), default="regrade", help="How rollouts are graded.")
+@click.option("--n-resamples", default=2000, help="Bootstrap resamples per interval.")
+@click.option("--seed", default=0, help="Seed of the bootstrap and of the sample choice.")
+@click.option("--samples-per-benchmark", default=8, help="Rows per benchmark and model in the sample browser.")
+@click.option("--title", default="MedVLThinker evaluation report", help="Report title.")
+def main(runs, runs_root, output_dir, eval_data, eval_split, sampling_run, pass_rate_dir, pass_rate_rollouts,
+         published_model, compare, paired, grading, n_resamples, seed, samples_per_benchmark, title):
+    try:
+        out = report.make_report(
+            output_dir, run_specs=runs, runs_root=runs_root, eval_data=eval_data, eval_split=eval_split,
+            sampling_runs=sampling_run, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
+            published_models=published_model, compare=compare, paired=paired, grading_mode=grading,
+            n_resamples=n_resamples, seed=seed, samples_per_benchmark=samples_per_benchmark, title=title,
+        )
+    except tables.AnalysisError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"report: {out['report']}")
+    click.echo(f"tables: {out['tables']['md']} (also .tex, .tsv, .json)")
+    for name, paths in out["plots"].items():
+        click.echo(f"plot {name}: {', '.join(paths)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""A self-contained static HTML report: the table, the figures and a sample browser, in one file.
+
+Everything is inline (CSS, JavaScript, figures and image thumbnails as data URIs), so the file opens offline and
+can be mailed or attached as is. The sample browser shows, per model, a few rows of each benchmark from its first
+repeat: thumbnails (downscaled JPEG), question, options, gold answer, the model output and its grade, with filters
+by benchmark, by result (correct / wrong / unparsed) and by model. Outputs are inserted as text, never as HTML.
+
+The template lives in ``medvlthinker/resources/report/`` (``report.html.j2``, ``report.css``, ``report.js``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any
+
+from medvlthinker import grading
+from medvlthinker.analysis import plots, tables
+from medvlthinker.analysis.tables import AVG, BENCHMARKS, COLUMNS, LABEL_OF, AnalysisError, ModelRuns
+from medvlthinker.schema import parse_options
+
+STATUSES = ("correct", "wrong", "unparsed")
+FIGURE_CAPTIONS = {
+    "radar": "Accuracy on the six benchmarks",
+    "metrics_at_n": "Metrics@n: mean accuracy, majority vote and pass@n per benchmark",
+    "pass_at_k": "pass@k curves (unbiased estimator)",
+    "pass_count_distribution": "Pass-count distribution of the pass-rate run",
+}
+
+
+def record_status(record: Mapping[str, Any]) -> str:
+    """The result of a record's first rollout: ``unparsed`` (no option letter), ``correct`` or ``wrong``."""
+    rollout = record["rollouts"][0]
+    options = record.get("options")
+    unparsed = rollout.get("pred_letter") is None if options is None else grading.is_conversion_failure(
+        rollout.get("pred_letter"), options
+    )
+    if unparsed:
+        return "unparsed"
+    return "correct" if rollout["is_correct"] else "wrong"
+
+
+def thumbnail_uri(image: Any, max_side: int = 160, quality: int = 80) -> str:
+    """An image (anything :func:`medvlthinker.images.decode_image` reads) as a downscaled JPEG data URI."""
+    from PIL import Image
+
+    from medvlthinker.images import decode_image
+
+    img = decode_image(image).copy()
+    img.thumbnail((max_side, max_side), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def file_uri(path: str | os.PathLike) -> str:
+    """A PNG/JPEG file as a data URI."""
+    kind = "png" if str(path).lower().endswith(".png") else "jpeg"
+    with open(path, "rb") as handle:
+        return f"data:image/{kind};base64," + base64.b64encode(handle.read()).decode("ascii")
+
+
+def choose_rows(
+    model_runs: Sequence[ModelRuns], per_benchmark: int, seed: int = 0
+) -> dict[str, list[int]]:
+    """Per benchmark, up to ``per_benchmark`` dataset_index values answered by every model (seeded draw, sorted),
+    so the browser shows the same questions for each model."""
+    chosen: dict[str, list[int]] = {}
+    rng = random.Random(seed)
+    for bench in BENCHMARKS:
+        common: set[int] | None = None
+        for runs in model_runs:
+            present = {int(r["dataset_index"]) for r in runs.repeats[0] if r["dataset_name"] == bench.dataset_name}
+            common = present if common is None else common & present
+        if common:
+            pool = sorted(common)
+            chosen[bench.dataset_name] = sorted(rng.sample(pool, min(per_benchmark, len(pool))))
+    return chosen
+
+
+def load_images(
+    eval_data: str | os.PathLike | Any, indices: Sequence[int], split: str | None = None
+) -> dict[int, list[Any]]:
+    """``{dataset_index: images}`` of the given rows of the eval set (a source for ``load_unified`` or a Dataset).
+
+    Only the requested rows are decoded. Rows missing from the eval set are left out (the browser then says the
+    image was not loaded).
+    """
+    if isinstance(eval_data, (str, os.PathLike)):
+        from medvlthinker.data import load_unified
+
+        ds = load_unified(str(eval_data), split, validate=False)
+    else:
+        ds = eval_data
+    position = {int(i): p for p, i in enumerate(ds["dataset_index"])}
+    wanted = [position[i] for i in indices if i in position]
+    subset = ds.select_columns(["dataset_index", "images"]).select(wanted)
+    return {int(row["dataset_index"]): list(row["images"] or []) for row in subset}
+
+
+def collect_samples(
+    model_runs: Sequence[ModelRuns],
+    *,
+    per_benchmark: int = 8,
+    eval_data: str | os.PathLike | Any | None = None,
+    split: str | None = None,
+    thumbnail_px: int = 160,
+    output_chars: int = 3000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """The browser's rows: per model, per benchmark, up to ``per_benchmark`` records of the first repeat."""
+    chosen = choose_rows(model_runs, per_benchmark, seed)
+    images: dict[int, list[Any]] = {}
+    if eval_data is not None:
+        images = load_images(eval_data, [i for idx in chosen.values() for i in idx], split)
+    thumbs = {index: [thumbnail_uri(img, thumbnail_px) for img in imgs] for index, imgs in images.items()}
+    samples = []
+    for runs in model_runs:
+        by_index = {int(r["dataset_index"]): r for r in runs.repeats[0]}
+        for dataset_name, indices in chosen.items():
+            for index in indices:
+                record = by_index[index]
+                rollout = record["rollouts"][0]
+                output = rollout.get("output_text") or ""
+                options = parse_options(record["options"], strict=False) if record.get("options") else {}
+                samples.append(
+                    {
+                        "model": runs.name,
+                        "benchmark": LABEL_OF[dataset_name],
+                        "dataset_index": index,
+                        "question": record.get("question", ""),
+                        "options": options,
+                        "answer_label": record["answer_label"],
+                        "answer": record["answer"],
+                        "output": output[:output_chars],
+                        "truncated": len(output) > output_chars,
+                        "pred": str(rollout.get("pred_letter")),
+                        "status": record_status(record),
+                        "num_rollouts": record["num_rollouts"],
+                        "num_correct": record["num_correct"],
+                        # Without the eval set, image_tokens > 0 still tells an image row from a text-only one.
+                        "num_images": len(images[index]) if index in images else int(bool(record.get("image_tokens"))),
+                        "thumbnails": thumbs.get(index, []),
+                    }
+                )
+    return samples
+
+
+def _script_json(value: Any) -> str:
+    # Inside <script> the text must not contain "</script>"; escaping <, > and & keeps the JSON valid and inert.
+    text = json.dumps(value, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _resource(name: str) -> str:
+    return (resources.files("medvlthinker") / "resources" / "report" / name).read_text(encoding="utf-8")
+
+
+@dataclass
+class Figure:
+    uri: str
+    caption: str
+
+
+def figures_from(written: Mapping[str, Sequence[str]]) -> list[Figure]:
+    """The PNGs of :func:`medvlthinker.analysis.plots.make_plots` output, in a fixed order, as data URIs."""
+    figures = []
+    for name, paths in written.items():
+        png = next((p for p in paths if p.endswith(".png")), None)
+        if png is None:
+            continue
+        base, _, model = name.partition(":")
+        caption = FIGURE_CAPTIONS.get(base, base)
+        figures.append(Figure(file_uri(png), f"{caption} ({model})" if model else caption))
+    return figures
+
+
+def render_report(
+    result: tables.TableResult,
+    samples: Sequence[Mapping[str, Any]],
+    figures: Sequence[Figure] = (),
+    *,
+    title: str = "MedVLThinker evaluation report",
+    subtitle: str | None = None,
+) -> str:
+    """The report as one HTML string."""
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    template = env.from_string(_resource("report.html.j2"))
+    models = list(dict.fromkeys(s["model"] for s in samples))
+    benchmarks = [b.label for b in BENCHMARKS if any(s["benchmark"] == b.label for s in samples)]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return template.render(
+        title=title,
+        subtitle=subtitle or f"{len(result.table.rows)} model(s); generated {stamp}",
+        table=result.table,
+        columns=COLUMNS,
+        avg=AVG,
+        level=round(100 * (1 - result.table.alpha)),
+        comparison=result.comparison,
+        paired=result.paired,
+        figures=list(figures),
+        sample_note=(
+            f"{len(samples)} rows: per model, up to {max(1, len(samples) // max(1, len(models) * len(benchmarks)))} "
+            "per benchmark from the first repeat (the first rollout of each row). Unparsed: the prediction maps to "
+            "no option letter (a conversion failure)."
+        ),
+        sample_benchmarks=benchmarks,
+        sample_models=models,
+        statuses=STATUSES,
+        samples_json=_script_json(list(samples)),
+        css=_resource("report.css"),
+        js=_resource("report.js"),
+    )
+
+
+def make_report(
+    output_dir: str | os.PathLike,
+    *,
+    run_specs: Sequence[str] = (),
+    runs_root: str | os.PathLike | None = None,
+    eval_data: str | os.PathLike | None = None,
+    eval_split: str | None = None,
+    sampling_runs: Sequence[str] = (),
+    pass_rate_dir: str | os.PathLike | None = None,
+    pass_rate_rollouts: int | None = 16,
+    published_models: Sequence[str] = (),
+    compare: Sequence[str] = (),
+    paired: tuple[str, str] | None = None,
+    grading_mode: str = "regrade",
+    n_resamples: int = 2000,
+    seed: int = 0,
+    samples_per_benchmark: int = 8,
+    title: str = "MedVLThinker evaluation report",
+) -> dict[str, Any]:
+    """Tables, figures and ``report.html`` in ``output_dir``: ``{"report": path, "tables": {...}, "plots": {...}}``.
+
+    Writes ``output_dir/tables/table.{md,tex,tsv,json}``, ``output_dir/plots/*.{png,pdf}`` and
+    ``output_dir/report.html``.
+    """
+    result = tables.make_tables(
+        run_specs, runs_root, grading_mode=grading_mode, n_resamples=n_resamples, seed=seed, compare=compare,
+        paired=paired,
+    )
+    table_paths = tables.write_tables(result.table, os.path.join(output_dir, "tables"), result.comparison,
+                                      result.paired)
+    published = tables.load_published()
+    unknown = [m for m in published_models if m not in published]
+    if unknown:
+        raise AnalysisError(f"--published-model {unknown[0]!r}: not a published row; use one of {list(published)}")
+    sampling = {
+        name: tables.regrade_records(tables.load_records(path), grading_mode)
+        for name, path in tables.parse_run_specs(sampling_runs)
+    }
+    written = plots.make_plots(
+        os.path.join(output_dir, "plots"), table=result.table, published={m: published[m] for m in published_models},
+        sampling_runs=sampling, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
+    )
+    samples = collect_samples(
+        result.models, per_benchmark=samples_per_benchmark, eval_data=eval_data, split=eval_split, seed=seed
+    )
+    html = render_report(result, samples, figures_from(written), title=title)
+    path = os.path.join(output_dir, "report.html")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(html)
+    os.replace(tmp, path)
+    return {"report": path, "tables": table_paths, "plots": written}
