@@ -278,3 +278,12 @@ def test_make_tables_cli(runs_root, tmp_path):
                           "--run", f"x={tmp_path / 'nowhere'}", "--output-dir", str(out)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "neither eval_results.jsonl" in bad.stderr
+
+
+def test_reproduction_guide_lists_the_expected_intervals():
+    guide = open(os.path.join(ROOT, "docs", "reproduction.md"), encoding="utf-8").read()
+    assert tables.expected_intervals_markdown() in guide
+    assert "| Qwen2.5-VL-3B-Instruct | 44.77 [42.6, 47.0] |" in guide
+    for row in tables.load_published():
+        if row not in ("GPT-4o", "HuatuoGPT-Vision-7B", "MedGemma 4B"):
+            assert f"| {row} |" in guide.split("## Compute")[0], row

@@ -115,6 +115,24 @@ def check_published_averages(published: Mapping[str, Mapping[str, float]], toler
             )
 
 
+HALF_WIDTHS: dict[str, float] = {
+    "PMC": 2.2, "MMMU": 7.5, "MedX-M": 1.8, "PathVQA": 1.6, "SLAKE": 4.6, "VQA-Rad": 5.7, AVG: 1.8,
+}
+"""95% half-widths in points of one benchmark at its size (PROTOCOL.md section 11): the expected interval of a
+reproduced number is the published one +- this (rows sharing an image widen the real interval somewhat)."""
+
+
+def expected_intervals_markdown(published: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """The published table as ``value [low, high]`` with the section-11 half-widths (docs/reproduction.md)."""
+    published = published if published is not None else load_published()
+    header = ("Model",) + COLUMNS
+    rows = [
+        [model] + [f"{row[c]:.2f} [{row[c] - HALF_WIDTHS[c]:.1f}, {row[c] + HALF_WIDTHS[c]:.1f}]" for c in COLUMNS]
+        for model, row in published.items()
+    ]
+    return _md_table(header, rows) + "\n"
+
+
 # ---- loading eval output -----------------------------------------------------------------------------------------
 
 
