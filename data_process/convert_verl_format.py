@@ -1,0 +1,44 @@
+"""Unified data set -> verl RL parquet (string prompt with <image> placeholders, images as bytes, reward fields).
+
+RL(m23k), pass-rate filtered and ordered easy to hard:
+    python data_process/convert_verl_format.py data/curated/m23k_easy_to_hard data/verl/m23k/train.parquet
+RL(PMC):
+    python data_process/convert_verl_format.py data/curated/pmc_vqa_easy_to_hard data/verl/pmc_vqa/train.parquet
+Validation file (PMC-VQA part of the evaluation set):
+    python data_process/convert_verl_format.py UCSC-VLAA/MedVLThinker-Eval data/verl/eval_pmc_vqa/test.parquet \
+        --split test --subset pmc_vqa --rl-split test
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("source")
+@click.argument("out_parquet", type=click.Path(dir_okay=False))
+@click.option("--split", default=None, help="Split of a Hub data set (e.g. train).")
+@click.option("--subset", multiple=True, help="Keep only these dataset_name values (repeatable).")
+@click.option("--size", type=int, default=None, help="Keep the first N rows (smoke runs).")
+@click.option("--rl-split", default="train", show_default=True, help="Written to extra_info.split.")
+@click.option("--resize-pmc/--no-resize-pmc", default=False, show_default=True,
+              help="Apply the PMC-VQA training-image resize rule (the released sets are already resized).")
+@click.option("--num-proc", type=int, default=None, help="Worker processes for the conversion.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT_PARQUET.")
+def main(source, out_parquet, split, subset, size, rl_split, resize_pmc, num_proc, overwrite):
+    """Convert SOURCE (Hub name, save_to_disk dir, .parquet or .jsonl in the unified schema) into OUT_PARQUET.
+
+    The row order of SOURCE is kept (curriculum runs read the file in order).
+    """
+    from medvlthinker.converters.verl_format import convert_to_verl, write_verl_parquet
+    from medvlthinker.data import load_unified
+
+    ds = load_unified(source, split, subset=list(subset) or None, size=size, num_proc=num_proc)
+    rl = convert_to_verl(ds, split=rl_split, resize_pmc=resize_pmc, num_proc=num_proc)
+    path = write_verl_parquet(rl, out_parquet, overwrite=overwrite)
+    n_images = sum(1 for images in rl["images"] if images)
+    click.echo(f"wrote {len(rl)} verl RL rows ({n_images} with images) to {path}")
+
+
+if __name__ == "__main__":
+    main()
