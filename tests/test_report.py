@@ -43,8 +43,9 @@ def built(tmp_path_factory):
         n_resamples=100, samples_per_benchmark=3,
     )
     html = open(out["report"], encoding="utf-8").read()
-    samples = json.loads(re.search(r'<script id="samples-data" type="application/json">(.*?)</script>', html,
-                                   re.S).group(1))
+    data = json.loads(re.search(r'<script id="samples-data" type="application/json">(.*?)</script>', html,
+                                re.S).group(1))
+    samples = [s | {"thumbnails": data["thumbnails"][str(s["dataset_index"])]} for s in data["samples"]]
     return {"out": out, "html": html, "samples": samples, "tmp": tmp}
 
 
@@ -56,6 +57,7 @@ def test_report_is_one_self_contained_file(built):
         assert ref.startswith("data:") or ref.startswith("#"), ref
     assert "<link" not in html and "http://" not in html and "https://" not in html
     assert html.count('<img src="data:image/png;base64,') == 3  # radar, metrics@n, pass@k
+    assert html.count("data:image/jpeg;base64,") == 6 * 3 + 2 * 3  # each row's thumbnails once, not per model
     assert "</script><b id='injected'>" not in html  # the question stays inside the JSON, escaped
 
 
@@ -104,7 +106,9 @@ def test_make_report_cli(built, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"report: {tmp_path / 'r' / 'report.html'}" in result.stdout
     html = (tmp_path / "r" / "report.html").read_text()
-    assert "(image not loaded)" in html or '"thumbnails": []' in html  # no --eval-data: no thumbnails
+    data = json.loads(re.search(r'<script id="samples-data" type="application/json">(.*?)</script>', html,
+                                re.S).group(1))
+    assert len(data["samples"]) == 6 and all(v == [] for v in data["thumbnails"].values())  # no --eval-data
 
 
 # ---- headless Chromium -------------------------------------------------------------------------------------------

@@ -159,6 +159,15 @@ def _script_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _browser_data(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The JSON the page reads: the samples, with each row's thumbnails stored once (models share the rows)."""
+    thumbnails = {str(s["dataset_index"]): s["thumbnails"] for s in samples}
+    return {
+        "samples": [{k: v for k, v in s.items() if k != "thumbnails"} for s in samples],
+        "thumbnails": thumbnails,
+    }
+
+
 def _resource(name: str) -> str:
     return (resources.files("medvlthinker") / "resources" / "report" / name).read_text(encoding="utf-8")
 
@@ -216,7 +225,7 @@ def render_report(
         sample_benchmarks=benchmarks,
         sample_models=models,
         statuses=STATUSES,
-        samples_json=_script_json(list(samples)),
+        samples_json=_script_json(_browser_data(samples)),
         css=_resource("report.css"),
         js=_resource("report.js"),
     )

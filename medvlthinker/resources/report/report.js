@@ -1,7 +1,8 @@
 // The sample browser: rows are built from the embedded JSON; the filter buttons hide the rows that do not match.
 (function () {
   "use strict";
-  var samples = JSON.parse(document.getElementById("samples-data").textContent);
+  var data = JSON.parse(document.getElementById("samples-data").textContent);
+  var samples = data.samples;
   var body = document.getElementById("samples-body");
   var state = { benchmark: "all", status: "all", model: "all" };
 
@@ -15,8 +16,9 @@
   samples.forEach(function (s) {
     var tr = el("tr", { "class": "sample", "data-benchmark": s.benchmark, "data-status": s.status, "data-model": s.model });
     var thumbs = el("td", { "class": "thumbs" });
-    s.thumbnails.forEach(function (uri, i) { thumbs.appendChild(el("img", { src: uri, alt: "image " + (i + 1) })); });
-    if (!s.thumbnails.length) thumbs.appendChild(el("span", { "class": "meta" }, s.num_images ? "(image not loaded)" : "(text only)"));
+    var uris = data.thumbnails[String(s.dataset_index)] || [];
+    uris.forEach(function (uri, i) { thumbs.appendChild(el("img", { src: uri, alt: "image " + (i + 1) })); });
+    if (!uris.length) thumbs.appendChild(el("span", { "class": "meta" }, s.num_images ? "(image not loaded)" : "(text only)"));
     tr.appendChild(thumbs);
 
     var q = el("td");
