@@ -1,0 +1,349 @@
+"""Supervised fine-tuning of Qwen2.5-VL with TRL's SFTTrainer, driven by one YAML file (PROTOCOL.md section 9).
+
+A config (``configs/sft/*.yaml``) is loaded into :class:`SFTRunConfig`, a typed dataclass: unknown keys are
+rejected naming the key and the file, values are type-checked, and ``key=value`` overrides from the command line
+go through the same checks. :func:`build_trainer` turns it into a ``trl.SFTTrainer``; :func:`run_sft` trains,
+resumes from the newest checkpoint in ``output_dir`` when there is one, and saves the final model with the base
+model's processor and chat template.
+
+The data is the converter's output (contract 4, ``data_process/convert_sft_format.py``): conversational
+prompt-completion rows, so TRL's ``completion_only_loss`` puts the loss on the assistant turn only (with
+transformers < 5.18 ``assistant_only_loss`` is not available for image data; this masks the same tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the file, the key and the fix."""
+
+
+@dataclass
+class SFTRunConfig:
+    """One SFT experiment. Defaults are the paper's hyperparameters (PROTOCOL.md section 9)."""
+
+    model_name_or_path: str = field(metadata={"help": "Base model: a Hub name or a local model directory."})
+    train_data: str = field(metadata={"help": "SFT data set directory written by convert_sft_format.py."})
+    output_dir: str = field(metadata={"help": "Where checkpoints (checkpoint-N/) and the final model go."})
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Fraction of the steps spent warming up."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    global_batch_size: int = field(
+        default=16,
+        metadata={"help": "Examples per optimizer step over all processes; gradient accumulation is derived from "
+                          "it, the per-device batch and the world size (16 = 1 x 8 GPUs x 2 in the paper)."},
+    )
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Examples per forward pass per device."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Epochs over the training set."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: epochs rule)."})
+    save_strategy: str = field(default="epoch", metadata={"help": "'epoch', 'steps' or 'no'."})
+    save_steps: float = field(default=500, metadata={"help": "Checkpoint interval when save_strategy is 'steps'."})
+    save_total_limit: int | None = field(default=None, metadata={"help": "Keep at most this many checkpoints."})
+    bf16: bool = field(default=True, metadata={"help": "bf16 mixed precision (GPU)."})
+    dtype: str = field(default="bfloat16", metadata={"help": "dtype the weights are loaded in."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa', 'eager' or 'flash_attention_2'."})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in backward."})
+    max_length: int | None = field(
+        default=None, metadata={"help": "Truncate examples to this many tokens (None: never truncate)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N examples."})
+    logging_steps: int = field(default=1, metadata={"help": "Log the loss every N optimizer steps."})
+    seed: int = field(default=42, metadata={"help": "Seed of the data order and initialisation."})
+    report_to: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "e.g. ['wandb']."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Data loader worker processes."})
+    resume: bool = field(default=True, metadata={"help": "Resume from the newest checkpoint in output_dir."})
+    trainer_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Further trl.SFTConfig fields by name (checked against SFTConfig)."},
+    )
+
+    def gradient_accumulation_steps(self, world_size: int) -> int:
+        """global_batch_size / (per_device_train_batch_size x world_size); an error when it does not divide."""
+        per_step = self.per_device_train_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of per_device_train_batch_size "
+                f"{self.per_device_train_batch_size} x world size {world_size}; fix: change global_batch_size or "
+                "per_device_train_batch_size, or launch on a matching number of GPUs"
+            )
+        return self.global_batch_size // per_step
+
+
+# Fields of SFTRunConfig that set an SFTConfig field of the same name; trainer_args may not set them again.
+_DIRECT_FIELDS = (
+    "output_dir", "learning_rate", "lr_scheduler_type", "weight_decay", "adam_beta1",
+    "adam_beta2", "max_grad_norm", "per_device_train_batch_size", "num_train_epochs", "max_steps",
+    "save_strategy", "save_steps", "save_total_limit", "bf16", "gradient_checkpointing", "max_length",
+    "logging_steps", "seed", "report_to", "dataloader_num_workers",
+)
+_MANAGED_TRAINER_ARGS = (*_DIRECT_FIELDS, "warmup_ratio", "warmup_steps", "gradient_accumulation_steps",
+                         "completion_only_loss", "assistant_only_loss", "model_init_kwargs")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (YAML's "1e-5" string is accepted for a float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg, source)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}; fix: write it as [a, b]")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(f"{key}[{i}]", v, item_tp, source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(
+        f"{source}: {key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}; "
+        f"fix: set {key} to a {_type_name(tp)}"
+    )
+
+
+def _sft_config_field_names() -> set[str]:
+    from trl import SFTConfig
+
+    return {f.name for f in dataclasses.fields(SFTConfig)}
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> SFTRunConfig:
+    """Validate a mapping (a parsed YAML file) into an :class:`SFTRunConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of key: value, got {type(data).__name__}")
+    hints = typing.get_type_hints(SFTRunConfig)
+    fields = {f.name: f for f in dataclasses.fields(SFTRunConfig)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {unknown}; fix: remove them, or use one of {sorted(fields)} "
+            "(other trl.SFTConfig fields go under trainer_args)"
+        )
+    missing = [
+        name for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in data
+    ]
+    if missing:
+        raise ConfigError(f"{source}: missing required key(s) {missing}; fix: add them to the config")
+    values = {k: _coerce(k, v, hints[k], source) for k, v in data.items()}
+    extra = values.get("trainer_args", {})
+    known = _sft_config_field_names()
+    for key in extra:
+        if key not in known:
+            raise ConfigError(f"{source}: trainer_args.{key} is not a trl.SFTConfig field; fix: remove it")
+        if key in _MANAGED_TRAINER_ARGS:
+            raise ConfigError(
+                f"{source}: trainer_args.{key} is set by this project's config; fix: "
+                + (f"set {key} at the top level" if key in _DIRECT_FIELDS else "remove it")
+            )
+    cfg = SFTRunConfig(**values)
+    for key in ("global_batch_size", "per_device_train_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{source}: {key} must be at least 1")
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise ConfigError(f"{source}: warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.save_strategy not in ("epoch", "steps", "no"):
+        raise ConfigError(f"{source}: save_strategy must be 'epoch', 'steps' or 'no', got {cfg.save_strategy!r}")
+    if cfg.dtype not in ("bfloat16", "float16", "float32", "auto"):
+        raise ConfigError(f"{source}: dtype must be bfloat16, float16, float32 or auto, got {cfg.dtype!r}")
+    return cfg
+
+
+def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """``["learning_rate=2e-5", "trainer_args.eval_strategy=no"]`` -> a nested mapping (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value; fix: write e.g. learning_rate=2e-5")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        target = out
+        *parents, leaf = key.strip().split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return out
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | os.PathLike, overrides: typing.Iterable[str] = ()) -> SFTRunConfig:
+    """Read a YAML config, apply ``key=value`` overrides, validate. Raises :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; fix: pass one of configs/sft/*.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    overrides = list(overrides)
+    data = _merge(data, parse_overrides(overrides))
+    source = str(path) + (f" (with overrides {overrides})" if overrides else "")
+    return config_from_dict(data, source)
+
+
+def world_size() -> int:
+    """Processes in this run (``WORLD_SIZE`` as set by accelerate/torchrun; 1 when launched plainly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def build_sft_config(cfg: SFTRunConfig, *, n_processes: int | None = None):
+    """The ``trl.SFTConfig`` of a run."""
+    from trl import SFTConfig
+
+    n = n_processes or world_size()
+    kwargs = {name: getattr(cfg, name) for name in _DIRECT_FIELDS}
+    # transformers 5 deprecates warmup_ratio; a float warmup_steps below 1 is the same ratio.
+    kwargs["warmup_steps"] = cfg.warmup_ratio
+    if cfg.gradient_checkpointing:
+        kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    kwargs.update(cfg.trainer_args)
+    return SFTConfig(
+        **kwargs,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps(n),
+        # Prompt-completion data: the loss covers the completion (the assistant turn) only.
+        completion_only_loss=True,
+    )
+
+
+def load_train_dataset(cfg: SFTRunConfig):
+    """The SFT data set of ``cfg.train_data`` (checked against contract 4), first ``max_train_samples`` rows."""
+    import datasets
+
+    from medvlthinker.converters.sft_format import check_sft_dataset
+
+    path = Path(cfg.train_data)
+    if not path.exists():
+        raise ConfigError(
+            f"train_data {path} does not exist; fix: build it with data_process/convert_sft_format.py "
+            "or point train_data at its output directory"
+        )
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"train_data {path} is not a save_to_disk data set ({exc})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise ConfigError(f"train_data {path} is a DatasetDict without a 'train' split ({list(ds)})")
+        ds = ds["train"]
+    check_sft_dataset(ds, where=f"train_data {path}")
+    if cfg.max_train_samples is not None:
+        ds = ds.select(range(min(cfg.max_train_samples, len(ds))))
+    return ds
+
+
+TINY_MODEL = "tiny"
+"""``model_name_or_path: tiny`` names the tiny random Qwen2.5-VL of :func:`medvlthinker.tiny.tiny_model_path`."""
+
+
+def resolve_model_path(name: str) -> str:
+    if name == TINY_MODEL:
+        from medvlthinker.tiny import tiny_model_path
+
+        return str(tiny_model_path())
+    return name
+
+
+def load_model_and_processor(cfg: SFTRunConfig):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = resolve_model_path(cfg.model_name_or_path)
+    dtype = cfg.dtype if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=dtype, attn_implementation=cfg.attn_implementation
+    )
+    processor = AutoProcessor.from_pretrained(path)
+    return model, processor
+
+
+def build_trainer(cfg: SFTRunConfig, *, train_dataset=None, callbacks=None):
+    """A ready ``trl.SFTTrainer`` for ``cfg`` (the data set is loaded from ``cfg.train_data`` unless given)."""
+    from trl import SFTTrainer
+
+    model, processor = load_model_and_processor(cfg)
+    ds = train_dataset if train_dataset is not None else load_train_dataset(cfg)
+    return SFTTrainer(
+        model=model,
+        args=build_sft_config(cfg),
+        train_dataset=ds,
+        processing_class=processor,
+        callbacks=callbacks,
+    )
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` directory in ``output_dir``, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def run_sft(cfg: SFTRunConfig, *, train_dataset=None, callbacks=None):
+    """Train; resume from the newest checkpoint when ``cfg.resume``; save the final model and processor.
+
+    Returns the trainer (its ``state.log_history`` holds the logged losses).
+    """
+    trainer = build_trainer(cfg, train_dataset=train_dataset, callbacks=callbacks)
+    resume_from = last_checkpoint(cfg.output_dir) if cfg.resume else None
+    if resume_from and trainer.is_world_process_zero():
+        print(f"resuming from {resume_from}")
+    trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model(cfg.output_dir)  # also saves the processor (config, tokenizer, chat template)
+    return trainer
