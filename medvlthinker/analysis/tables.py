@@ -92,7 +92,9 @@ def load_published(path: str | os.PathLike | None = None) -> dict[str, dict[str,
             try:
                 table[row["model"]] = {c: float(row[c]) for c in COLUMNS}
             except (TypeError, ValueError) as exc:
-                raise AnalysisError(f"{path} line {line} ({row.get('model')!r}): {exc}; cells must be numbers") from None
+                raise AnalysisError(
+                    f"{path} line {line} ({row.get('model')!r}): {exc}; cells must be numbers"
+                ) from None
     return table
 
 
@@ -561,7 +563,9 @@ def to_markdown(
         "",
         f"Mean over greedy repeats, ± the standard deviation across repeats; graded with `{table.grading}`.",
         "",
-        _md_table(("Model",) + COLUMNS, [[r.model] + [_cell_text(r.cells.get(c)) for c in COLUMNS] for r in table.rows]),
+        _md_table(
+            ("Model",) + COLUMNS, [[r.model] + [_cell_text(r.cells.get(c)) for c in COLUMNS] for r in table.rows]
+        ),
         "",
         f"## {level}% bootstrap interval",
         "",
