@@ -15,6 +15,7 @@ import io
 import json
 import os
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -206,6 +207,7 @@ def render_report(
     template = env.from_string(_resource("report.html.j2"))
     models = list(dict.fromkeys(s["model"] for s in samples))
     benchmarks = [b.label for b in BENCHMARKS if any(s["benchmark"] == b.label for s in samples)]
+    per_cell = max(Counter((s["model"], s["benchmark"]) for s in samples).values(), default=0)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return template.render(
         title=title,
@@ -218,7 +220,7 @@ def render_report(
         paired=result.paired,
         figures=list(figures),
         sample_note=(
-            f"{len(samples)} rows: per model, up to {max(1, len(samples) // max(1, len(models) * len(benchmarks)))} "
+            f"{len(samples)} rows: per model, up to {per_cell} "
             "per benchmark from the first repeat (the first rollout of each row). Unparsed: the prediction maps to "
             "no option letter (a conversion failure)."
         ),
