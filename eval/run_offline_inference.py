@@ -1,0 +1,62 @@
+"""Score a model on the evaluation set, or sample n answers per training question (pass-rate curation).
+
+    python eval/run_offline_inference.py --model Qwen/Qwen2.5-VL-3B-Instruct --dp_size 8 --output_dir runs/3b
+    python eval/run_offline_inference.py --model M --dataset_name data/m23k --split train --n 16 \
+        --temperature 1.0 --output_dir runs/pass_rate/m23k
+
+Output (docs/eval.md): shard-*.jsonl records appended as rows finish, eval_results.jsonl, accuracy.json,
+args.json. Rerunning the same command resumes; --overwrite starts over.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from medvlthinker.inference.runner import DEFAULT_EVAL_DATASET, RunConfig, run
+from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--model", required=True, help="model directory or Hugging Face name")
+@click.option("--backend", type=click.Choice(["vllm", "hf"]), default="vllm",
+              help="vLLM offline (the paper) or transformers generate (models vLLM lacks)")
+@click.option("--dp_size", type=int, default=1, help="data-parallel engines on this node, one per GPU slice")
+@click.option("--tp_size", type=int, default=1, help="tensor-parallel GPUs per engine (32B: 4)")
+@click.option("--node_size", type=int, default=1, help="nodes sharing the run")
+@click.option("--node_rank", type=int, default=0, help="this node's rank")
+@click.option("--temperature", type=float, default=0.0, help="0 = greedy (the table); 1.0 for pass rates")
+@click.option("--top_p", type=float, default=1.0)
+@click.option("--max_tokens", type=int, default=4096)
+@click.option("--n", type=int, default=1, help="rollouts per row (16 for pass rates)")
+@click.option("--seed", type=int, default=42)
+@click.option("--dataset_name", default=DEFAULT_EVAL_DATASET,
+              help="Hugging Face name or local path (save_to_disk dir, .parquet, .jsonl)")
+@click.option("--split", default="test")
+@click.option("--subset", multiple=True, help="keep these dataset_name values (repeat or comma-separate)")
+@click.option("--dataset_size", type=int, default=None, help="keep the first N rows")
+@click.option("--output_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="delete this run's previous records instead of resuming")
+@click.option("--ignore_image", is_flag=True, help="text-only ablation: drop the images")
+@click.option("--gpu_memory_utilization", type=float, default=0.9)
+@click.option("--max_model_len", type=int, default=None)
+@click.option("--limit_mm_per_prompt", type=int, default=None,
+              help="images per prompt the engine reserves for (default: the most any row has)")
+@click.option("--min_pixels", type=int, default=MIN_PIXELS)
+@click.option("--max_pixels", type=int, default=MAX_PIXELS)
+@click.option("--chat_template", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="a .jinja chat template replacing the processor's")
+@click.option("--batch_size", type=int, default=8, help="prompts per generate call (hf backend)")
+@click.option("--llava_med_rule", is_flag=True, help="also accept the answer text as a substring")
+@click.option("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
+@click.option("--engine_kwargs", default="{}", help="extra vLLM engine arguments as JSON")
+def main(subset, engine_kwargs, **kwargs):
+    names = [s for item in subset for s in item.split(",") if s] or None
+    table = run(RunConfig(subset=names, engine_kwargs=json.loads(engine_kwargs), **kwargs))
+    if table is not None:
+        click.echo(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()

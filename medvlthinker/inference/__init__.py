@@ -1,0 +1,29 @@
+"""Inference for evaluation and pass-rate estimation: one request builder, two backends, a resumable runner.
+
+- :class:`SamplingSettings` (``settings``): temperature, top_p, max_tokens, n, seed -> vLLM or transformers.
+- :class:`RequestBuilder` (``requests``): row -> chat-templated prompt + qwen-vl-utils image inputs.
+- :class:`VllmBackend`, :class:`HfBackend` (``backends``): ``generate(requests, settings)`` yields finished rows.
+- :func:`run`, :class:`RunConfig` (``runner``): validate, shard, generate, append, resume, merge.
+- ``records``: the contract-3 files (shards, eval_results.jsonl, accuracy.json); ``regrade``: regrade mode.
+
+Heavy libraries (torch, transformers, vLLM) are imported only where used.
+"""
+
+from medvlthinker.inference.records import accuracy_table, merge_results, shard_bounds
+from medvlthinker.inference.requests import Request, RequestBuilder
+from medvlthinker.inference.runner import RunConfig, run, run_rank
+from medvlthinker.inference.settings import EVAL_GREEDY, PASS_RATE, SamplingSettings
+
+__all__ = [
+    "EVAL_GREEDY",
+    "PASS_RATE",
+    "Request",
+    "RequestBuilder",
+    "RunConfig",
+    "SamplingSettings",
+    "accuracy_table",
+    "merge_results",
+    "run",
+    "run_rank",
+    "shard_bounds",
+]

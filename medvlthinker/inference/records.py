@@ -1,0 +1,201 @@
+"""Eval records on disk (contract 3): shard files, resume, merge, the accuracy table.
+
+Layout of an output directory:
+
+- ``shard-{rank:03d}-of-{world:03d}.jsonl``: one record per line, appended as each row finishes;
+- ``eval_results.jsonl``: every record, sorted by dataset_index (written by :func:`merge_results`);
+- ``accuracy.json``: per benchmark ``{"accuracy": %, "rows", "num_rollouts", "conversion_failure_rate"}`` and
+  ``"_average": {"accuracy": unweighted mean of the benchmarks}``;
+- ``args.json``: the run's arguments, library versions, model config hash and sampling settings.
+
+``num_rollouts`` in accuracy.json is the number of rollouts per row (the run's n; the largest when rows differ).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from medvlthinker.grading import grade_rollout, is_conversion_failure, row_accuracy
+
+SHARD_RE = re.compile(r"shard-(\d{3,})-of-(\d{3,})\.jsonl$")
+RESULTS_FILE = "eval_results.jsonl"
+ACCURACY_FILE = "accuracy.json"
+ARGS_FILE = "args.json"
+
+
+def shard_name(rank: int, world: int) -> str:
+    return f"shard-{rank:03d}-of-{world:03d}.jsonl"
+
+
+def shard_bounds(num_rows: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous [start, end) of ``rank``'s shard; the first ``num_rows % world`` shards get one extra row.
+
+    >>> [shard_bounds(10, r, 3) for r in range(3)]
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside 0..{world - 1}; fix: --node_rank < --node_size")
+    base, extra = divmod(num_rows, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def make_record(request_row: Mapping[str, Any], prompt: str, prompt_tokens: int, image_tokens: int,
+                texts: Iterable[str], *, llava_med_rule: bool = False) -> dict[str, Any]:
+    """One record of contract 3; every rollout graded in strict mode (the pass_count rule)."""
+    rollouts = [grade_rollout(text, request_row, mode="strict", llava_med_rule=llava_med_rule) for text in texts]
+    return {
+        "dataset_name": request_row["dataset_name"],
+        "dataset_index": int(request_row["dataset_index"]),
+        "answer_label": request_row["answer_label"],
+        "answer": request_row["answer"],
+        "options": request_row["options"],
+        "question": request_row["question"],
+        "prompt": prompt,
+        "prompt_tokens": prompt_tokens,
+        "image_tokens": image_tokens,
+        "rollouts": rollouts,
+        "num_rollouts": len(rollouts),
+        "num_correct": sum(1 for r in rollouts if r["is_correct"]),
+        "misc": request_row.get("misc"),
+    }
+
+
+def read_records(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Records of a JSONL file. A run killed mid-write leaves a torn last line: it is skipped, and with
+    ``repair`` the file is rewritten without it (so appending continues on a clean line)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records, torn = [], False
+    with path.open(encoding="utf-8") as fh:
+        lines = fh.readlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if lineno != len(lines):
+                raise ValueError(
+                    f"{path}:{lineno} is not a JSON record (and not the last line, so not a torn write); fix: "
+                    f"delete that line or rerun with --overwrite"
+                ) from None
+            torn = True
+    if torn or (lines and not lines[-1].endswith("\n")):
+        if repair:
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+            os.replace(tmp, path)
+    return records
+
+
+class ShardWriter:
+    """Appends records to a shard file, one line each, flushed at once (a kill loses at most the line being
+    written, which :func:`read_records` drops on resume)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def shard_files(output_dir: str | os.PathLike) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(os.path.join(str(output_dir), "shard-*-of-*.jsonl"))
+                  if SHARD_RE.search(p))
+
+
+def collect_records(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every record of every shard in ``output_dir``, one per dataset_index (the first seen wins), sorted."""
+    seen: dict[int, dict[str, Any]] = {}
+    for path in shard_files(output_dir):
+        for record in read_records(path):
+            seen.setdefault(int(record["dataset_index"]), record)
+    return [seen[k] for k in sorted(seen)]
+
+
+def accuracy_table(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """``{dataset_name: {"accuracy", "rows", "num_rollouts", "conversion_failure_rate"}, "_average": ...}``.
+
+    Accuracy per benchmark is the mean over its rows of num_correct / num_rollouts, in percent (PROTOCOL.md
+    section 5); the average is unweighted over benchmarks. A conversion failure is a rollout whose pred_letter
+    is not an option letter.
+    """
+    per: dict[str, dict[str, Any]] = defaultdict(lambda: {"acc": 0.0, "rows": 0, "n": 0, "rollouts": 0, "fail": 0})
+    for record in records:
+        entry = per[record["dataset_name"]]
+        entry["acc"] += row_accuracy(record)
+        entry["rows"] += 1
+        entry["n"] = max(entry["n"], record["num_rollouts"])
+        entry["rollouts"] += len(record["rollouts"])
+        entry["fail"] += sum(1 for r in record["rollouts"] if is_conversion_failure(r["pred_letter"], record["options"]))
+    table: dict[str, Any] = {}
+    for name in sorted(per):
+        entry = per[name]
+        table[name] = {
+            "accuracy": 100.0 * entry["acc"] / entry["rows"],
+            "rows": entry["rows"],
+            "num_rollouts": entry["n"],
+            "conversion_failure_rate": entry["fail"] / entry["rollouts"] if entry["rollouts"] else 0.0,
+        }
+    benchmarks = [v["accuracy"] for v in table.values()]
+    table["_average"] = {"accuracy": sum(benchmarks) / len(benchmarks) if benchmarks else 0.0}
+    return table
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def merge_results(output_dir: str | os.PathLike, *, expected_rows: int | None = None) -> dict[str, Any]:
+    """Merge the shards of ``output_dir`` into eval_results.jsonl and accuracy.json; return the accuracy table.
+
+    With ``expected_rows`` a merge that finds fewer records raises, naming how many are missing (rerun the
+    same command: it resumes).
+    """
+    records = collect_records(output_dir)
+    if not records:
+        raise FileNotFoundError(f"no shard-*-of-*.jsonl records in {output_dir}; fix: run eval/run_offline_inference.py first")
+    if expected_rows is not None and len(records) < expected_rows:
+        raise RuntimeError(
+            f"{output_dir} holds {len(records)} of {expected_rows} records; fix: rerun the same command to resume "
+            f"the unfinished shards, then merge"
+        )
+    write_jsonl(Path(output_dir) / RESULTS_FILE, records)
+    table = accuracy_table(records)
+    write_json(Path(output_dir) / ACCURACY_FILE, table)
+    return table

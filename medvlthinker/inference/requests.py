@@ -1,0 +1,131 @@
+"""The request builder shared by both backends: one row -> the prompt text and the image inputs.
+
+The prompt is the processor's (or tokenizer's) chat template applied to ``prompts.build_messages(row)`` with the
+generation prompt; images are decoded with ``medvlthinker.images.decode_image`` and resized by qwen-vl-utils'
+``fetch_image`` with ``min_pixels``/``max_pixels`` (the original's ``process_vision_info`` path). vLLM and
+transformers therefore see the same text and the same pixels; their own processors' resize is then a no-op
+(the sizes are already multiples of 28 inside the same bounds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from medvlthinker.images import ImageDecodeError, decode_image
+from medvlthinker.prompts import build_messages
+from medvlthinker.schema import SchemaError
+from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
+
+PATCH_SIZE = 14
+MERGE_SIZE = 2
+IMAGE_PAD = "<|image_pad|>"
+
+
+@dataclass
+class Request:
+    """One prompt ready for a backend. ``row`` keeps the fields the record needs (no images)."""
+
+    dataset_index: int
+    prompt: str
+    images: list = field(default_factory=list)
+    prompt_tokens: int = 0
+    image_tokens: int = 0
+    row: dict[str, Any] = field(default_factory=dict)
+
+    def vllm_input(self) -> dict[str, Any]:
+        """The ``LLM.generate`` prompt: text plus ``multi_modal_data`` when the row has images."""
+        out: dict[str, Any] = {"prompt": self.prompt}
+        if self.images:
+            out["multi_modal_data"] = {"image": list(self.images)}
+        return out
+
+
+def image_token_count(width: int, height: int) -> int:
+    """Tokens one (already resized) image takes in Qwen2.5-VL: one per 28x28 merged patch."""
+    return (width // PATCH_SIZE) * (height // PATCH_SIZE) // (MERGE_SIZE * MERGE_SIZE)
+
+
+RECORD_ROW_FIELDS = ("dataset_name", "dataset_index", "answer_label", "answer", "options", "question", "misc")
+
+
+class RequestBuilder:
+    """Builds :class:`Request` objects from unified rows.
+
+    ``processor`` is a transformers processor or tokenizer with a chat template; ``chat_template`` overrides it
+    (a template string). ``ignore_image`` drops the images (text-only ablation).
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        *,
+        min_pixels: int = MIN_PIXELS,
+        max_pixels: int = MAX_PIXELS,
+        ignore_image: bool = False,
+        chat_template: str | None = None,
+    ) -> None:
+        if min_pixels > max_pixels:
+            raise ValueError(f"min_pixels {min_pixels} > max_pixels {max_pixels}; fix: --min_pixels <= --max_pixels")
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.min_pixels = min_pixels
+        self.max_pixels = max_pixels
+        self.ignore_image = ignore_image
+        self.chat_template = chat_template
+        if chat_template is None and not getattr(processor, "chat_template", None) \
+                and not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("the processor has no chat template; fix: pass --chat_template PATH (a .jinja file)")
+
+    def render(self, row: Mapping[str, Any]) -> str:
+        """The full prompt text: chat template over :func:`medvlthinker.prompts.build_messages`, generation
+        prompt appended."""
+        messages = build_messages(row, ignore_image=self.ignore_image)
+        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
+        if self.chat_template is not None:
+            kwargs["chat_template"] = self.chat_template
+        target = self.processor if hasattr(self.processor, "apply_chat_template") else self.tokenizer
+        return target.apply_chat_template(messages, **kwargs)
+
+    def images(self, row: Mapping[str, Any]) -> list:
+        """The row's images, decoded and resized by qwen-vl-utils; a bad image raises SchemaError naming the row."""
+        if self.ignore_image:
+            return []
+        from qwen_vl_utils import fetch_image
+
+        out = []
+        stored = row.get("images") or []
+        for pos, image in enumerate(stored):
+            try:
+                decoded = decode_image(image)
+            except ImageDecodeError as exc:
+                raise SchemaError(
+                    f"image {pos} of {len(stored)} cannot be decoded ({exc})",
+                    fix="re-encode or replace the image, or drop the row",
+                ).for_row(row) from exc
+            out.append(fetch_image({"image": decoded, "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}))
+        return out
+
+    def build(self, row: Mapping[str, Any]) -> Request:
+        prompt = self.render(row)
+        images = self.images(row)
+        image_tokens = sum(image_token_count(*img.size) for img in images)
+        n_pad = prompt.count(IMAGE_PAD)
+        if n_pad != len(images):
+            raise SchemaError(
+                f"the rendered prompt has {n_pad} image placeholders but the row has {len(images)} images",
+                fix="use the Qwen2.5-VL chat template (one <|vision_start|><|image_pad|><|vision_end|> per image)",
+            ).for_row(row)
+        text_tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        # each <|image_pad|> expands to the image's tokens in the model input
+        prompt_tokens = text_tokens - n_pad + image_tokens
+        kept = {key: row.get(key) for key in RECORD_ROW_FIELDS}
+        return Request(
+            dataset_index=int(row["dataset_index"]),
+            prompt=prompt,
+            images=images,
+            prompt_tokens=prompt_tokens,
+            image_tokens=image_tokens,
+            row=kept,
+        )
