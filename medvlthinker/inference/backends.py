@@ -80,7 +80,8 @@ class VllmBackend:
             return
         params = settings.to_vllm()
         ids = self.llm.enqueue([r.vllm_input() for r in requests], params, use_tqdm=False)
-        pending = dict(zip(ids, requests))
+        # enqueue returns the engine's internal ids ("{external}-{random suffix}"); outputs carry the external id.
+        pending = {self._external_id(rid): request for rid, request in zip(ids, requests)}
         engine = self.llm.llm_engine
         while engine.has_unfinished_requests():
             for out in engine.step():
@@ -89,6 +90,11 @@ class VllmBackend:
                     yield pending.pop(out.request_id), [c.text for c in outputs]
         if pending:
             raise RuntimeError(f"vLLM finished without answering {len(pending)} request(s)")
+
+    @staticmethod
+    def _external_id(request_id: str) -> str:
+        head, sep, _ = request_id.rpartition("-")
+        return head if sep else request_id
 
     def close(self) -> None:
         self.llm = None
