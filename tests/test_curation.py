@@ -165,3 +165,30 @@ def test_script_writes_ordered_set_and_report_identically_twice(tmp_path, train_
     assert len(saved) == report["rows_out"] == 40 - sum(expected.values())
     assert saved["pass_count"] == sorted(saved["pass_count"], reverse=True)
     assert saved["question"][0] == next(r["question"] for r in ROWS if r["dataset_index"] == saved["dataset_index"][0])
+
+
+@pytest.mark.slow
+def test_curation_reads_a_real_pass_rate_run(tmp_path, tiny_model_dir):
+    """prepare_m23k -> a pass-rate run of the inference runner (transformers backend, tiny model) -> curation."""
+    from medvlthinker.inference.runner import RunConfig, run
+    from medvlthinker.prepare import prepare_m23k
+
+    source = tmp_path / "m23k.jsonl"
+    rows = synthetic.make_text_rows(n=6, seed=9)
+    source.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "images"}) + "\n" for r in rows))
+    prepare_m23k(source, tmp_path / "m23k")
+    out = tmp_path / "pass_rate"
+    run(RunConfig(model=str(tiny_model_dir), backend="hf", dataset_name=str(tmp_path / "m23k"), split=None,
+                  n=4, temperature=1.0, max_tokens=4, output_dir=str(out), progress=False))
+    records = {r["dataset_index"]: r["num_correct"] for r in curation.read_pass_rate_records(out)}
+    assert sorted(records) == list(range(6))
+    result = CliRunner().invoke(
+        _script("order_easy_to_hard").main,
+        ["--dataset_name", str(tmp_path / "m23k"), "--results_jsonl_path", str(out), "--num_rollouts", "4",
+         "--remove_pass_count_below", "0", "--remove_pass_count_above", "4", "--save_to_disk_path", str(tmp_path / "cur")],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    curated = datasets.load_from_disk(str(tmp_path / "cur"))
+    assert len(curated) == 6 and all(records[i] == p for i, p in zip(curated["dataset_index"], curated["pass_count"]))
+    assert curated["pass_count"] == sorted(curated["pass_count"], reverse=True)
