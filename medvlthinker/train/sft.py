@@ -143,9 +143,10 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+    hint = ' (YAML reads a bare no/yes/off/on as a boolean: quote it, e.g. "no")' if isinstance(value, bool) else ""
     raise ConfigError(
         f"{source}: {key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}; "
-        f"fix: set {key} to a {_type_name(tp)}"
+        f"fix: set {key} to a {_type_name(tp)}{hint}"
     )
 
 
@@ -197,6 +198,11 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> SFTRunCo
     return cfg
 
 
+_STRING_FIELDS = frozenset(
+    name for name, tp in typing.get_type_hints(SFTRunConfig).items() if tp is str or tp == (str | None)
+)
+
+
 def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
     """``["learning_rate=2e-5", "trainer_args.eval_strategy=no"]`` -> a nested mapping (values parsed as YAML)."""
     out: dict[str, Any] = {}
@@ -204,7 +210,8 @@ def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value; fix: write e.g. learning_rate=2e-5")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        # A string field keeps the text as typed (YAML would read save_strategy=no as False).
+        value = raw if key.strip() in _STRING_FIELDS else (yaml.safe_load(raw) if raw else "")
         target = out
         *parents, leaf = key.strip().split(".")
         for parent in parents:
