@@ -226,3 +226,33 @@ def test_loss_falls_when_overfitting_an_image_batch(tmp_path, tiny_model_dir, tr
     assert len(losses) == 8
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < losses[0] - 1.5, losses
+
+
+# ---------------------------------------------------------------- throughput
+
+
+def test_flops_per_token_counts_every_matmul_parameter_of_the_3b_text_model():
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(ROOT / "configs" / "models" / "qwen2.5-vl-3b")
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    layers = model.model.language_model.layers
+    matmul = sum(p.numel() for name, p in layers.named_parameters() if name.endswith("proj.weight"))
+    matmul += model.lm_head.weight.numel()
+    seq = 4096
+    text = config.get_text_config()
+    expected = 6 * matmul + 12 * text.num_hidden_layers * text.hidden_size * seq
+    assert sft.training_flops_per_token(config, seq) == pytest.approx(expected)
+    assert 17e9 < sft.training_flops_per_token(config, 0) < 20e9  # ~6 x 3.1B matmul parameters
+
+
+def test_benchmark_runs_random_weights_from_a_config_only_dir(tmp_path):
+    from medvlthinker.tiny import write_config_only_model
+
+    model_dir = write_config_only_model("tiny", tmp_path / "tiny", with_tokenizer=False)
+    figures = sft.benchmark_sft_step(str(model_dir), seq_len=32, steps=1, warmup=0, random_weights=True,
+                                     gradient_checkpointing=False, peak=1e12)
+    assert figures["tokens_per_s"] > 0 and figures["device"] == "cpu"
+    assert figures["mfu"] == pytest.approx(figures["tflops_per_s"] / 1.0)
