@@ -119,6 +119,8 @@ def test_sft_checkpoint_merges_with_the_base_models_files(tmp_path, tiny_model_d
     ])
     sft.run_sft(cfg, train_dataset=convert_to_sft(synthetic.to_dataset(train_image_rows[:1])))
     ckpt = tmp_path / "sft" / "checkpoint-1"
+    # Training edits the config it saves (special token ids, use_cache, dtype): the merge must not keep it.
+    assert (ckpt / "config.json").read_bytes() != (tiny_model_dir / "config.json").read_bytes()
     target = merge.merge_sft_checkpoint(ckpt, str(tiny_model_dir), tmp_path / "merged")
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                  "chat_template.jinja", "preprocessor_config.json"):
