@@ -75,6 +75,14 @@ class VllmBackend:
         }
         self.llm = LLM(**self.engine_args)
 
+    @classmethod
+    def from_llm(cls, llm: Any) -> VllmBackend:
+        """Wrap an engine that already exists (benchmarks compare raw ``LLM.generate`` with the runner on one)."""
+        backend = cls.__new__(cls)
+        backend.engine_args = {}
+        backend.llm = llm
+        return backend
+
     def generate(self, requests: Sequence[Request], settings: SamplingSettings) -> Iterator[tuple[Request, list[str]]]:
         if not requests:
             return

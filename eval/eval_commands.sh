@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The published table (PROTOCOL.md sections 5 and 10): every released model and base model on the six benchmarks,
+# vLLM offline, bf16, greedy (temperature 0, top_p 1, 4096 tokens, seed 42), three repeats, then the regrade.
+# 3B/7B: one engine per GPU over 8 GPUs; 32B: tensor parallel 4, so 2 engines on 8 GPUs.
+# Usage: bash eval/eval_commands.sh [OUT_ROOT]   (MODELS="a b" to run a subset; DP/TP/REPEATS override)
+set -euo pipefail
+OUT_ROOT=${1:-outputs/eval}
+REPEATS=${REPEATS:-3}
+DATASET=${DATASET:-UCSC-VLAA/MedVLThinker-Eval}
+DEFAULT_MODELS="
+Qwen/Qwen2.5-VL-3B-Instruct
+UCSC-VLAA/MedVLThinker-3B-SFT_m23k
+UCSC-VLAA/MedVLThinker-3B-SFT_PMC
+UCSC-VLAA/MedVLThinker-3B-SFT_m23k-RL_PMC
+UCSC-VLAA/MedVLThinker-3B-RL_m23k
+UCSC-VLAA/MedVLThinker-3B-RL_PMC
+UCSC-VLAA/MedVLThinker-3B-RL_m23k-RL_PMC
+Qwen/Qwen2.5-VL-7B-Instruct
+UCSC-VLAA/MedVLThinker-7B-SFT_m23k
+UCSC-VLAA/MedVLThinker-7B-SFT_PMC
+UCSC-VLAA/MedVLThinker-7B-SFT_m23k-RL_PMC
+UCSC-VLAA/MedVLThinker-7B-RL_m23k
+UCSC-VLAA/MedVLThinker-7B-RL_PMC
+UCSC-VLAA/MedVLThinker-7B-RL_m23k-RL_PMC
+Qwen/Qwen2.5-VL-32B-Instruct
+UCSC-VLAA/MedVLThinker-32B-RL_m23k
+"
+MODELS=${MODELS:-$DEFAULT_MODELS}
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+for model in $MODELS; do
+  if [[ $model == *32B* ]]; then tp=${TP:-4}; dp=${DP:-2}; else tp=${TP:-1}; dp=${DP:-8}; fi
+  for repeat in $(seq 1 "$REPEATS"); do
+    out="$OUT_ROOT/${model//\//__}/run$repeat"
+    python "$HERE/run_offline_inference.py" --model "$model" --backend vllm \
+      --dataset_name "$DATASET" --split test --dp_size "$dp" --tp_size "$tp" \
+      --temperature 0.0 --top_p 1.0 --max_tokens 4096 --n 1 --seed 42 \
+      --gpu_memory_utilization 0.9 --output_dir "$out"
+    python "$HERE/regrade.py" "$out"
+  done
+done
