@@ -3,6 +3,7 @@
 # vLLM offline, bf16, greedy (temperature 0, top_p 1, 4096 tokens, seed 42), three repeats, then the regrade.
 # 3B/7B: one engine per GPU over 8 GPUs; 32B: tensor parallel 4, so 2 engines on 8 GPUs.
 # Usage: bash eval/eval_commands.sh [OUT_ROOT]   (MODELS="a b" to run a subset; DP/TP/REPEATS override)
+# The UCSC-VLAA checkpoint names below follow the paper's table rows; confirm them on the Hub before a run.
 set -euo pipefail
 OUT_ROOT=${1:-outputs/eval}
 REPEATS=${REPEATS:-3}
