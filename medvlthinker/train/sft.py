@@ -211,7 +211,10 @@ def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} is not key=value; fix: write e.g. learning_rate=2e-5")
         key, raw = item.split("=", 1)
         # A string field keeps the text as typed (YAML would read save_strategy=no as False).
-        value = raw if key.strip() in _STRING_FIELDS else (yaml.safe_load(raw) if raw else "")
+        try:
+            value = raw if key.strip() in _STRING_FIELDS else (yaml.safe_load(raw) if raw else "")
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from None
         target = out
         *parents, leaf = key.strip().split(".")
         for parent in parents:
