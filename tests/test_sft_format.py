@@ -40,9 +40,8 @@ def test_text_row_prompt_completion_and_no_images(train_text_rows):
 def test_dataset_round_trip_keeps_images_in_order(tmp_path, eval_rows, train_text_rows):
     # MMMU-shaped rows carry two images each; their order and pixels must survive the conversion and save.
     two_image_rows = [r for r in eval_rows if r["dataset_name"] == "MMMU-medical"][:2]
-    rows = two_image_rows + train_text_rows[:2]
-    for i, row in enumerate(rows):
-        row.update(dataset_index=100 + i)
+    # copies: the fixtures are shared by the whole session
+    rows = [dict(r, dataset_index=100 + i) for i, r in enumerate(two_image_rows + train_text_rows[:2])]
     sft = convert_to_sft(synthetic.to_dataset(rows))
     path = write_sft_dataset(sft, tmp_path / "sft")
     back = datasets.load_from_disk(str(path))
