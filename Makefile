@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m medvlthinker.demo
+	PYTHON=$(CURDIR)/$(PY) bash scripts/demo.sh
 
 test: setup
 	$(PY) -m pytest tests -q --timeout=900 -x --durations=15

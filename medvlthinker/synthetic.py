@@ -198,3 +198,39 @@ def to_dataset(rows: list[dict]):
         }
     )
     return datasets.Dataset.from_list(rows, features=features)
+
+
+def write_demo_data(out_dir, rows_per_benchmark: int = 8, train_rows: int = 24, seed: int = 0) -> dict[str, str]:
+    """The bundled default data: an evaluation set over the six benchmarks and two training sets (image, text)."""
+    from pathlib import Path
+
+    from medvlthinker.data import save_unified
+
+    out = Path(out_dir)
+    paths = {
+        "eval": out / "eval",
+        "train_pmc_vqa": out / "train_pmc_vqa",
+        "train_m23k": out / "train_m23k",
+    }
+    save_unified(to_dataset(make_eval_rows(rows_per_benchmark, seed=seed)), str(paths["eval"]))
+    save_unified(to_dataset(make_image_rows(train_rows, seed=seed + 1)), str(paths["train_pmc_vqa"]))
+    save_unified(to_dataset(make_text_rows(train_rows, seed=seed + 2)), str(paths["train_m23k"]))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def main(argv=None) -> None:
+    """``python -m medvlthinker.synthetic OUT_DIR``: write the bundled synthetic data sets (save_to_disk dirs)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("out_dir")
+    ap.add_argument("--rows-per-benchmark", type=int, default=8)
+    ap.add_argument("--train-rows", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    for name, path in write_demo_data(args.out_dir, args.rows_per_benchmark, args.train_rows, args.seed).items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()
