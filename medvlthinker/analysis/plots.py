@@ -202,6 +202,7 @@ def plot_pass_at_k(
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("k", fontsize=8)
         ax.set_ylabel("pass@k (%)", fontsize=8)
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.0))  # a percentage: never below 0, even when all are 0
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     handles, names = axes.flat[0].get_legend_handles_labels()
