@@ -15,6 +15,7 @@ import json
 import click
 
 from medvlthinker.inference.runner import DEFAULT_EVAL_DATASET, RunConfig, run
+from medvlthinker.inference.settings import SamplingSettings
 from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
 
 
@@ -26,11 +27,11 @@ from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
 @click.option("--tp_size", type=int, default=1, help="tensor-parallel GPUs per engine (32B: 4)")
 @click.option("--node_size", type=int, default=1, help="nodes sharing the run")
 @click.option("--node_rank", type=int, default=0, help="this node's rank")
-@click.option("--temperature", type=float, default=0.0, help="0 = greedy (the table); 1.0 for pass rates")
-@click.option("--top_p", type=float, default=1.0)
-@click.option("--max_tokens", type=int, default=4096)
-@click.option("--n", type=int, default=1, help="rollouts per row (16 for pass rates)")
-@click.option("--seed", type=int, default=42)
+@click.option("--temperature", type=float, default=SamplingSettings.temperature, help="0 = greedy (the table); 1.0 for pass rates")
+@click.option("--top_p", type=float, default=SamplingSettings.top_p)
+@click.option("--max_tokens", type=int, default=SamplingSettings.max_tokens)
+@click.option("--n", type=int, default=SamplingSettings.n, help="rollouts per row (16 for pass rates)")
+@click.option("--seed", type=int, default=SamplingSettings.seed)
 @click.option("--dataset_name", default=DEFAULT_EVAL_DATASET,
               help="Hugging Face name or local path (save_to_disk dir, .parquet, .jsonl)")
 @click.option("--split", default="test")

@@ -183,21 +183,9 @@ def to_dataset(rows: list[dict]):
     """Rows -> ``datasets.Dataset`` with the unified features (images as ``Sequence(Image)``)."""
     import datasets
 
-    features = datasets.Features(
-        {
-            "images": datasets.Sequence(datasets.Image()),
-            "question": datasets.Value("string"),
-            "options": datasets.Value("string"),
-            "answer_label": datasets.Value("string"),
-            "answer": datasets.Value("string"),
-            "reasoning": datasets.Value("string"),
-            "dataset_name": datasets.Value("string"),
-            "dataset_index": datasets.Value("int64"),
-            "hash": datasets.Value("string"),
-            "misc": datasets.Value("string"),
-        }
-    )
-    return datasets.Dataset.from_list(rows, features=features)
+    from medvlthinker.data import unified_features
+
+    return datasets.Dataset.from_list(rows, features=unified_features())
 
 
 def write_demo_data(out_dir, rows_per_benchmark: int = 8, train_rows: int = 24, seed: int = 0) -> dict[str, str]:

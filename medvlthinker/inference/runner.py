@@ -51,12 +51,13 @@ class RunConfig:
     split: str | None = "test"
     subset: list[str] | None = None
     dataset_size: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 4096
-    n: int = 1
-    seed: int = 42
-    ignore_eos: bool = False
+    # the sampling defaults are SamplingSettings' (the paper's eval settings), not restated here
+    temperature: float = SamplingSettings.temperature
+    top_p: float = SamplingSettings.top_p
+    max_tokens: int = SamplingSettings.max_tokens
+    n: int = SamplingSettings.n
+    seed: int = SamplingSettings.seed
+    ignore_eos: bool = SamplingSettings.ignore_eos
     dp_size: int = 1
     tp_size: int = 1
     node_size: int = 1
