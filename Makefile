@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[cpu,test]'
 	# torchaudio/torchcodec arrive as CUDA builds that break imports beside the CPU torch; nothing here uses them.
 	$(PY) -m pip uninstall -y -q torchaudio torchcodec || true
-	$(PY) -m medvlthinker.compat.torchvision_ops
+	$(PY) -c "from medvlthinker.compat.torchvision_ops import write_pth; print(write_pth())"
 	touch $(STAMP)
 
 demo: setup
