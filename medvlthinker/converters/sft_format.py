@@ -18,13 +18,13 @@ rule of :func:`medvlthinker.images.pmc_resize` (the released PMC-VQA sets are al
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from medvlthinker import prompts
 from medvlthinker.images import decode_image, pmc_resize, to_png_bytes
 from medvlthinker.schema import SchemaError, validate_row
+from medvlthinker.staging import staged
 
 OUTPUT_COLUMNS = ("prompt", "completion", "images", "dataset_name", "dataset_index")
 
@@ -119,15 +119,8 @@ def write_sft_dataset(ds, out_dir: str | os.PathLike, *, overwrite: bool = False
     An existing complete ``out_dir`` is an error unless ``overwrite``; a half-written one never exists.
     """
     out = Path(out_dir)
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(out)
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_to_disk(str(tmp))
-    os.rename(tmp, out)
+    with staged(out, overwrite=overwrite) as tmp:
+        ds.save_to_disk(str(tmp))
     return out
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from medvlthinker import prompts
 from medvlthinker.images import ImageDecodeError, decode_image, pmc_resize, to_png_bytes
 from medvlthinker.schema import SchemaError, validate_row
+from medvlthinker.staging import staged
 
 ABILITY = "medical_mcqa"
 OUTPUT_COLUMNS = ("data_source", "prompt", "images", "ability", "reward_model", "extra_info")
@@ -137,12 +138,8 @@ def write_verl_parquet(ds, path: str | os.PathLike, *, overwrite: bool = False) 
     out = Path(path)
     if out.suffix != ".parquet":
         raise ValueError(f"{out}: verl's RLHFDataset reads .parquet files; fix: name the output *.parquet")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    ds.to_parquet(str(tmp))
-    os.replace(tmp, out)
+    with staged(out, overwrite=overwrite) as tmp:
+        ds.to_parquet(str(tmp))
     return out
 
 

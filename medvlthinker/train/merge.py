@@ -25,6 +25,8 @@ from pathlib import Path
 
 import click
 
+from medvlthinker.staging import staged
+
 
 class MergeError(RuntimeError):
     """A checkpoint that cannot be merged, or a merged model that fails its check; the message says what to do."""
@@ -134,17 +136,12 @@ def merge_sft_checkpoint(
             )
         raise MergeError(f"{ckpt} holds no model*.safetensors; fix: pass a checkpoint-N directory of an SFT run")
     target = Path(target_dir)
-    if target.exists():
-        if not overwrite:
-            raise MergeError(f"{target} already exists; fix: choose another target or pass --overwrite")
-        shutil.rmtree(target)
-    tmp = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in weights:
-        shutil.copy2(f, tmp / f.name)
-    _copy_base_files(base_model, tmp)
-    os.rename(tmp, target)
+    if target.exists() and not overwrite:
+        raise MergeError(f"{target} already exists; fix: choose another target or pass --overwrite")
+    with staged(target, overwrite=True, directory=True) as tmp:
+        for f in weights:
+            shutil.copy2(f, tmp / f.name)
+        _copy_base_files(base_model, tmp)
     if check:
         check_merged_model(target)
     return target
