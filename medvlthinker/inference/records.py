@@ -68,9 +68,33 @@ def make_record(request_row: Mapping[str, Any], prompt: str, prompt_tokens: int,
     }
 
 
+# The original recipe's run_offline_inference.py (and so every released eval_results.jsonl) names two fields of
+# contract 3 differently; reading maps them to this project's names, writing never uses them.
+ORIGINAL_FIELD_NAMES = {"parsed_outputs": "rollouts", "prompts": "prompt"}
+
+
+def normalize_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record in this project's layout: the original's ``parsed_outputs`` / ``prompts`` become ``rollouts`` /
+    ``prompt``; a record already in this layout is returned as is.
+
+    >>> normalize_record({"dataset_index": 3, "prompts": "p", "parsed_outputs": []})
+    {'dataset_index': 3, 'prompt': 'p', 'rollouts': []}
+    """
+    clash = [old for old, new in ORIGINAL_FIELD_NAMES.items() if old in record and new in record]
+    if clash:
+        raise ValueError(
+            f"record dataset_index={record.get('dataset_index')!r} has both {clash[0]!r} and "
+            f"{ORIGINAL_FIELD_NAMES[clash[0]]!r}; fix: keep one of the two fields"
+        )
+    if not any(old in record for old in ORIGINAL_FIELD_NAMES):
+        return record
+    return {ORIGINAL_FIELD_NAMES.get(key, key): value for key, value in record.items()}
+
+
 def read_records(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
-    """Records of a JSONL file. A run killed mid-write leaves a torn last line: it is skipped, and with
-    ``repair`` the file is rewritten without it (so appending continues on a clean line)."""
+    """Records of a JSONL file, in this project's layout (:func:`normalize_record`). A run killed mid-write
+    leaves a torn last line: it is skipped, and with ``repair`` the file is rewritten without it (so appending
+    continues on a clean line)."""
     path = Path(path)
     if not path.exists():
         return []
@@ -94,7 +118,7 @@ def read_records(path: str | os.PathLike, *, repair: bool = False) -> list[dict[
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
             os.replace(tmp, path)
-    return records
+    return [normalize_record(r) for r in records]
 
 
 class ShardWriter:
