@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from medvlthinker.analysis import report, tables
+from medvlthinker.analysis import plots, report, tables
 
 
 @click.command(context_settings={"show_default": True})
@@ -27,18 +27,26 @@ from medvlthinker.analysis import report, tables
 @click.option("--published-model", multiple=True, help="A published row to draw on the radar.")
 @click.option("--compare", multiple=True, metavar="MODEL=PUBLISHED", help="Compare MODEL with a published row.")
 @click.option("--paired", nargs=2, metavar="A B", default=None, help="Paired comparison A - B.")
-@click.option("--grading", type=click.Choice(tables.GRADINGS), default="regrade", help="How rollouts are graded.")
+@click.option("--grading", type=click.Choice(tables.GRADINGS), default="regrade",
+              help="How rollouts are graded for the table, the radar and the metrics@n bars.")
+@click.option("--pass-at-k-grading", type=click.Choice(tables.GRADINGS), default=plots.PASS_AT_K_GRADING,
+              help="How rollouts are graded for the pass@k curves (recorded: the strict grades of generation, as the "
+                   "original).")
+@click.option("--majority-drops-unconverted", is_flag=True,
+              help="Only predictions that map to an option letter vote in majority@n (the original counts every one).")
 @click.option("--n-resamples", default=2000, help="Bootstrap resamples per interval.")
 @click.option("--seed", default=0, help="Seed of the bootstrap and of the sample choice.")
 @click.option("--samples-per-benchmark", default=8, help="Rows per benchmark and model in the sample browser.")
 @click.option("--title", default="MedVLThinker evaluation report", help="Report title.")
 def main(runs, runs_root, output_dir, eval_data, eval_split, sampling_run, pass_rate_dir, pass_rate_rollouts,
-         published_model, compare, paired, grading, n_resamples, seed, samples_per_benchmark, title):
+         published_model, compare, paired, grading, pass_at_k_grading, majority_drops_unconverted, n_resamples, seed,
+         samples_per_benchmark, title):
     try:
         out = report.make_report(
             output_dir, run_specs=runs, runs_root=runs_root, eval_data=eval_data, eval_split=eval_split,
             sampling_runs=sampling_run, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
             published_models=published_model, compare=compare, paired=paired, grading_mode=grading,
+            pass_at_k_grading=pass_at_k_grading, drop_unconverted=majority_drops_unconverted,
             n_resamples=n_resamples, seed=seed, samples_per_benchmark=samples_per_benchmark, title=title,
         )
     except tables.AnalysisError as exc:

@@ -32,11 +32,17 @@ from medvlthinker.analysis import tables
 @click.option("--published", type=click.Path(dir_okay=False), default=None,
               help="Published results CSV (default: the paper's, shipped with the package).")
 @click.option("--paired", nargs=2, metavar="A B", default=None, help="Paired comparison A - B on shared rows.")
-def main(runs, runs_root, output_dir, grading, n_resamples, alpha, seed, no_cluster, compare, published, paired):
+@click.option("--eval-data", default=None,
+              help="The eval set (Hub name or local path) whose options fill in records without them (result files "
+                   "of the original recipe).")
+@click.option("--eval-split", default=None, help="Split of --eval-data (default: its only one, else test).")
+def main(runs, runs_root, output_dir, grading, n_resamples, alpha, seed, no_cluster, compare, published, paired,
+         eval_data, eval_split):
     try:
         result = tables.make_tables(
             runs, runs_root, grading_mode=grading, n_resamples=n_resamples, alpha=alpha, seed=seed,
             cluster_by_image=not no_cluster, compare=compare, published_path=published, paired=paired,
+            eval_data=eval_data, eval_split=eval_split,
         )
     except tables.AnalysisError as exc:
         raise click.ClickException(str(exc)) from None

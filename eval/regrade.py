@@ -2,6 +2,7 @@
 
     python eval/regrade.py runs/3b            # writes eval_results.regrade.jsonl and accuracy.regrade.json
     python eval/regrade.py runs/3b --llava_med_rule
+    python eval/regrade.py released/eval_results.jsonl --eval_data UCSC-VLAA/MedVLThinker-Eval  # original layout
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ from medvlthinker.inference.regrade import regrade
 @click.option("--output_dir", default=None, help="default: beside the input")
 @click.option("--mode", type=click.Choice(["regrade", "strict"]), default="regrade")
 @click.option("--llava_med_rule", is_flag=True, help="also accept the answer text as a substring of the prediction")
-def main(results, output_dir, mode, llava_med_rule):
-    table = regrade(results, output_dir, mode=mode, llava_med_rule=llava_med_rule)
+@click.option("--eval_data", default=None,
+              help="eval set whose options fill in records without them (the original recipe's result files), "
+                   "e.g. UCSC-VLAA/MedVLThinker-Eval")
+@click.option("--eval_split", default=None, help="split of --eval_data")
+def main(results, output_dir, mode, llava_med_rule, eval_data, eval_split):
+    table = regrade(results, output_dir, mode=mode, llava_med_rule=llava_med_rule, eval_data=eval_data,
+                    eval_split=eval_split)
     click.echo(json.dumps(table, indent=2))
 
 

@@ -67,16 +67,23 @@ def avg_at_n(records: Iterable[Mapping[str, Any]]) -> float:
     return _mean([row_accuracy(r) for r in records])
 
 
-def maj_at_n(records: Iterable[Mapping[str, Any]]) -> float:
+def maj_at_n(records: Iterable[Mapping[str, Any]], *, drop_unconverted: bool = False) -> float:
     """Fraction of rows whose majority-vote letter (over the rollouts' pred_letter) is the answer_label.
 
-    Conversion failures do not vote when the record carries its options (a pred_letter that is not an option
-    letter); ties go to the letter voted first (:func:`medvlthinker.grading.majority_vote`).
+    As in the original, every rollout votes, a conversion failure with its raw prediction text (so several
+    identical unparsed answers can outvote the right letter); ties go to the entry voted first
+    (:func:`medvlthinker.grading.majority_vote`). ``drop_unconverted`` (opt-in) lets only predictions that map to
+    an option letter vote, which scores a row by what the model chose rather than by how it failed to answer.
+
+    >>> rows = [{"answer_label": "A", "options": '{"A": "x", "B": "y"}',
+    ...          "rollouts": [{"pred_letter": "?"}, {"pred_letter": "?"}, {"pred_letter": "A"}]}]
+    >>> maj_at_n(rows), maj_at_n(rows, drop_unconverted=True)
+    (0.0, 1.0)
     """
     hits = []
     for record in records:
         letters = [r.get("pred_letter") for r in record["rollouts"]]
-        if "options" in record:
+        if drop_unconverted:
             valid = parse_options(record["options"], strict=False)
             letters = [letter for letter in letters if letter in valid]
         hits.append(1.0 if majority_vote(letters) == record["answer_label"] else 0.0)

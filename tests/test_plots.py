@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from medvlthinker import stats, synthetic
+from medvlthinker import grading, stats, synthetic
 from medvlthinker.analysis import plots, tables
 from medvlthinker.analysis.tables import AVG, AnalysisError
 from test_tables import ROOT, make_records, write_run
@@ -55,7 +55,7 @@ def test_metrics_at_n_match_the_statistics(sampled, tmp_path):
 
 def test_pass_at_k_curves_use_the_unbiased_estimator(sampled, tmp_path):
     curves = plots.pass_at_k_curves(sampled)
-    assert [k for k, _ in curves["PMC"]] == [1, 2, 4, 8]
+    assert [k for k, _ in curves["PMC"]] == list(range(1, 9))  # every k, as the original computes them
     pmc = [r for r in sampled if r["dataset_name"] == "pmc_vqa"]
     for k, value in curves["PMC"]:
         direct = sum(stats.pass_at_k(8, r["num_correct"], k) for r in pmc) / len(pmc)
@@ -102,3 +102,46 @@ def test_make_plots_cli(tmp_path, rows):
     stems = {"radar", "metrics_at_n", "pass_at_k", "pass_count_distribution"}
     assert sorted(os.listdir(out)) == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
     assert "pass_count_distribution:" in result.stdout
+
+
+def _voting_record(letters, answer_label="A"):
+    rollouts = [{"output_text": "", "pred_letter": p, "is_correct": p == answer_label} for p in letters]
+    return {"dataset_name": "slake_closed", "dataset_index": 0, "answer_label": answer_label, "answer": "Yes",
+            "options": '{"A": "Yes", "B": "No"}', "rollouts": rollouts, "num_rollouts": len(rollouts),
+            "num_correct": sum(r["is_correct"] for r in rollouts)}
+
+
+def test_majority_vote_counts_unconverted_predictions_as_the_original():
+    # Two identical unparsed answers outvote the one right letter in the original's Counter over pred_letter.
+    record = _voting_record(["maybe", "maybe", "A"])
+    assert stats.maj_at_n([record]) == 0.0
+    assert plots.metrics_at_n([record])["SLAKE"]["majority"] == 0.0
+    # opt-in: only predictions that map to an option letter vote
+    assert stats.maj_at_n([record], drop_unconverted=True) == 1.0
+    assert plots.metrics_at_n([record], drop_unconverted=True)["SLAKE"]["majority"] == 100.0
+
+
+def test_pass_at_k_uses_recorded_grades_and_a_pooled_panel(rows, tmp_path):
+    """The original's pass@k figure reads the is_correct written at generation and adds a pooled "All" panel."""
+    slake = next(r for r in rows if r["dataset_name"] == "slake_closed")
+    pmc = next(r for r in rows if r["dataset_name"] == "pmc_vqa")
+    # strict (the generation grader) takes the FIRST answer tag, regrade the LAST: they disagree on this text
+    texts = {id(slake): f"<think>t</think><answer>{slake['answer_label']}</answer> no: <answer>Z</answer>",
+             id(pmc): "<answer>Z</answer>"}
+    records = []
+    for row in (slake, pmc):
+        rollouts = [grading.grade_rollout(texts[id(row)], row, mode="strict") for _ in range(2)]
+        records.append({"dataset_name": row["dataset_name"], "dataset_index": row["dataset_index"],
+                        "answer_label": row["answer_label"], "answer": row["answer"], "options": row["options"],
+                        "rollouts": rollouts, "num_rollouts": 2, "num_correct": sum(r["is_correct"] for r in rollouts)})
+    run = write_run(tmp_path / "sampling", records)
+    loaded = tables.load_records(run)
+    metrics, curves = plots.sampling_figures(loaded)
+    assert curves["SLAKE"] == [(1, 100.0), (2, 100.0)]  # the recorded strict grades, not the regrade
+    assert curves["PMC"] == [(1, 0.0), (2, 0.0)]
+    assert curves[plots.ALL] == [(1, 50.0), (2, 50.0)]  # every row of the six benchmarks pooled
+    assert metrics["SLAKE"]["mean"] == 0.0  # metrics@n come from the regrade, as the original's regraded file
+    _, regraded = plots.sampling_figures(loaded, pass_at_k_grading="regrade")  # the opt-in
+    assert regraded["SLAKE"] == [(1, 0.0), (2, 0.0)]
+    written = plots.make_plots(tmp_path / "fig", sampling_runs={"m": loaded})
+    _check_files(written["pass_at_k"], "pass_at_k", str(tmp_path / "fig"))

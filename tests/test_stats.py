@@ -85,20 +85,23 @@ def test_avg_maj_and_pass_over_records():
     records = [
         record(["B", "B", "A", "A", "B"]),  # 3/5, maj B, correct
         record(["A", "B", "A", "B", "A"]),  # 2/5, maj A, wrong
-        record(["oops", "oops", "oops", "B", "A"]),  # conversion failures do not vote: tie B/A -> B first
+        record(["oops", "oops", "oops", "B", "A"]),  # the original: the unparsed "oops" wins the vote, wrong
         record(["A", "A", "A", "A", "A"]),  # 0/5
     ]
     assert avg_at_n(records) == pytest.approx((3 / 5 + 2 / 5 + 1 / 5 + 0) / 4)
-    assert maj_at_n(records) == pytest.approx(2 / 4)
+    assert maj_at_n(records) == pytest.approx(1 / 4)
+    # opt-in: conversion failures do not vote, so the third row is a B/A tie -> B, voted first
+    assert maj_at_n(records, drop_unconverted=True) == pytest.approx(2 / 4)
     assert mean_pass_at_k(records, 5) == pytest.approx(3 / 4)
     assert mean_pass_at_k(records, 1) == pytest.approx(avg_at_n(records))
 
 
-def test_maj_without_options_counts_every_prediction():
+def test_maj_counts_every_prediction_with_or_without_options():
     r = record(["x", "x", "B"])
+    assert maj_at_n([r]) == 0.0
     del r["options"]
     assert maj_at_n([r]) == 0.0
-    assert maj_at_n([record(["x", "x", "B"])]) == 1.0
+    assert maj_at_n([record(["x", "x", "B"])], drop_unconverted=True) == 1.0
 
 
 def test_empty_records_fail():

@@ -287,3 +287,44 @@ def test_reproduction_guide_lists_the_expected_intervals():
     for row in tables.load_published():
         if row not in ("GPT-4o", "HuatuoGPT-Vision-7B", "MedGemma 4B"):
             assert f"| {row} |" in guide.split("## Compute")[0], row
+
+
+# The record layout of the original recipe's eval/run_offline_inference.py (released eval_results.jsonl files):
+# ``prompts`` and ``parsed_outputs`` instead of ``prompt`` and ``rollouts``, and no options.
+ORIGINAL_FIELDS = ("dp_index", "prompts", "dataset_name", "dataset_index", "answer_label", "answer", "parsed_outputs",
+                   "num_rollouts", "num_correct")
+
+
+def original_layout(record):
+    renamed = {**record, "dp_index": 0, "prompts": record["prompt"], "parsed_outputs": record["rollouts"]}
+    return {key: renamed[key] for key in ORIGINAL_FIELDS}
+
+
+def test_original_result_files_are_read_by_the_table_and_the_regrade(tmp_path, rows):
+    from medvlthinker.data import save_unified
+    from medvlthinker.inference.regrade import regrade
+
+    records = make_records(rows, seed=11, n_rollouts=2)
+    ours = write_run(tmp_path / "ours", records)
+    theirs = write_run(tmp_path / "theirs", [original_layout(r) for r in records])
+    loaded = tables.load_records(theirs)
+    assert [r["rollouts"] for r in loaded] == [r["rollouts"] for r in records]
+    assert "parsed_outputs" not in loaded[0] and loaded[0]["prompt"] == records[0]["prompt"]
+
+    # the original's own regrade joins the options from the eval set by dataset_index; so do the table and regrade
+    eval_set = synthetic.to_dataset(rows)
+    # (the original's records carry no misc.image_id, so both tables resample rows)
+    expected = tables.make_tables([f"m={ours}"], n_resamples=20, compare_published_names=False,
+                                  cluster_by_image=False).table
+    joined = tables.make_tables([f"m={theirs}"], n_resamples=20, compare_published_names=False,
+                                cluster_by_image=False, eval_data=eval_set).table
+    assert joined.row("m").cells == expected.row("m").cells
+    with pytest.raises(AnalysisError, match=r"has no options .*--eval-data"):
+        tables.make_tables([f"m={theirs}"], n_resamples=20, compare_published_names=False)
+    recorded = tables.make_tables([f"m={theirs}"], grading_mode="recorded", n_resamples=20,
+                                  compare_published_names=False).table
+    assert recorded.row("m").cells[AVG].mean == tables.make_tables(
+        [f"m={ours}"], grading_mode="recorded", n_resamples=20, compare_published_names=False).table.row("m").cells[AVG].mean
+
+    save_unified(eval_set, tmp_path / "evalset")
+    assert regrade(theirs, tmp_path / "r1", eval_data=str(tmp_path / "evalset")) == regrade(ours, tmp_path / "r2")

@@ -3,9 +3,10 @@
 - pass-count distribution of a pass-rate run (n=16): :func:`plot_pass_counts` draws it with
   :func:`medvlthinker.curation.plot_pass_count_distribution`, the curation stage's own plot;
 - metrics@n per benchmark from a sampled run (the paper: temperature 0.5, n=5): mean accuracy, majority vote and
-  pass@n (:func:`metrics_at_n`, :func:`plot_metrics_at_n`);
-- pass@k curves with the unbiased estimator 1 - C(n-c, k) / C(n, k) (the paper: n=64), one panel per benchmark and
-  one line per model (:func:`pass_at_k_curves`, :func:`plot_pass_at_k`);
+  pass@n (:func:`metrics_at_n`, :func:`plot_metrics_at_n`), from the regraded rollouts as in the original;
+- pass@k curves with the unbiased estimator 1 - C(n-c, k) / C(n, k) (the paper: n=64, every k from 1 to n), one
+  panel per benchmark plus the pooled "All" panel, one line per model (:func:`pass_at_k_curves`,
+  :func:`plot_pass_at_k`), from the strict grades recorded at generation as in the original;
 - a radar of the six benchmarks for several models (:func:`plot_radar`), from a table or the published numbers.
 
 The numbers come from :mod:`medvlthinker.stats`; every plotting function returns the files it wrote.
@@ -24,9 +25,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from medvlthinker import stats  # noqa: E402
-from medvlthinker.analysis.tables import AVG, BENCHMARKS, AnalysisError, PaperTable  # noqa: E402
+from medvlthinker.analysis.tables import AVG, BENCHMARKS, AnalysisError, PaperTable, regrade_records  # noqa: E402
 
 FORMATS = ("png", "pdf")
+ALL = "All"
+"""The pooled pass@k panel: every row of the six benchmarks at once (the original's last panel)."""
+PASS_AT_K_GRADING = "recorded"
+"""The original's pass@k figure reads the ``is_correct`` recorded at generation (the strict grader)."""
 _METADATA = {"png": {}, "pdf": {"CreationDate": None, "ModDate": None}}
 _COLOURS = ("#3b6ea5", "#d1603d", "#3f9b5a", "#8e5ea2", "#c9a227", "#5b5b5b", "#2aa1b3", "#b5475d")
 
@@ -95,18 +100,21 @@ def plot_pass_counts(
 # ---- metrics@n ---------------------------------------------------------------------------------------------------
 
 
-def metrics_at_n(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+def metrics_at_n(
+    records: Iterable[Mapping[str, Any]], *, drop_unconverted: bool = False
+) -> dict[str, dict[str, float]]:
     """Per benchmark (and "Avg." over those present): ``{"mean", "majority", "pass_at_n", "n", "rows"}`` in percent.
 
-    ``mean`` is the accuracy of single samples (avg@n), ``majority`` the majority vote over the n samples
-    (conversion failures do not vote), ``pass_at_n`` whether any of the n is correct.
+    ``mean`` is the accuracy of single samples (avg@n), ``majority`` the majority vote over the n samples (every
+    rollout votes, as in the original; ``drop_unconverted`` keeps conversion failures out, see
+    :func:`medvlthinker.stats.maj_at_n`), ``pass_at_n`` whether any of the n is correct.
     """
     out: dict[str, dict[str, float]] = {}
     for label, recs in _group(records).items():
         n = _rollouts_per_row(label, recs)
         out[label] = {
             "mean": 100.0 * stats.avg_at_n(recs),
-            "majority": 100.0 * stats.maj_at_n(recs),
+            "majority": 100.0 * stats.maj_at_n(recs, drop_unconverted=drop_unconverted),
             "pass_at_n": 100.0 * stats.mean_pass_at_k(recs, n),
             "n": n,
             "rows": len(recs),
@@ -150,29 +158,44 @@ def plot_metrics_at_n(
 
 
 def default_ks(n: int) -> list[int]:
-    """1, 2, 4, ... up to n, and n itself.
+    """Every k from 1 to n, as the original computes its curves.
 
-    >>> default_ks(64), default_ks(5)
-    ([1, 2, 4, 8, 16, 32, 64], [1, 2, 4, 5])
+    >>> default_ks(5)
+    [1, 2, 3, 4, 5]
     """
-    ks, k = [], 1
-    while k < n:
-        ks.append(k)
-        k *= 2
-    return ks + [n]
+    return list(range(1, n + 1))
+
+
+def log2_ticks(ks: Sequence[int]) -> list[int]:
+    """The ks labelled on the log2 axis: the powers of two among them, and the largest.
+
+    >>> log2_ticks(range(1, 65)), log2_ticks([1, 3])
+    ([1, 2, 4, 8, 16, 32, 64], [1, 3])
+    """
+    ks = sorted(ks)
+    ticks = [k for k in ks if k & (k - 1) == 0]
+    return ticks + [ks[-1]] if ks[-1] not in ticks else ticks
 
 
 def pass_at_k_curves(
-    records: Iterable[Mapping[str, Any]], ks: Sequence[int] | None = None
+    records: Iterable[Mapping[str, Any]], ks: Sequence[int] | None = None, *, pooled: bool = True
 ) -> dict[str, list[tuple[int, float]]]:
-    """Per benchmark: ``[(k, pass@k in percent), ...]``, the mean over rows of the unbiased estimator."""
+    """Per benchmark: ``[(k, pass@k in percent), ...]``, the mean over rows of the unbiased estimator; with
+    ``pooled`` also :data:`ALL`, the mean over every row of the six benchmarks together (so a benchmark weighs by
+    its rows, as in the original's "All" panel)."""
     curves = {}
-    for label, recs in _group(records).items():
+    groups = _group(records)
+    for label, recs in groups.items():
         n = _rollouts_per_row(label, recs)
         use = [k for k in (ks or default_ks(n)) if 1 <= k <= n]
         curves[label] = [(k, 100.0 * stats.mean_pass_at_k(recs, k)) for k in use]
     if not curves:
         raise AnalysisError("no records of the six benchmarks; pass the output directory of a sampling run")
+    if pooled:
+        every = [r for recs in groups.values() for r in recs]
+        n = _rollouts_per_row(ALL, every)
+        use = [k for k in (ks or default_ks(n)) if 1 <= k <= n]
+        curves[ALL] = [(k, 100.0 * stats.mean_pass_at_k(every, k)) for k in use]
     return curves
 
 
@@ -183,9 +206,11 @@ def plot_pass_at_k(
     stem: str = "pass_at_k",
     title: str | None = None,
 ) -> list[str]:
-    """One panel per benchmark (2 x 3), one line per model, k on a log2 axis."""
-    labels = [b.label for b in BENCHMARKS if any(b.label in c for c in curves_by_model.values())]
-    cols = min(3, len(labels))
+    """One panel per benchmark, then the pooled "All" panel when the curves have it (rows of up to 4 panels), one
+    line per model, k on a log2 axis."""
+    labels = [label for label in [b.label for b in BENCHMARKS] + [ALL]
+              if any(label in c for c in curves_by_model.values())]
+    cols = min(4, len(labels))
     rows = (len(labels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows + 0.4), squeeze=False)
     for ax in axes.flat[len(labels):]:
@@ -197,7 +222,8 @@ def plot_pass_at_k(
             ks, values = zip(*curves[label])
             ax.plot(ks, values, marker="o", markersize=3, color=_COLOURS[i % len(_COLOURS)], label=model)
             ax.set_xscale("log", base=2)
-            ax.set_xticks(ks, [str(k) for k in ks])
+            ticks = log2_ticks(ks)
+            ax.set_xticks(ticks, [str(k) for k in ticks])
             ax.minorticks_off()
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("k", fontsize=8)
@@ -260,6 +286,21 @@ def plot_radar(
     return save_figure(fig, out_dir, stem)
 
 
+def sampling_figures(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    metrics_grading: str = "regrade",
+    pass_at_k_grading: str = PASS_AT_K_GRADING,
+    drop_unconverted: bool = False,
+    options: Mapping[int, Any] | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[int, float]]]]:
+    """The numbers of a sampled run's two figures, each graded as the original graded it: ``(metrics@n, pass@k
+    curves)``. The original's metrics@n come from its regraded file, its pass@k curves from the generation file."""
+    metrics = metrics_at_n(regrade_records(records, metrics_grading, options), drop_unconverted=drop_unconverted)
+    curves = pass_at_k_curves(regrade_records(records, pass_at_k_grading, options))
+    return metrics, curves
+
+
 # ---- one call for the scripts ------------------------------------------------------------------------------------
 
 
@@ -271,12 +312,19 @@ def make_plots(
     sampling_runs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     pass_rate_dir: str | os.PathLike | None = None,
     pass_rate_rollouts: int | None = 16,
+    metrics_grading: str = "regrade",
+    pass_at_k_grading: str = PASS_AT_K_GRADING,
+    drop_unconverted: bool = False,
+    options: Mapping[int, Any] | None = None,
 ) -> dict[str, list[str]]:
     """Every plot the inputs allow: ``{"radar": [...], "metrics_at_n:MODEL": [...], "pass_at_k": [...],
     "pass_count_distribution": [...]}``.
 
     ``published`` rows (e.g. the paper's base model) are drawn on the radar next to the table's models.
-    ``sampling_runs`` maps a model name to its graded records with n > 1 rollouts per row.
+    ``sampling_runs`` maps a model name to its records as loaded (n > 1 rollouts per row). The metrics@n bars grade
+    them with ``metrics_grading`` (the original: regrade) and the pass@k curves with ``pass_at_k_grading`` (the
+    original: the strict grades recorded at generation; ``"regrade"`` is the opt-in that grades both figures
+    alike). ``options`` fills in records without options (:func:`medvlthinker.analysis.tables.regrade_records`).
     """
     written: dict[str, list[str]] = {}
     radar: dict[str, dict[str, float]] = {}
@@ -290,10 +338,13 @@ def make_plots(
         curves = {}
         for i, (model, records) in enumerate(sampling_runs.items()):
             stem = "metrics_at_n" if len(sampling_runs) == 1 else f"metrics_at_n_{i}"
-            written[f"metrics_at_n:{model}"] = plot_metrics_at_n(
-                metrics_at_n(records), out_dir, stem=stem, title=f"{model}: metrics@n per benchmark"
+            metrics, curves[model] = sampling_figures(
+                records, metrics_grading=metrics_grading, pass_at_k_grading=pass_at_k_grading,
+                drop_unconverted=drop_unconverted, options=options,
             )
-            curves[model] = pass_at_k_curves(records)
+            written[f"metrics_at_n:{model}"] = plot_metrics_at_n(
+                metrics, out_dir, stem=stem, title=f"{model}: metrics@n per benchmark"
+            )
         written["pass_at_k"] = plot_pass_at_k(curves, out_dir)
     if pass_rate_dir is not None:
         written["pass_count_distribution"] = plot_pass_counts(

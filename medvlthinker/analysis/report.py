@@ -247,6 +247,8 @@ def make_report(
     compare: Sequence[str] = (),
     paired: tuple[str, str] | None = None,
     grading_mode: str = "regrade",
+    pass_at_k_grading: str = plots.PASS_AT_K_GRADING,
+    drop_unconverted: bool = False,
     n_resamples: int = 2000,
     seed: int = 0,
     samples_per_benchmark: int = 8,
@@ -257,9 +259,10 @@ def make_report(
     Writes ``output_dir/tables/table.{md,tex,tsv,json}``, ``output_dir/plots/*.{png,pdf}`` and
     ``output_dir/report.html``.
     """
+    options = tables.eval_options(eval_data, eval_split) if eval_data is not None else None
     result = tables.make_tables(
         run_specs, runs_root, grading_mode=grading_mode, n_resamples=n_resamples, seed=seed, compare=compare,
-        paired=paired,
+        paired=paired, options=options,
     )
     table_paths = tables.write_tables(result.table, os.path.join(output_dir, "tables"), result.comparison,
                                       result.paired)
@@ -267,13 +270,12 @@ def make_report(
     unknown = [m for m in published_models if m not in published]
     if unknown:
         raise AnalysisError(f"--published-model {unknown[0]!r}: not a published row; use one of {list(published)}")
-    sampling = {
-        name: tables.regrade_records(tables.load_records(path), grading_mode)
-        for name, path in tables.parse_run_specs(sampling_runs)
-    }
+    sampling = {name: tables.load_records(path) for name, path in tables.parse_run_specs(sampling_runs)}
     written = plots.make_plots(
         os.path.join(output_dir, "plots"), table=result.table, published={m: published[m] for m in published_models},
         sampling_runs=sampling, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
+        metrics_grading=grading_mode, pass_at_k_grading=pass_at_k_grading, drop_unconverted=drop_unconverted,
+        options=options,
     )
     samples = collect_samples(
         result.models, per_benchmark=samples_per_benchmark, eval_data=eval_data, split=eval_split, seed=seed

@@ -38,6 +38,8 @@ from importlib import resources
 from typing import Any
 
 from medvlthinker import grading, stats
+from medvlthinker.inference.records import normalize_record
+from medvlthinker.inference.regrade import attach_options, eval_options
 
 GRADINGS = ("regrade", "strict", "recorded")
 AVG = "Avg."
@@ -145,12 +147,16 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError as exc:
                 raise AnalysisError(
                     f"{path} line {line_no}: not JSON ({exc}); a run killed mid-write leaves a partial last line: "
                     f"delete that line and resume the eval"
                 ) from None
+            try:
+                records.append(normalize_record(record))
+            except ValueError as exc:
+                raise AnalysisError(f"{path} line {line_no}: {exc}") from None
     return records
 
 
@@ -158,6 +164,7 @@ def load_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The eval records of one run directory, sorted by dataset_index.
 
     Reads ``eval_results.jsonl``; without it (an unfinished run), the union of the ``shard-*-of-*.jsonl`` files.
+    Records in the original recipe's layout (``parsed_outputs``, ``prompts``) are read as this project's.
     """
     run_dir = os.fspath(run_dir)
     merged = os.path.join(run_dir, EVAL_RESULTS)
@@ -183,10 +190,30 @@ def load_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return [by_index[i] for i in sorted(by_index)]
 
 
-def regrade_records(records: Iterable[Mapping[str, Any]], grading_mode: str = "regrade") -> list[dict[str, Any]]:
-    """Records graded as the table wants them: re-graded from output_text, or kept (``"recorded"``)."""
+def regrade_records(
+    records: Iterable[Mapping[str, Any]], grading_mode: str = "regrade", options: Mapping[int, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Records graded as the table wants them: re-graded from output_text, or kept (``"recorded"``).
+
+    ``options`` (``{dataset_index: options}``, :func:`medvlthinker.inference.regrade.eval_options`) fills in
+    records written without options, as the original recipe's are.
+    """
     if grading_mode not in GRADINGS:
         raise AnalysisError(f"unknown grading {grading_mode!r}; use one of {GRADINGS}")
+    if options is not None:
+        try:
+            records = attach_options(records, options)
+        except KeyError as exc:
+            raise AnalysisError(exc.args[0]) from None
+    elif grading_mode != "recorded":
+        records = list(records)
+        bare = next((r for r in records if r.get("options") is None), None)
+        if bare is not None:
+            raise AnalysisError(
+                f"record dataset_name={bare.get('dataset_name')!r}, dataset_index={bare.get('dataset_index')!r} "
+                f"has no options (a result file of the original recipe); fix: pass --eval-data with the eval set "
+                f"the run was made on (e.g. UCSC-VLAA/MedVLThinker-Eval) to join them, or --grading recorded"
+            )
     if grading_mode == "recorded":
         out = []
         for r in records:
@@ -262,13 +289,15 @@ def _is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, EVAL_RESULTS)) or bool(glob.glob(os.path.join(path, SHARD_GLOB)))
 
 
-def load_runs(pairs: Sequence[tuple[str, str]], grading_mode: str = "regrade") -> list[ModelRuns]:
+def load_runs(
+    pairs: Sequence[tuple[str, str]], grading_mode: str = "regrade", options: Mapping[int, Any] | None = None
+) -> list[ModelRuns]:
     """Group ``(model, dir)`` pairs by model (first-seen order) and load and grade every repeat."""
     models: dict[str, ModelRuns] = {}
     for name, path in pairs:
         runs = models.setdefault(name, ModelRuns(name, [], []))
         runs.dirs.append(os.fspath(path))
-        runs.repeats.append(regrade_records(load_records(path), grading_mode))
+        runs.repeats.append(regrade_records(load_records(path), grading_mode, options))
     return list(models.values())
 
 
@@ -745,18 +774,25 @@ def make_tables(
     compare_published_names: bool = True,
     published_path: str | os.PathLike | None = None,
     paired: tuple[str, str] | None = None,
+    eval_data: str | os.PathLike | Any | None = None,
+    eval_split: str | None = None,
+    options: Mapping[int, Any] | None = None,
 ) -> TableResult:
     """Load runs (``MODEL=DIR`` specs and/or a ``ROOT/MODEL/REPEAT`` tree), build the table and the comparisons.
 
     ``compare`` entries are ``MODEL=PUBLISHED_MODEL``; with ``compare_published_names`` a model named exactly like
-    a published row is compared too. ``paired`` = (model a, model b) adds a - b.
+    a published row is compared too. ``paired`` = (model a, model b) adds a - b. ``eval_data`` (the eval set),
+    or ``options`` already read from it, supplies the options of records written without them (the original
+    recipe's result files).
     """
     pairs = parse_run_specs(run_specs)
     if runs_root is not None:
         pairs += discover_runs(runs_root)
     if not pairs:
         raise AnalysisError("no runs given; pass --run MODEL=DIR (repeatable) or --runs-root ROOT")
-    models = load_runs(pairs, grading_mode)
+    if options is None and eval_data is not None:
+        options = eval_options(eval_data, eval_split)
+    models = load_runs(pairs, grading_mode, options)
     table = build_table(
         models, n_resamples=n_resamples, alpha=alpha, seed=seed, cluster_by_image=cluster_by_image,
         grading_mode=grading_mode,

@@ -1,6 +1,8 @@
 """Regrading eval records (what the published table uses): mode "regrade", optional llava-med rule.
 
 The records keep every output_text, so the table can be recomputed with either grader without generating again.
+Result files of the original recipe (``parsed_outputs``, ``prompts``, no options) are read too; their options come
+from the eval set (``eval_data``), as the original's own regrade takes them.
 """
 
 from __future__ import annotations
@@ -15,9 +17,42 @@ from medvlthinker.inference.records import RESULTS_FILE, accuracy_table, collect
     write_jsonl
 
 
+def eval_options(eval_data: str | os.PathLike | Any, split: str | None = None) -> dict[int, Any]:
+    """``{dataset_index: options}`` of an eval set (a source for ``load_unified``, or a ``datasets.Dataset``).
+
+    The original recipe's eval_results.jsonl records carry no options; its regrade joins them from the eval set
+    by dataset_index, and so does :func:`attach_options`.
+    """
+    if isinstance(eval_data, (str, os.PathLike)):
+        from medvlthinker.data import load_unified
+
+        eval_data = load_unified(str(eval_data), split, validate=False)
+    columns = eval_data.select_columns(["dataset_index", "options"])
+    return {int(i): options for i, options in zip(columns["dataset_index"], columns["options"])}
+
+
+def attach_options(records: Iterable[Mapping[str, Any]], options: Mapping[int, Any]) -> list[dict[str, Any]]:
+    """Records without ``options`` get the eval set's options of their dataset_index; the others are kept."""
+    out = []
+    for record in records:
+        if record.get("options") is None:
+            index = int(record["dataset_index"])
+            if index not in options:
+                raise KeyError(
+                    f"record dataset_name={record.get('dataset_name')!r}, dataset_index={index} has no options and "
+                    f"the eval set has no such row; fix: pass the eval set the run was made on"
+                )
+            record = {**record, "options": options[index]}
+        out.append(dict(record))
+    return out
+
+
 def regrade_records(records: Iterable[Mapping[str, Any]], *, mode: str = "regrade",
-                    llava_med_rule: bool = False) -> list[dict[str, Any]]:
-    """Every record with its rollouts re-graded from output_text (pred_letter, is_correct, num_correct)."""
+                    llava_med_rule: bool = False, options: Mapping[int, Any] | None = None) -> list[dict[str, Any]]:
+    """Every record with its rollouts re-graded from output_text (pred_letter, is_correct, num_correct);
+    ``options`` (:func:`eval_options`) fills in records written without them."""
+    if options is not None:
+        records = attach_options(records, options)
     return [grade_record(record, mode=mode, llava_med_rule=llava_med_rule) for record in records]
 
 
@@ -36,11 +71,15 @@ def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def regrade(path: str | os.PathLike, output: str | os.PathLike | None = None, *, mode: str = "regrade",
-            llava_med_rule: bool = False) -> dict[str, Any]:
+            llava_med_rule: bool = False, eval_data: str | os.PathLike | None = None,
+            eval_split: str | None = None) -> dict[str, Any]:
     """Regrade the records at ``path``; write ``<stem>.{mode}[-llava].jsonl`` and the matching accuracy JSON
-    into ``output`` (default: beside the input). Returns the accuracy table (with conversion-failure rates)."""
+    into ``output`` (default: beside the input). Returns the accuracy table (with conversion-failure rates).
+
+    ``eval_data`` joins the options of records written without them (the original recipe's result files)."""
     path = Path(path)
-    records = regrade_records(load_results(path), mode=mode, llava_med_rule=llava_med_rule)
+    options = eval_options(eval_data, eval_split) if eval_data is not None else None
+    records = regrade_records(load_results(path), mode=mode, llava_med_rule=llava_med_rule, options=options)
     out_dir = Path(output) if output else (path if path.is_dir() else path.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = mode + ("-llava" if llava_med_rule else "")
