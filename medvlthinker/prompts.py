@@ -98,9 +98,12 @@ def build_verl_prompt(row: Mapping[str, Any]) -> str:
 
 
 def build_sft_target(reasoning: str, answer_label: str) -> str:
-    """The SFT assistant turn: ``<think> {reasoning} </think>\\n<answer> {answer_label} </answer>``.
+    """The SFT assistant turn: ``<think> {reasoning} </think>\\n<answer> {answer_label} </answer>``, with the
+    reasoning and the label stripped first, as the original's converters do (R1 reasoning often ends in a newline).
 
     >>> build_sft_target("Red is shown.", "A")
     '<think> Red is shown. </think>\\n<answer> A </answer>'
+    >>> build_sft_target("\\nRed is shown.\\n\\n", " A ")
+    '<think> Red is shown. </think>\\n<answer> A </answer>'
     """
-    return SFT_TARGET_TEMPLATE.format(reasoning=reasoning, answer_label=answer_label)
+    return SFT_TARGET_TEMPLATE.format(reasoning=reasoning.strip(), answer_label=answer_label.strip())

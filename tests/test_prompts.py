@@ -139,6 +139,11 @@ def test_sft_target_exact():
     assert build_sft_target("set {x} = {}", "A") == "<think> set {x} = {} </think>\n<answer> A </answer>"
 
 
+def test_sft_target_strips_the_reasoning_and_the_label_as_the_original():
+    # the original's convert_trl_format*.py: f"<think> {reasoning.strip()} </think>\n<answer> {answer_label.strip()} </answer>"
+    assert build_sft_target("\n  The CT shows it.\n\n", " C\n") == "<think> The CT shows it. </think>\n<answer> C </answer>"
+
+
 def test_bad_options_name_the_row():
     bad = row()
     bad["options"] = "not json"

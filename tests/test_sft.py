@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from medvlthinker import prompts, synthetic
@@ -45,6 +46,18 @@ def test_paper_configs_carry_the_protocol_hyperparameters():
         size = "3B" if "3b" in path.name else "7B"
         assert cfg.model_name_or_path == f"Qwen/Qwen2.5-VL-{size}-Instruct"
         assert cfg.train_data.endswith("m23k" if "m23k" in path.name else "pmc_vqa_reasoning")
+
+
+def test_weights_load_in_float32_as_the_original(tiny_model_dir):
+    """The original calls from_pretrained without a dtype (fp32 weights; bf16 only as mixed-precision compute)."""
+    for path in PAPER_CONFIGS:
+        assert sft.load_config(path).dtype == "float32", path
+    cfg = sft.load_config(PAPER_CONFIGS[0], [f"model_name_or_path={tiny_model_dir}"])
+    model, _ = sft.load_model_and_processor(cfg)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert cfg.bf16  # the compute stays bf16 mixed precision
+    bf16 = sft.load_config(PAPER_CONFIGS[0], [f"model_name_or_path={tiny_model_dir}", "dtype=bfloat16"])
+    assert {p.dtype for p in sft.load_model_and_processor(bf16)[0].parameters()} == {torch.bfloat16}
 
 
 def test_trainer_arguments_follow_the_config():

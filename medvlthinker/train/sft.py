@@ -55,7 +55,12 @@ class SFTRunConfig:
     save_steps: float = field(default=500, metadata={"help": "Checkpoint interval when save_strategy is 'steps'."})
     save_total_limit: int | None = field(default=None, metadata={"help": "Keep at most this many checkpoints."})
     bf16: bool = field(default=True, metadata={"help": "bf16 mixed precision (GPU)."})
-    dtype: str = field(default="bfloat16", metadata={"help": "dtype the weights are loaded in."})
+    dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype the weights are loaded in: float32, as the original (fp32 master weights, bf16 "
+                          "compute by mixed precision); bfloat16 is an opt-in that halves the weight memory but, "
+                          "outside FSDP's mixed precision, makes AdamW update bf16 weights."},
+    )
     attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa', 'eager' or 'flash_attention_2'."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in backward."})
     max_length: int | None = field(
