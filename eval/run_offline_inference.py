@@ -3,6 +3,8 @@
     python eval/run_offline_inference.py --model Qwen/Qwen2.5-VL-3B-Instruct --dp_size 8 --output_dir runs/3b
     python eval/run_offline_inference.py --model M --dataset_name data/m23k --split train --n 16 \
         --temperature 1.0 --output_dir runs/pass_rate/m23k
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python eval/run_offline_inference.py --ray --dp_size 32 --model M --output_dir /shared/runs/M
 
 Output (docs/eval.md): shard-*.jsonl records appended as rows finish, eval_results.jsonl, accuracy.json,
 args.json. Rerunning the same command resumes; --overwrite starts over.
@@ -23,7 +25,8 @@ from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
 @click.option("--model", required=True, help="model directory or Hugging Face name")
 @click.option("--backend", type=click.Choice(["vllm", "hf"]), default="vllm",
               help="vLLM offline (the paper) or transformers generate (models vLLM lacks)")
-@click.option("--dp_size", type=int, default=1, help="data-parallel engines on this node, one per GPU slice")
+@click.option("--dp_size", type=int, default=1,
+              help="data-parallel engines, one per GPU slice: on this node, or on the whole cluster with --ray")
 @click.option("--tp_size", type=int, default=1, help="tensor-parallel GPUs per engine (32B: 4)")
 @click.option("--node_size", type=int, default=1, help="nodes sharing the run")
 @click.option("--node_rank", type=int, default=0, help="this node's rank")
@@ -52,6 +55,12 @@ from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
 @click.option("--llava_med_rule", is_flag=True, help="also accept the answer text as a substring")
 @click.option("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
 @click.option("--engine_kwargs", default="{}", help="extra vLLM engine arguments as JSON")
+@click.option("--window", type=int, default=None,
+              help="requests in flight per engine (default: the engine's batch capacity, vLLM max_num_seqs / n "
+                   "x 1.25; hf: --batch_size); memory grows with it, not with the rows")
+@click.option("--ray", is_flag=True, help="run the engines as a Ray actor pool sharing one row queue (multi-node)")
+@click.option("--ray_address", default=None,
+              help="Ray cluster to join (default: RAY_ADDRESS, as set by ray job submit; else a local cluster)")
 def main(subset, engine_kwargs, **kwargs):
     names = [s for item in subset for s in item.split(",") if s] or None
     table = run(RunConfig(subset=names, engine_kwargs=json.loads(engine_kwargs), **kwargs))

@@ -1,22 +1,51 @@
-"""Two generation backends with one interface: ``generate(requests, settings)`` yields ``(request, texts)`` as
-each request finishes (``texts`` has ``settings.n`` output strings, special tokens skipped).
+"""Two generation backends with one interface: ``generate(requests, settings, window=W)`` takes any iterable of
+requests (a lazy generator is read only as fast as the engine needs) and yields ``(request, completions)`` as each
+request finishes; ``completions`` holds ``settings.n`` :class:`Completion` (text with special tokens skipped, the
+generated token count, the finish reason).
 
-- :class:`VllmBackend`: vLLM offline. The whole shard is enqueued at once and the engine is stepped here, so a
-  finished request is handed back (and written) immediately while the others keep the batch full; there is no
-  chunk barrier waiting on the longest answer.
+- :class:`VllmBackend`: vLLM offline. At most ``window`` requests are in the engine at any time; each finished
+  request is handed back (and written) at once and replaced by the next one, so the batch stays full while long
+  answers finish (no chunk barrier) and memory does not grow with the number of rows (vLLM keeps every
+  enqueued request's processed pixels until it is scheduled).
 - :class:`HfBackend`: transformers ``generate``, batched with left padding; for models vLLM lacks, and tests.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from medvlthinker.inference.requests import Request
 from medvlthinker.inference.settings import SamplingSettings
 
 BACKENDS = ("vllm", "hf")
+
+# The default window holds this many times the engine's batch capacity, so requests wait in the engine's queue
+# for the slots that free up while the next ones are being built (a multiprocess engine keeps stepping meanwhile).
+WINDOW_HEADROOM = 1.25
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer: its text, the number of tokens generated (the stop token included) and why it
+    ended: ``"stop"`` (end of sequence) or ``"length"`` (max_tokens reached)."""
+
+    text: str
+    output_tokens: int
+    finish_reason: str | None
+
+
+def window_for_capacity(max_num_seqs: int, n: int) -> int:
+    """Requests in flight that keep ``max_num_seqs`` sequences busy at ``n`` samples per request, with headroom.
+
+    >>> window_for_capacity(256, 1), window_for_capacity(256, 16), window_for_capacity(4, 16)
+    (320, 20, 2)
+    """
+    return max(1, math.ceil(WINDOW_HEADROOM * math.ceil(max_num_seqs / max(n, 1))))
 
 
 def _on_cpu() -> bool:
@@ -83,21 +112,47 @@ class VllmBackend:
         backend.llm = llm
         return backend
 
-    def generate(self, requests: Sequence[Request], settings: SamplingSettings) -> Iterator[tuple[Request, list[str]]]:
-        if not requests:
-            return
+    @property
+    def max_num_seqs(self) -> int:
+        return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
+
+    def default_window(self, settings: SamplingSettings) -> int:
+        """The engine's batch capacity in requests (max_num_seqs sequences / n per request), with headroom."""
+        return window_for_capacity(self.max_num_seqs, settings.n)
+
+    def generate(self, requests: Iterable[Request], settings: SamplingSettings, *,
+                 window: int | None = None) -> Iterator[tuple[Request, list[Completion]]]:
+        window = window or self.default_window(settings)
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}; fix: --window 1 or more")
         params = settings.to_vllm()
-        ids = self.llm.enqueue([r.vllm_input() for r in requests], params, use_tqdm=False)
-        # enqueue returns the engine's internal ids ("{external}-{random suffix}"); outputs carry the external id.
-        pending = {self._external_id(rid): request for rid, request in zip(ids, requests)}
         engine = self.llm.llm_engine
-        while engine.has_unfinished_requests():
+        source = iter(requests)
+        pending: dict[str, Request] = {}
+        self.peak_in_flight = 0
+
+        def refill() -> None:
+            batch = list(islice(source, window - len(pending)))
+            if not batch:
+                return
+            per_request = [params if r.max_tokens is None else _with_max_tokens(params, r.max_tokens) for r in batch]
+            ids = self.llm.enqueue([r.vllm_input() for r in batch], per_request, use_tqdm=False)
+            # enqueue returns the engine's internal ids ("{external}-{random suffix}"); outputs carry the external id.
+            pending.update((self._external_id(rid), request) for rid, request in zip(ids, batch))
+            # the engine's own count (n sequences per request), not ours: what the bound is about
+            in_engine = math.ceil(engine.get_num_unfinished_requests() / settings.n)
+            self.peak_in_flight = max(self.peak_in_flight, in_engine)
+
+        refill()
+        while pending:
+            if not engine.has_unfinished_requests():
+                raise RuntimeError(f"vLLM finished without answering {len(pending)} request(s)")
             for out in engine.step():
                 if out.finished and out.request_id in pending:
                     outputs = sorted(out.outputs, key=lambda c: c.index)
-                    yield pending.pop(out.request_id), [c.text for c in outputs]
-        if pending:
-            raise RuntimeError(f"vLLM finished without answering {len(pending)} request(s)")
+                    yield pending.pop(out.request_id), [
+                        Completion(c.text, len(c.token_ids), c.finish_reason) for c in outputs]
+            refill()
 
     @staticmethod
     def _external_id(request_id: str) -> str:
@@ -106,6 +161,12 @@ class VllmBackend:
 
     def close(self) -> None:
         self.llm = None
+
+
+def _with_max_tokens(params: Any, max_tokens: int) -> Any:
+    clone = params.clone()
+    clone.max_tokens = max_tokens
+    return clone
 
 
 class HfBackend:
@@ -131,27 +192,46 @@ class HfBackend:
         self.eos_token_id = gen.eos_token_id if gen.eos_token_id is not None else self.processor.tokenizer.eos_token_id
         pad = gen.pad_token_id if gen.pad_token_id is not None else self.processor.tokenizer.pad_token_id
         self.pad_token_id = pad
+        eos = self.eos_token_id
+        self._eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self.peak_in_flight = 0
 
-    def _batches(self, requests: Sequence[Request]) -> Iterable[list[Request]]:
-        for start in range(0, len(requests), self.batch_size):
-            yield list(requests[start:start + self.batch_size])
+    def default_window(self, settings: SamplingSettings) -> int:
+        """One batch: transformers ``generate`` holds exactly the requests of the batch it is running."""
+        return self.batch_size
 
-    def generate(self, requests: Sequence[Request], settings: SamplingSettings) -> Iterator[tuple[Request, list[str]]]:
+    def _completion(self, text: str, ids: list[int]) -> Completion:
+        # generate pads a sequence that stopped early up to the batch's longest: count up to the first stop token
+        for pos, token in enumerate(ids):
+            if token in self._eos_ids:
+                return Completion(text, pos + 1, "stop")
+        return Completion(text, len(ids), "length")
+
+    def generate(self, requests: Iterable[Request], settings: SamplingSettings, *,
+                 window: int | None = None) -> Iterator[tuple[Request, list[Completion]]]:
         import torch
         from transformers import GenerationConfig
 
+        size = min(self.batch_size, window or self.batch_size)
+        if size < 1:
+            raise ValueError(f"window must be >= 1, got {window}; fix: --window 1 or more")
         torch.manual_seed(settings.seed)
         config = GenerationConfig(**settings.to_hf_generate_kwargs(self.eos_token_id), pad_token_id=self.pad_token_id)
         per_prompt = config.num_return_sequences or 1
-        for batch in self._batches(requests):
+        source = iter(requests)
+        self.peak_in_flight = 0
+        while batch := list(islice(source, size)):
+            self.peak_in_flight = max(self.peak_in_flight, len(batch))
             images = [img for r in batch for img in r.images]
             inputs = self.processor(text=[r.prompt for r in batch], images=images or None, padding=True,
                                     return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 out = self.model.generate(**inputs, generation_config=config)
-            texts = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            generated = out[:, inputs["input_ids"].shape[1]:]
+            texts = self.processor.batch_decode(generated, skip_special_tokens=True)
+            completions = [self._completion(text, ids) for text, ids in zip(texts, generated.tolist())]
             for i, request in enumerate(batch):
-                mine = texts[i * per_prompt:(i + 1) * per_prompt]
+                mine = completions[i * per_prompt:(i + 1) * per_prompt]
                 yield request, mine if per_prompt == settings.n else mine * settings.n
 
     def close(self) -> None:

@@ -48,9 +48,20 @@ def shard_bounds(num_rows: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def make_record(request_row: Mapping[str, Any], prompt: str, prompt_tokens: int, image_tokens: int,
-                texts: Iterable[str], *, llava_med_rule: bool = False) -> dict[str, Any]:
-    """One record of contract 3; every rollout graded in strict mode (the pass_count rule)."""
-    rollouts = [grade_rollout(text, request_row, mode="strict", llava_med_rule=llava_med_rule) for text in texts]
+                texts: Iterable[Any], *, llava_med_rule: bool = False) -> dict[str, Any]:
+    """One record of contract 3; every rollout graded in strict mode (the pass_count rule).
+
+    ``texts`` holds output strings or backend completions (``text``, ``output_tokens``, ``finish_reason``); a
+    completion's token count and finish reason are kept in its rollout.
+    """
+    rollouts = []
+    for item in texts:
+        text = item if isinstance(item, str) else item.text
+        rollout = grade_rollout(text, request_row, mode="strict", llava_med_rule=llava_med_rule)
+        if not isinstance(item, str):
+            rollout["output_tokens"] = int(item.output_tokens)
+            rollout["finish_reason"] = item.finish_reason
+        rollouts.append(rollout)
     return {
         "dataset_name": request_row["dataset_name"],
         "dataset_index": int(request_row["dataset_index"]),

@@ -25,7 +25,8 @@ IMAGE_PAD = "<|image_pad|>"
 
 @dataclass
 class Request:
-    """One prompt ready for a backend. ``row`` keeps the fields the record needs (no images)."""
+    """One prompt ready for a backend. ``row`` keeps the fields the record needs (no images). ``max_tokens``
+    overrides the run's for this request (vLLM backend; workloads of known lengths in the benchmarks)."""
 
     dataset_index: int
     prompt: str
@@ -33,6 +34,7 @@ class Request:
     prompt_tokens: int = 0
     image_tokens: int = 0
     row: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int | None = None
 
     def vllm_input(self) -> dict[str, Any]:
         """The ``LLM.generate`` prompt: text plus ``multi_modal_data`` when the row has images."""

@@ -1,9 +1,12 @@
 """The resumable, data-parallel inference runner behind ``eval/run_offline_inference.py``.
 
-One run = validate the data set (schema and every image) -> split it into ``node_size * dp_size`` contiguous
-shards -> one engine per GPU slice (``CUDA_VISIBLE_DEVICES``), each submitting its whole shard at once and
-appending each finished record to its shard file -> merge into eval_results.jsonl and accuracy.json. A rerun
-skips every dataset_index already written (in any shard file), so a killed run loses at most the rows in flight.
+One run = validate the data set (schema, and every image decoded and discarded) -> assign the rows to
+``node_size * dp_size`` ranks, interleaved (rank r takes rows r, r + world, ...) -> one engine per GPU slice
+(``CUDA_VISIBLE_DEVICES``), each streaming its rows through the engine with at most ``window`` requests in flight
+(built lazily, refilled as requests finish) and appending each finished record to its shard file -> merge into
+eval_results.jsonl and accuracy.json. With ``ray`` the engines are a Ray actor pool pulling rows from one queue
+(:mod:`medvlthinker.inference.ray_pool`). A rerun skips every dataset_index already written (in any shard file,
+whatever the earlier run's dp_size), so a killed run loses at most the rows in flight.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from medvlthinker.inference.records import (
     make_record,
     merge_results,
     read_records,
-    shard_bounds,
     shard_files,
     shard_name,
     write_json,
@@ -74,6 +76,12 @@ class RunConfig:
     llava_med_rule: bool = False
     dtype: str | None = None
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # requests in flight per engine; None: the engine's batch capacity (vLLM max_num_seqs / n, with headroom;
+    # the hf backend's batch_size)
+    window: int | None = None
+    # a Ray actor pool (one engine per dp_size, tp_size GPUs each) on the cluster at ray_address
+    ray: bool = False
+    ray_address: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -84,6 +92,11 @@ class RunConfig:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.node_rank < self.node_size:
             raise ValueError(f"--node_rank {self.node_rank} must be in 0..{self.node_size - 1} (--node_size)")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"--window must be >= 1, got {self.window}; fix: leave it out for the engine's capacity")
+        if self.ray and self.node_size > 1:
+            raise ValueError("--ray spreads the engines over the whole cluster itself; fix: drop --node_size and "
+                             "--node_rank (launch once, e.g. with ray job submit)")
 
     @property
     def sampling(self) -> SamplingSettings:
@@ -183,60 +196,125 @@ def _make_backend(config: RunConfig, max_images: int):
     return make_backend("hf", config.model, dtype=config.dtype, batch_size=config.batch_size)
 
 
-def run_rank(config: RunConfig, rank: int, *, validated: bool = False, backend: Any = None,
-             builder: Any = None) -> int:
-    """Run global shard ``rank`` of ``config.world_size``; return the number of records written.
+def max_images_per_row(ds) -> int:
+    """The most images any row of ``ds`` holds, from the Arrow list offsets (no image bytes are read)."""
+    import pyarrow.compute as pc
 
-    Requests (prompt rendering, image decoding and resizing) are all built before the engine starts, so a bad
-    row stops the rank before any generation. ``backend`` reuses an engine already built and ``builder`` a
-    RequestBuilder (start-up work, like the engine, that benchmarks keep out of the timed part).
+    if "images" not in ds.column_names or len(ds) == 0:
+        return 0
+    lengths = pc.list_value_length(ds.data.column("images"))
+    indices = getattr(ds, "_indices", None)  # select/filter keep an index mapping over the stored table
+    if indices is not None:
+        lengths = lengths.take(indices.column(0))
+    top = pc.max(lengths).as_py()
+    return int(top or 0)
+
+
+def raw_images(ds):
+    """``ds`` with its images left as stored bytes: the request builder decodes each one and names the row when
+    one is unreadable (datasets' own decoding would raise a bare PIL error mid-iteration)."""
+    if "images" not in ds.column_names:
+        return ds
+    from medvlthinker.data import unified_features
+
+    return ds.cast_column("images", unified_features(image_decode=False)["images"])
+
+
+def stream_records(config: RunConfig, rows, builder: Any, backend: Any, *, window: int | None = None,
+                   on_record: Any = None):
+    """Generate ``rows`` (any iterable of unified rows, read lazily) and yield one record per row as it finishes.
+
+    At most ``window`` requests exist at any time (default: the backend's batch capacity): a request is built
+    (prompt rendered, images decoded and resized) only when the engine has room for it, so memory does not grow
+    with the number of rows.
+    """
+    window = window or config.window or backend.default_window(config.sampling)
+    requests = (builder.build(row) for row in rows)
+    for request, completions in backend.generate(requests, config.sampling, window=window):
+        yield make_record(request.row, request.prompt, request.prompt_tokens, request.image_tokens, completions,
+                          llava_med_rule=config.llava_med_rule)
+
+
+@dataclass
+class RankSummary:
+    """What one engine did: rows written, generated tokens, seconds, and the most requests it held at once."""
+
+    rank: int
+    world: int
+    rows: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    window: int = 0
+    peak_in_flight: int = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.rows += 1
+        self.output_tokens += sum(r.get("output_tokens", 0) for r in record["rollouts"])
+
+    def line(self, backend: str) -> str:
+        rate = self.output_tokens / self.seconds if self.seconds else 0.0
+        return (f"rank {self.rank}/{self.world} {backend}: {self.rows} rows, {self.output_tokens} output tokens in "
+                f"{self.seconds:.1f} s ({rate:.1f} tokens/s); window {self.window}, at most "
+                f"{self.peak_in_flight} requests in flight")
+
+
+def run_rank(config: RunConfig, rank: int, *, validated: bool = False, backend: Any = None,
+             builder: Any = None, max_images: int | None = None) -> int:
+    """Run rank ``rank`` of ``config.world_size`` (rows ``rank, rank + world, ...``); return the number of records
+    written.
+
+    Rows already written in any shard file are skipped. Unless ``validated``, every image of the rank's rows is
+    decoded (and discarded) first, so a bad row stops the rank before any generation. ``backend`` reuses an
+    engine already built and ``builder`` a RequestBuilder (start-up work, like the engine, that benchmarks keep
+    out of the timed part).
     """
     from tqdm.auto import tqdm
 
+    from medvlthinker.inference.assign import interleaved_positions
+
     world = config.world_size
     ds = load_rows(config, check_images=False)
-    start, end = shard_bounds(len(ds), rank, world)
-    shard = ds.select(range(start, end))
+    mine = ds.select(interleaved_positions(len(ds), rank, world))
+    done = finished_indices(config.output_dir)
+    todo_positions = [i for i, idx in enumerate(mine["dataset_index"]) if idx not in done]
+    if not todo_positions:
+        return 0
+    todo = mine.select(todo_positions)
     if not validated and not config.ignore_image:
         from medvlthinker.data import check_dataset_images
 
-        check_dataset_images(shard, source=config.dataset_name, progress=config.progress)
-    done = finished_indices(config.output_dir)
-    todo_positions = [i for i, idx in enumerate(shard["dataset_index"]) if idx not in done]
-    if not todo_positions:
-        return 0
+        check_dataset_images(todo, source=config.dataset_name, progress=config.progress)
     builder = builder or _make_builder(config)
-    todo = shard.select(todo_positions)
-    requests = [builder.build(row) for row in tqdm(todo, desc=f"rank {rank}: building requests", unit="row",
-                                                   disable=not config.progress or len(todo) < 64)]
     if backend is None:
-        backend = _make_backend(config, max((len(r.images) for r in requests), default=0))
-    written = 0
+        backend = _make_backend(config, max_images if max_images is not None else max_images_per_row(ds))
+    summary = RankSummary(rank, world, window=config.window or backend.default_window(config.sampling))
     path = Path(config.output_dir) / shard_name(rank, world)
-    bar = tqdm(total=len(requests), desc=f"rank {rank}/{world} {config.backend}", unit="row",
-               disable=not config.progress)
+    bar = tqdm(total=len(todo), desc=f"rank {rank}/{world} {config.backend}", unit="row", disable=not config.progress)
+    start = time.perf_counter()
     with ShardWriter(path) as writer:
-        for request, texts in backend.generate(requests, config.sampling):
-            writer.write(make_record(request.row, request.prompt, request.prompt_tokens, request.image_tokens, texts,
-                                     llava_med_rule=config.llava_med_rule))
-            written += 1
+        for record in stream_records(config, raw_images(todo), builder, backend, window=summary.window):
+            writer.write(record)
+            summary.add(record)
             bar.update(1)
     bar.close()
-    return written
+    summary.seconds = time.perf_counter() - start
+    summary.peak_in_flight = getattr(backend, "peak_in_flight", 0)
+    print(summary.line(config.backend), file=sys.stderr, flush=True)
+    return summary.rows
 
 
-def _rank_entry(config_dict: dict[str, Any], rank: int, devices: list[str]) -> None:
+def _rank_entry(config_dict: dict[str, Any], rank: int, devices: list[str], max_images: int) -> None:
     # Set before torch/vLLM initialise CUDA in this fresh (spawned) process.
     if devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-    run_rank(RunConfig(**config_dict), rank, validated=True)
+    run_rank(RunConfig(**config_dict), rank, validated=True, max_images=max_images)
 
 
 # ---------------------------------------------------------------- the whole run
 
 
 def run(config: RunConfig) -> dict[str, Any] | None:
-    """Validate, run this node's ``dp_size`` ranks, and merge when every row has a record.
+    """Validate, run this node's ``dp_size`` ranks (or the Ray pool), and merge when every row has a record.
 
     Returns the accuracy table, or None when other nodes still have rows to write.
     """
@@ -246,13 +324,19 @@ def run(config: RunConfig) -> dict[str, Any] | None:
     if config.overwrite and config.node_rank == 0:
         clear_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_rows(config, check_images=True)  # the whole set, every image: nothing starts on bad data
+    # the whole set, every image decoded and discarded: nothing starts on bad data, and nothing is kept
+    ds = load_rows(config, check_images=True)
     num_rows = len(ds)
+    max_images = max_images_per_row(ds)
     if config.node_rank == 0:
         write_args(config, num_rows)
     first = config.node_rank * config.dp_size
-    if config.dp_size == 1:
-        run_rank(config, first, validated=True)
+    if config.ray:
+        from medvlthinker.inference.ray_pool import run_pool
+
+        run_pool(config, ds, max_images=max_images)
+    elif config.dp_size == 1:
+        run_rank(config, first, validated=True, max_images=max_images)
     else:
         devices = visible_devices()
         per_rank = config.tp_size
@@ -265,7 +349,7 @@ def run(config: RunConfig) -> dict[str, Any] | None:
         procs = []
         for local in range(config.dp_size):
             mine = devices[local * per_rank:(local + 1) * per_rank] if devices else []
-            proc = ctx.Process(target=_rank_entry, args=(asdict(config), first + local, mine),
+            proc = ctx.Process(target=_rank_entry, args=(asdict(config), first + local, mine, max_images),
                                name=f"medvlthinker-rank{first + local}")
             proc.start()
             procs.append(proc)
