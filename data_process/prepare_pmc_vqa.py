@@ -3,8 +3,11 @@
     python data_process/prepare_pmc_vqa.py --csv_path PMC-VQA/train.csv --image_dir PMC-VQA/figures \
         --output data/local/pmc_vqa_train --num_proc 8
 
-Malformed rows (bad Answer_label, empty choice, missing or undecodable image) are counted and shown with examples,
-and skipped (--on_error skip, the default) or fatal (--on_error fail). Finished chunks are kept in
+By default (--compat original) the rows and dataset_index values are those of the original recipe's script, so the
+output joins with the released UCSC-VLAA/MedVLThinker-pmc_vqa (and its pass-rate and reasoning files) on
+dataset_index; --compat lenient keeps more rows and indexes by CSV position (medvlthinker.prepare.COMPAT).
+Malformed rows (bad Answer_label, a choice without its prefix, missing or undecodable image) are counted and shown
+with examples, and skipped (--on_error skip, the default) or fatal (--on_error fail). Finished chunks are kept in
 <output>.chunks/, so an interrupted run resumes; the report goes to <output>.report.json.
 """
 
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import click
 
-from medvlthinker.prepare import ON_ERROR, prepare_pmc_vqa
+from medvlthinker.prepare import COMPAT, ON_ERROR, prepare_pmc_vqa
 
 
 @click.command()
@@ -25,10 +28,13 @@ from medvlthinker.prepare import ON_ERROR, prepare_pmc_vqa
 @click.option("--limit", type=int, default=None, help="Only the first N CSV rows (a quick look).")
 @click.option("--num_proc", type=int, default=1, show_default=True, help="Worker processes decoding and resizing images.")
 @click.option("--chunk_size", type=int, default=5000, show_default=True, help="Rows per resumable chunk.")
-def main(csv_path, image_dir, output, on_error, dataset_name, start_index, limit, num_proc, chunk_size):
+@click.option("--compat", type=click.Choice(COMPAT), default="original", show_default=True,
+              help="original: the original's rows and dataset_index (joins with the released set); lenient: keep "
+                   "more rows, index by CSV position.")
+def main(csv_path, image_dir, output, on_error, dataset_name, start_index, limit, num_proc, chunk_size, compat):
     report = prepare_pmc_vqa(
         csv_path, image_dir, output, on_error=on_error, dataset_name=dataset_name, start_index=start_index,
-        limit=limit, num_proc=num_proc, chunk_size=chunk_size,
+        limit=limit, num_proc=num_proc, chunk_size=chunk_size, compat=compat,
     )
     click.echo(report.summary())
     click.echo(f"saved {report.rows_written} rows to {output}")

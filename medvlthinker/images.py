@@ -64,18 +64,26 @@ def decode_image(obj: Any, base_dir: str | os.PathLike | None = None) -> Image.I
 
 
 def pmc_resize(img: Image.Image) -> Image.Image:
-    """The PMC-VQA training-image rule (the evaluation images are never resized beforehand)."""
+    """The PMC-VQA training-image rule (the evaluation images are never resized beforehand).
+
+    The new size is computed as the original's resize_image.py does, ``int(side * (target / other_side))``
+    (truncated, not rounded), so the pixels match the released set: 1500x1000 becomes 1024x682, not 1024x683.
+
+    >>> pmc_resize(Image.new("RGB", (1500, 1000))).size, pmc_resize(Image.new("RGB", (10, 2000))).size
+    ((1024, 682), (28, 5600))
+    """
     w, h = img.size
-    short, long_ = min(w, h), max(w, h)
-    if short < PMC_MIN_SIDE:
-        short, long_ = PMC_MIN_SIDE, max(1, round(long_ * PMC_MIN_SIDE / short))
-    elif long_ > PMC_MAX_SIDE:
-        short, long_ = max(1, round(short * PMC_MAX_SIDE / long_)), PMC_MAX_SIDE
+    if w < PMC_MIN_SIDE or h < PMC_MIN_SIDE:
+        # The short-side rule wins even when it pushes the long side past 1024 (10x2000 -> 28x5600), as the original.
+        target = PMC_MIN_SIDE
+        new = (target, int(h * (target / w))) if w < h else (int(w * (target / h)), target)
+    elif w > PMC_MAX_SIDE or h > PMC_MAX_SIDE:
+        target = PMC_MAX_SIDE
+        new = (target, int(h * (target / w))) if w > h else (int(w * (target / h)), target)
     else:
         return img
-    # The short-side rule wins even when it pushes the long side past 1024 (10x2000 -> 28x5600), as the original.
-    new = (short, long_) if w <= h else (long_, short)
-    return img.resize(new, Image.BILINEAR)
+    # max(1, ...): the original would pass a 0 px side to PIL and fail; only absurd aspect ratios get there
+    return img.resize((max(1, new[0]), max(1, new[1])), Image.BILINEAR)
 
 
 def image_sha256(obj: Any) -> str:

@@ -3,7 +3,10 @@
 * PMC-VQA (the public release): a CSV with the columns ``Figure_path, Question, Answer, Choice A .. Choice D,
   Answer_label`` (choices read ``"A: text"`` or ``" A:text"``) and a folder of figures. Images get the PMC-VQA
   resize rule (:func:`medvlthinker.images.pmc_resize`). Work goes in chunks written next to the output, so an
-  interrupted run resumes where it stopped.
+  interrupted run resumes where it stopped. ``compat="original"`` (the default) keeps exactly the rows of the
+  original's prepare_pmc_vqa.py, with its dataset_index (the count of kept rows), so the result joins with the
+  released ``UCSC-VLAA/MedVLThinker-pmc_vqa`` and the files derived from it; ``compat="lenient"`` is the opt-in
+  described at :data:`COMPAT`.
 * m23k-style text MCQ with reasoning (``UCSC-VLAA/MedVLThinker-m23k-tokenized`` or any table with ``question``,
   ``options`` (dict, JSON string or list), ``answer_label`` / ``answer_idx``, ``answer``, ``reasoning``).
 
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +31,15 @@ from medvlthinker.images import ImageDecodeError, decode_image, image_sha256, pm
 from medvlthinker.schema import LETTERS, SchemaError, parse_options, validate_row
 
 ON_ERROR = ("skip", "fail")
+COMPAT = ("original", "lenient")
+"""PMC-VQA row rules. ``original``: the original's (quote characters stripped too; a choice without its ``X:``
+prefix, or an Answer that differs from the chosen option, drops the row; dataset_index counts the kept rows).
+``lenient`` (opt-in): also accepts ``X.`` / ``X)`` prefixes and bare choices, keeps a row whose Answer text differs
+from its option (the option wins, with a warning), and uses the CSV position as dataset_index so indices do not
+move when rows are dropped; it keeps more rows, but its indices do not join with the released set."""
+
+# The original strips these around every field: whitespace, both quote characters, no-break and hair spaces.
+ORIGINAL_STRIP = string.whitespace + "'\"\xa0\u200a"
 
 PMC_COLUMNS = ("Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label")
 PMC_LETTERS = "ABCD"
@@ -146,6 +159,68 @@ def pmc_vqa_options(record: Mapping[str, Any]) -> dict[str, str]:
     return options
 
 
+def original_pmc_vqa_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The question, options, label and answer of one CSV record by the original's rules; raises
+    :class:`MalformedRow` for each row the original drops.
+
+    >>> original_pmc_vqa_fields({"Question": " 'Which?' ", "Answer": "MRI", "Answer_label": "B",
+    ...     "Choice A": " A:CT", "Choice B": " B:MRI ", "Choice C": "C:'PET'", "Choice D": "D: US"})["options"]
+    {'A': 'CT', 'B': 'MRI', 'C': 'PET', 'D': 'US'}
+    """
+    options = {}
+    for letter in PMC_LETTERS:
+        raw = (record.get(f"Choice {letter}") or "").strip(ORIGINAL_STRIP)
+        prefix, sep, text = raw.partition(":")
+        if not sep:
+            raise MalformedRow("choice_without_prefix", f"Choice {letter} {raw!r} has no '{letter}:' prefix")
+        if prefix.strip(ORIGINAL_STRIP) != letter:
+            raise MalformedRow("choice_prefix_mismatch", f"Choice {letter} {raw!r} is prefixed with another letter")
+        options[letter] = text.strip(ORIGINAL_STRIP)
+    label = (record.get("Answer_label") or "").strip(ORIGINAL_STRIP)
+    if label not in options:
+        raise MalformedRow("bad_answer_label", f"Answer_label {record.get('Answer_label')!r} is not one of A, B, C, D")
+    answer = (record.get("Answer") or "").strip(ORIGINAL_STRIP)
+    if options[label] != answer:
+        raise MalformedRow("answer_mismatch", f"Answer {answer[:60]!r} differs from option {label} {options[label][:60]!r}")
+    return {"question": (record.get("Question") or "").strip(ORIGINAL_STRIP), "options": options,
+            "answer_label": label, "answer": answer, "answer_mismatch": False}
+
+
+def lenient_pmc_vqa_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The same fields by the lenient rules (:data:`COMPAT`); raises :class:`MalformedRow`."""
+    question = (record.get("Question") or "").strip()
+    if not question:
+        raise MalformedRow("empty_question", "Question is empty")
+    options = pmc_vqa_options(record)
+    label = (record.get("Answer_label") or "").strip().upper()
+    if label not in options:
+        raise MalformedRow("bad_answer_label", f"Answer_label {record.get('Answer_label')!r} is not one of A, B, C, D")
+    source_answer = (record.get("Answer") or "").strip()
+    return {"question": question, "options": options, "answer_label": label, "answer": options[label],
+            "answer_mismatch": strip_choice_prefix(source_answer, label) != options[label],
+            "source_answer": source_answer}
+
+
+def original_indices(records: Iterable[Mapping[str, Any]]) -> list[int | None]:
+    """Per CSV record, its dataset_index in the original's output (the count of kept rows before it), or None
+    for a row the original drops.
+
+    >>> ok = {"Answer": "x", "Answer_label": "A", **{f"Choice {l}": f"{l}:x" for l in "ABCD"}}
+    >>> original_indices([ok, {**ok, "Choice B": "x"}, ok])
+    [0, None, 1]
+    """
+    out, kept = [], 0
+    for record in records:
+        try:
+            original_pmc_vqa_fields(record)
+        except MalformedRow:
+            out.append(None)
+            continue
+        out.append(kept)
+        kept += 1
+    return out
+
+
 def _png_bytes(img) -> bytes:
     # zlib level 3: lossless like the default 6 but 2-5x faster to write, for files 0-15% larger (measured on
     # 1024-px figures); encoding dominates the cost of a resized row
@@ -163,21 +238,23 @@ def pmc_vqa_row(
     *,
     dataset_name: str = "pmc_vqa",
     start_index: int = 0,
+    compat: str = "original",
+    index: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, bool]]:
     """One CSV record -> (unified row, flags). Raises :class:`MalformedRow`.
 
-    ``dataset_index`` is ``start_index + position`` (the record's position among the CSV's data rows), so it
-    stays the same whichever rows are skipped. The image is stored as its original file bytes when the resize rule
-    leaves it unchanged, else as PNG; ``hash`` is the pixel hash of the source image before the resize (the eval
-    images are not resized, so this is what an overlap check compares).
+    ``dataset_index`` is ``start_index`` plus, with ``compat="original"``, ``index`` (the record's place among the
+    rows the original keeps, :func:`original_indices`), else ``position`` (its place among the CSV's data rows).
+    The image is stored as its original file bytes when the resize rule leaves it unchanged, else as PNG; ``hash``
+    is the pixel hash of the source image before the resize (the eval images are not resized, so this is what an
+    overlap check compares).
     """
-    question = (record.get("Question") or "").strip()
-    if not question:
-        raise MalformedRow("empty_question", "Question is empty")
-    options = pmc_vqa_options(record)
-    label = (record.get("Answer_label") or "").strip().upper()
-    if label not in options:
-        raise MalformedRow("bad_answer_label", f"Answer_label {record.get('Answer_label')!r} is not one of A, B, C, D")
+    if compat not in COMPAT:
+        raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
+    fields = original_pmc_vqa_fields(record) if compat == "original" else lenient_pmc_vqa_fields(record)
+    if compat == "original" and index is None:
+        raise ValueError("compat='original' needs the row's index among the kept rows (original_indices)")
+    options, label = fields["options"], fields["answer_label"]
     figure = (record.get("Figure_path") or "").strip()
     if not figure:
         raise MalformedRow("image_missing", "Figure_path is empty")
@@ -194,19 +271,18 @@ def pmc_vqa_row(
     misc: dict[str, Any] = {"figure_path": figure, "source_row": position}
     if was_resized:
         misc["source_size"] = list(image.size)
-    source_answer = (record.get("Answer") or "").strip()
-    answer_mismatch = strip_choice_prefix(source_answer, label) != options[label]
+    answer_mismatch = fields["answer_mismatch"]
     if answer_mismatch:
-        misc["source_answer"] = source_answer
+        misc["source_answer"] = fields["source_answer"]
     row = {
         "images": [{"bytes": _png_bytes(resized) if was_resized else raw, "path": None}],
-        "question": question,
+        "question": fields["question"],
         "options": json.dumps(options, ensure_ascii=False),
         "answer_label": label,
-        "answer": options[label],
+        "answer": fields["answer"],
         "reasoning": None,
         "dataset_name": dataset_name,
-        "dataset_index": start_index + position,
+        "dataset_index": start_index + (index if compat == "original" else position),
         "hash": image_sha256(image),
         "misc": json.dumps(misc, ensure_ascii=False, sort_keys=True),
     }
@@ -229,18 +305,23 @@ def read_pmc_vqa_csv(csv_path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def _pmc_work(args: tuple) -> tuple[str, Any, dict[str, bool] | None]:
-    record, position, image_dir, dataset_name, start_index = args
+    record, position, image_dir, dataset_name, start_index, compat, index = args
     try:
-        row, flags = pmc_vqa_row(record, position, image_dir, dataset_name=dataset_name, start_index=start_index)
+        if compat == "original" and index is None:
+            original_pmc_vqa_fields(record)  # raises the reason the original drops this row
+        row, flags = pmc_vqa_row(record, position, image_dir, dataset_name=dataset_name, start_index=start_index,
+                                 compat=compat, index=index)
     except MalformedRow as exc:
         return "malformed", (exc.reason, exc.detail, record.get("Figure_path")), None
     return "ok", row, flags
 
 
-def _pmc_chunk(records, positions, image_dir, dataset_name, start_index, on_error, source, pool, progress):
+def _pmc_chunk(records, positions, image_dir, dataset_name, start_index, on_error, source, pool, progress, compat,
+               indices):
     report = PrepareReport(source=source)
     rows = []
-    work = [(records[p], p, str(image_dir), dataset_name, start_index) for p in positions]
+    work = [(records[p], p, str(image_dir), dataset_name, start_index, compat, indices[p] if indices else None)
+            for p in positions]
     results = pool.imap(_pmc_work, work, chunksize=8) if pool is not None else map(_pmc_work, work)
     for position, (status, payload, flags) in zip(positions, results):
         report.rows_read += 1
@@ -277,8 +358,13 @@ def prepare_pmc_vqa(
     num_proc: int = 1,
     chunk_size: int = 5000,
     work_dir: str | os.PathLike | None = None,
+    compat: str = "original",
 ) -> PrepareReport:
     """Raw PMC-VQA (CSV + figure folder) -> a unified data set at ``out_path`` (save_to_disk dir or .parquet).
+
+    ``compat`` chooses the row rules (:data:`COMPAT`); with ``"original"`` a row dropped for its image (missing or
+    undecodable, which the original cannot load either) leaves a gap in dataset_index instead of shifting the rows
+    after it, so the others still join with the released set.
 
     Rows are processed in chunks of ``chunk_size``, each written to ``work_dir`` (default ``<out_path>.chunks``) as
     soon as it is done; a re-run reuses the finished chunks (the run's settings must match). ``num_proc`` worker
@@ -290,9 +376,12 @@ def prepare_pmc_vqa(
     from medvlthinker.synthetic import to_dataset
 
     _check_on_error(on_error)
+    if compat not in COMPAT:
+        raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
     records = read_pmc_vqa_csv(csv_path)
     if limit is not None:
         records = records[:limit]
+    indices = original_indices(records) if compat == "original" else None
     out_path = Path(out_path)
     work = Path(work_dir) if work_dir else out_path.with_name(out_path.name + ".chunks")
     work.mkdir(parents=True, exist_ok=True)
@@ -303,6 +392,7 @@ def prepare_pmc_vqa(
         "on_error": on_error,
         "dataset_name": dataset_name,
         "start_index": start_index,
+        "compat": compat,
     }
     manifest = work / "settings.json"
     if manifest.exists() and json.loads(manifest.read_text()) != settings:
@@ -333,7 +423,8 @@ def prepare_pmc_vqa(
                     progress.update(end - start)
                 else:
                     rows, report = _pmc_chunk(
-                        records, range(start, end), image_dir, dataset_name, start_index, on_error, source, pool, progress
+                        records, range(start, end), image_dir, dataset_name, start_index, on_error, source, pool, progress,
+                        compat, indices,
                     )
                     tmp = chunk_file.with_suffix(".parquet.tmp")
                     to_dataset(rows).to_parquet(str(tmp))

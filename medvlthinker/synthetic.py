@@ -185,7 +185,10 @@ def to_dataset(rows: list[dict]):
 
     from medvlthinker.data import unified_features
 
-    return datasets.Dataset.from_list(rows, features=unified_features())
+    features = unified_features()
+    if not rows:  # from_list cannot build an empty table (e.g. a preparation chunk whose rows were all dropped)
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    return datasets.Dataset.from_list(rows, features=features)
 
 
 def write_demo_data(out_dir, rows_per_benchmark: int = 8, train_rows: int = 24, seed: int = 0) -> dict[str, str]:

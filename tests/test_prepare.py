@@ -43,7 +43,10 @@ def _digest(path: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-@pytest.mark.parametrize("size,expected", list(EDGE_SIZES.items()))
+@pytest.mark.parametrize("size,expected", list(EDGE_SIZES.items()) + [
+    ((1500, 1000), (1024, 682)),  # int(1000 * (1024 / 1500)) = 682, as the original (round() would give 683)
+    ((27, 100), (28, 103)),  # int(100 * (28 / 27)) = 103 (round: 104)
+])
 def test_pmc_resize_edge_sizes(size, expected):
     img = Image.new("RGB", size, (200, 10, 10))
     out = pmc_resize(img)
@@ -94,10 +97,46 @@ def pmc_raw(tmp_path_factory):
     return csv_path, figures, records
 
 
+def test_prepare_pmc_vqa_original_rows_and_indices(tmp_path):
+    """The default keeps the rows of the original's prepare_pmc_vqa.py, indexed by the count of kept rows, so the
+    output joins with the released UCSC-VLAA/MedVLThinker-pmc_vqa on dataset_index."""
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(figures / "small.png")
+    Image.new("RGB", (1500, 1000), (10, 20, 30)).save(figures / "wide.png")
+    good = {"Figure_path": "small.png", "Question": "Which modality?", "Answer": "MRI", "Answer_label": "B",
+            "Choice A": " A:CT", "Choice B": " B:MRI ", "Choice C": "C:\"PET\"", "Choice D": " D: Ultrasound"}
+    records = [
+        {**good, "Question": "'Which modality?'\xa0"},  # quotes and no-break spaces are stripped too: index 0
+        {**good, "Choice C": "PET"},  # a choice without its "C:" prefix: dropped
+        {**good, "Answer": "Magnetic resonance"},  # the Answer text is not the chosen option: dropped
+        good,  # index 1
+        {**good, "Figure_path": "missing.png"},  # the image cannot be read: index 2 stays a gap
+        {**good, "Figure_path": "wide.png"},  # index 3, resized with the original's int(): 1024 x 682
+    ]
+    csv_path = tmp_path / "train.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(good))
+        writer.writeheader()
+        writer.writerows(records)
+
+    report = prepare_pmc_vqa(csv_path, figures, tmp_path / "original", chunk_size=2)
+    assert report.malformed == {"answer_mismatch": 1, "choice_without_prefix": 1, "image_missing": 1}
+    ds = load_unified(str(tmp_path / "original"), check_images=True)
+    assert ds["dataset_index"] == [0, 1, 3]
+    assert ds["question"] == ["Which modality?"] * 3
+    assert json.loads(ds[0]["options"]) == {"A": "CT", "B": "MRI", "C": "PET", "D": "Ultrasound"}
+    assert ds[2]["images"][0].size == (1024, 682)
+
+    lenient = prepare_pmc_vqa(csv_path, figures, tmp_path / "lenient", compat="lenient")
+    assert lenient.malformed == {"image_missing": 1} and lenient.warnings == {"answer_text_differs_from_choice": 1}
+    assert load_unified(str(tmp_path / "lenient"))["dataset_index"] == [0, 1, 2, 3, 5]
+
+
 def test_prepare_pmc_vqa_rows_resize_and_report(pmc_raw, tmp_path):
     csv_path, figures, records = pmc_raw
     out = tmp_path / "pmc"
-    report = prepare_pmc_vqa(csv_path, figures, out, chunk_size=4)
+    report = prepare_pmc_vqa(csv_path, figures, out, chunk_size=4, compat="lenient")
     assert report.rows_read == 12 and report.rows_written == 8 and report.skipped == 4
     assert report.malformed == {"bad_answer_label": 1, "empty_option": 1, "image_missing": 1, "image_undecodable": 1}
     assert report.warnings == {"answer_text_differs_from_choice": 1}
@@ -125,7 +164,7 @@ def test_prepare_pmc_vqa_rows_resize_and_report(pmc_raw, tmp_path):
 def test_prepare_pmc_vqa_fail_mode_names_the_row(pmc_raw, tmp_path):
     csv_path, figures, _ = pmc_raw
     with pytest.raises(PrepareError, match=r"source row 6: image_undecodable: broken.jpg.*--on_error skip"):
-        prepare_pmc_vqa(csv_path, figures, tmp_path / "out", on_error="fail")
+        prepare_pmc_vqa(csv_path, figures, tmp_path / "out", on_error="fail", compat="lenient")
 
 
 def test_missing_csv_column_is_fatal(tmp_path):
@@ -166,14 +205,16 @@ def test_prepare_pmc_vqa_script(pmc_raw, tmp_path):
     csv_path, figures, _ = pmc_raw
     result = CliRunner().invoke(
         _script("prepare_pmc_vqa").main,
-        ["--csv_path", str(csv_path), "--image_dir", str(figures), "--output", str(tmp_path / "o.parquet"), "--limit", "7"],
+        ["--csv_path", str(csv_path), "--image_dir", str(figures), "--output", str(tmp_path / "o.parquet"), "--limit", "7",
+         "--compat", "lenient"],
     )
     assert result.exit_code == 0, result.output
     assert "read 7 rows, wrote 6, skipped 1 malformed" in result.output
     assert len(datasets.Dataset.from_parquet(str(tmp_path / "o.parquet"))) == 6
     result = CliRunner().invoke(
         _script("prepare_pmc_vqa").main,
-        ["--csv_path", str(csv_path), "--image_dir", str(figures), "--output", str(tmp_path / "f"), "--on_error", "fail"],
+        ["--csv_path", str(csv_path), "--image_dir", str(figures), "--output", str(tmp_path / "f"), "--on_error", "fail",
+         "--compat", "lenient"],
     )
     assert result.exit_code != 0 and "source row 6" in str(result.exception)
 
