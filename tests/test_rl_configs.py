@@ -50,6 +50,9 @@ def test_shared_grpo_recipe(configs):
         ("qwen2.5-vl-7b_rl_pmc", 256, 128, 32, 2, 1, True, 50, 1),
         ("qwen2.5-vl-3b_rl_m23k_easy_to_hard", 256, 128, 32, 2, 5, False, 100, 1),
         ("qwen2.5-vl-7b_rl_pmc_easy_to_hard", 256, 128, 32, 2, 1, False, 100, 1),
+        ("qwen2.5-vl-3b_rl_pmc_easy_to_hard", 256, 128, 16, 2, 1, False, 100, 1),
+        ("qwen2.5-vl-3b_rl_m23k_easy_to_hard_1_epoch", 256, 128, 32, 2, 1, False, 50, 1),
+        ("qwen2.5-vl-7b_rl_m23k_easy_to_hard_1_epoch", 256, 128, 32, 2, 1, False, 50, 1),
         ("qwen2.5-vl-3b_rl_m23k_then_rl_pmc", 64, 32, 8, 2, 1, True, 50, 1),
         ("qwen2.5-vl-3b_sft_m23k_then_rl_pmc", 64, 32, 8, 2, 1, True, 50, 1),
         ("qwen2.5-vl-7b_sft_m23k_then_rl_pmc", 64, 32, 4, 2, 1, True, 50, 1),
@@ -65,11 +68,20 @@ def test_paper_row_settings(configs, name, batch, mini, micro, tp, epochs, shuff
     assert c.trainer.total_epochs == epochs and c.data.shuffle is shuffle
     assert c.trainer.save_freq == freq and c.trainer.test_freq == freq
     assert (c.trainer.nnodes, c.trainer.n_gpus_per_node) == (nodes, 8)
+    for ref in (c.actor_rollout_ref.rollout, c.actor_rollout_ref.ref):
+        assert ref.log_prob_micro_batch_size_per_gpu == micro  # the original sets all three micro-batches alike
+
+
+def test_checkpoint_retention_and_first_validation_follow_the_original_scripts(configs):
+    for name, c in configs.items():
+        keep = 2 if name in ("qwen2.5-vl-32b_rl_m23k", "qwen2.5-vl-3b_rl_pmc_easy_to_hard") else None
+        assert (c.trainer.max_actor_ckpt_to_keep, c.trainer.max_critic_ckpt_to_keep) == (keep, keep), name
+        assert c.trainer.val_before_train is (name != "qwen2.5-vl-32b_rl_m23k"), name
 
 
 def test_rows_read_the_right_data_and_model(configs):
     for name, c in configs.items():
-        data = "m23k" if name.endswith("rl_m23k") or name.endswith("rl_m23k_easy_to_hard") else "pmc_vqa"
+        data = "m23k" if "_rl_m23k" in name and "_then_" not in name else "pmc_vqa"
         assert all(f"/{data}-easy_to_hard/" in f for f in c.data.train_files), name
         path = c.actor_rollout_ref.model.path
         if "_then_" in name:
