@@ -1,4 +1,4 @@
-"""Attach pass_count from a pass-rate run, keep [below, above], order the rows (PROTOCOL.md section 6).
+"""Attach pass_count from a pass-rate run, keep [below, above], order the rows (docs/protocol.md section 6).
 
     python data_process/order_easy_to_hard.py \
         --dataset_name UCSC-VLAA/MedVLThinker-m23k-tokenized --split train \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pass-rate curation samples (PROTOCOL.md section 6): Qwen2.5-VL-3B-Instruct answers every training question 16
+# Pass-rate curation samples (docs/protocol.md section 6): Qwen2.5-VL-3B-Instruct answers every training question 16
 # times (temperature 1.0, top_p 1.0, 4096 tokens, the eval prompt); num_correct of each record (strict grading)
 # is the question's pass_count. The 7B and 32B runs reuse these 3B-filtered sets.
 # Usage: bash eval/estimate_pass_rate.sh [OUT_ROOT]   (M23K / PMC point at local copies; DP=8 by default)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The published table (PROTOCOL.md sections 5 and 10): every released model and base model on the six benchmarks,
+# The published table (docs/protocol.md sections 5 and 10): every released model and base model on the six benchmarks,
 # vLLM offline, bf16, greedy (temperature 0, top_p 1, 4096 tokens, seed 42), three repeats, then the regrade.
 # 3B/7B: one engine per GPU over 8 GPUs; 32B: tensor parallel 4, so 2 engines on 8 GPUs.
 # Usage: bash eval/eval_commands.sh [OUT_ROOT]   (MODELS="a b" to run a subset; DP/TP/REPEATS override)

@@ -1,7 +1,7 @@
-"""Pass-rate curation (PROTOCOL.md section 6): attach pass_count, keep a band of it, order the rows by it.
+"""Pass-rate curation (docs/protocol.md section 6): attach pass_count, keep a band of it, order the rows by it.
 
 A training question's pass_count is the number of strict-correct rollouts of its pass-rate record (``num_correct``
-of the eval output, contract 3; the paper samples n=16 at temperature 1.0 with Qwen2.5-VL-3B-Instruct). Records
+of the eval output, docs/protocol.md contract 3; the paper samples n=16 at temperature 1.0 with Qwen2.5-VL-3B-Instruct). Records
 join rows on ``dataset_index``. A row without a record gets -1, so the default band [1, 7] drops it along with the
 never-solved (0) and too-easy (8..16) questions.
 

@@ -1,4 +1,4 @@
-"""Answer extraction and grading (PROTOCOL.md section 3), standard library only.
+"""Answer extraction and grading (docs/protocol.md section 3), standard library only.
 
 The original has two graders that disagree; both live here, selected by ``mode``:
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-# PMC-VQA training images (PROTOCOL.md section 7): a side under 28 px -> the short side goes to 28; else a side
+# PMC-VQA training images (docs/protocol.md section 7): a side under 28 px -> the short side goes to 28; else a side
 # over 1024 px -> the long side goes to 1024; bilinear, aspect ratio kept. 28 is one merged Qwen2-VL patch.
 PMC_MIN_SIDE = 28
 PMC_MAX_SIDE = 1024

@@ -1,4 +1,4 @@
-"""Raw training sources -> unified rows (PROTOCOL.md sections 1 and 7).
+"""Raw training sources -> unified rows (docs/protocol.md sections 1 and 7).
 
 * PMC-VQA (the public release): a CSV with the columns ``Figure_path, Question, Answer, Choice A .. Choice D,
   Answer_label`` (choices read ``"A: text"`` or ``" A:text"``) and a folder of figures. Images get the PMC-VQA

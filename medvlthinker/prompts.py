@@ -1,4 +1,4 @@
-"""The byte-exact prompt (PROTOCOL.md section 2) and the SFT target (section 9), standard library only.
+"""The byte-exact prompt (docs/protocol.md section 2) and the SFT target (section 9), standard library only.
 
 Every stage (eval, pass-rate curation, verl RL data, SFT data) builds its user turn here.
 

@@ -1,4 +1,4 @@
-"""The RL reward (PROTOCOL.md section 4): verl's custom reward function.
+"""The RL reward (docs/protocol.md section 4): verl's custom reward function.
 
 Configure it in verl 0.9 as ``reward.custom_reward_function.path=<this file>`` and
 ``reward.custom_reward_function.name=compute_score`` (the old top-level ``custom_reward_function`` key is

@@ -1,4 +1,4 @@
-"""The unified row schema (PROTOCOL.md section 1), standard library only.
+"""The unified row schema (docs/protocol.md section 1), standard library only.
 
 Every data set, eval and train, is one table with the columns in :data:`COLUMNS`. ``options`` is a *string*
 holding a JSON object whose keys are the letters A, B, C, ... in order; ``answer`` is the text of the correct
@@ -191,7 +191,7 @@ def validate_row(
     if missing:
         raise SchemaError(
             f"missing column(s) {missing}",
-            fix=f"every row needs the columns {list(REQUIRED_COLUMNS)} (PROTOCOL.md section 1)",
+            fix=f"every row needs the columns {list(REQUIRED_COLUMNS)} (docs/protocol.md section 1)",
         ).for_row(row)
     index = row["dataset_index"]
     # bool is an int subclass; a True/False index is always a conversion bug upstream

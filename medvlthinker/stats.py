@@ -1,4 +1,4 @@
-"""Sampling metrics and the precision of the benchmarks (PROTOCOL.md sections 10-11), standard library only.
+"""Sampling metrics and the precision of the benchmarks (docs/protocol.md sections 10-11), standard library only.
 
 - :func:`pass_at_k`: the unbiased estimator 1 - C(n-c, k) / C(n, k) of the pass@k curves.
 - :func:`avg_at_n`, :func:`maj_at_n`, :func:`mean_pass_at_k`: metrics@n over eval records.

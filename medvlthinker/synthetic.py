@@ -4,7 +4,7 @@ The questions are answerable from the picture (colour and shape of drawn figures
 question itself (small arithmetic), so a model can in principle learn them; each row carries a short reasoning so
 the SFT converter has targets. The same seed always gives the same rows, images included (PNG bytes are stable).
 
-The benchmark names and option counts mirror the real evaluation set (PROTOCOL.md section 5): PMC-VQA has 4
+The benchmark names and option counts mirror the real evaluation set (docs/protocol.md section 5): PMC-VQA has 4
 options, MedXpertQA-MM 5, the closed PathVQA/SLAKE/VQA-RAD questions are yes/no, MMMU and MedXpertQA have
 multi-image rows, and SLAKE/VQA-RAD/PathVQA reuse one image for several questions (``misc.image_id``).
 """

@@ -36,7 +36,7 @@ QWEN_ADDED_TOKENS: list[tuple[str, bool]] = [
 ]
 VOCAB_SIZE = 151936  # the embedding size of every Qwen2.5-VL checkpoint (padded past the 151,665 tokens)
 
-# Image processor settings of the released checkpoints (PROTOCOL.md section 2).
+# Image processor settings of the released checkpoints (docs/protocol.md section 2).
 MIN_PIXELS = 4 * 28 * 28
 MAX_PIXELS = 16384 * 28 * 28
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

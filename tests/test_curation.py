@@ -24,7 +24,7 @@ def _script(name):
 
 
 def _record(row, num_correct, n=16):
-    """A pass-rate record shaped like contract 3 (only the fields curation reads are meaningful)."""
+    """A pass-rate record shaped like docs/protocol.md contract 3 (only the fields curation reads are meaningful)."""
     rollouts = [{"output_text": "", "pred_letter": "A", "is_correct": i < num_correct} for i in range(n)]
     return {
         "dataset_name": row["dataset_name"], "dataset_index": row["dataset_index"],

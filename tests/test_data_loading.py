@@ -1,4 +1,4 @@
-"""The unified loader (contract 2): every local source kind, subset/size, validation naming the row."""
+"""The unified loader (docs/protocol.md contract 2): every local source kind, subset/size, validation naming the row."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Answer extraction and grading (PROTOCOL.md section 3): the strict and the regrade graders."""
+"""Answer extraction and grading (docs/protocol.md section 3): the strict and the regrade graders."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ ROW = {
     "dataset_index": 0,
 }
 
-# Written out by hand from PROTOCOL.md section 2: default system turn, the image first, the instruction with its
+# Written out by hand from docs/protocol.md section 2: default system turn, the image first, the instruction with its
 # literal backslash-n (two characters), a blank line, the question, the options, the generation prompt.
 EXPECTED = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"

@@ -1,4 +1,4 @@
-"""The byte-exact prompt (PROTOCOL.md section 2) and the SFT target (section 9)."""
+"""The byte-exact prompt (docs/protocol.md section 2) and the SFT target (section 9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The verl custom reward (PROTOCOL.md section 4)."""
+"""The verl custom reward (docs/protocol.md section 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The RL configs carry the paper's settings (PROTOCOL.md section 8), the reward key verl 0.9 reads, and the fix."""
+"""The RL configs carry the paper's settings (docs/protocol.md section 8), the reward key verl 0.9 reads, and the fix."""
 
 from __future__ import annotations
 

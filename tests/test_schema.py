@@ -1,4 +1,4 @@
-"""The unified row schema (PROTOCOL.md section 1)."""
+"""The unified row schema (docs/protocol.md section 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The SFT converter (contract 4): unified rows -> TRL conversational prompt-completion rows with images."""
+"""The SFT converter (docs/protocol.md contract 4): unified rows -> TRL conversational prompt-completion rows with images."""
 
 from __future__ import annotations
 

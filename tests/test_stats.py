@@ -1,4 +1,4 @@
-"""Sampling metrics, bootstrap intervals and McNemar's test (PROTOCOL.md sections 10-11)."""
+"""Sampling metrics, bootstrap intervals and McNemar's test (docs/protocol.md sections 10-11)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The paper table: published numbers, per-cell statistics, renderers, the comparisons and the CLI.
 
-``write_run`` builds eval output directories in the layout of eval/run_offline_inference.py (contract 3) from the
+``write_run`` builds eval output directories in the layout of eval/run_offline_inference.py (docs/protocol.md contract 3) from the
 synthetic eval rows, graded with the protocol's grader; the plot and report tests reuse it.
 """
 

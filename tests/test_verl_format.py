@@ -1,4 +1,4 @@
-"""The verl RL parquet converter (contract 5), read back through verl's own RLHFDataset and the tiny processor."""
+"""The verl RL parquet converter (docs/protocol.md contract 5), read back through verl's own RLHFDataset and the tiny processor."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The paper table (PROTOCOL.md sections 5, 10, 11) from eval output directories.
+"""The paper table (docs/protocol.md sections 5, 10, 11) from eval output directories.
 
 Input: the directories ``eval/run_offline_inference.py`` writes (``eval_results.jsonl``, or its
 ``shard-*-of-*.jsonl`` files while a run is unfinished), grouped by model: several greedy repeats of one model are
@@ -16,7 +16,7 @@ several directories under one name. Each cell of the table holds
 (:func:`medvlthinker.stats.bootstrap_average_ci`). The statistics themselves live in :mod:`medvlthinker.stats`.
 
 Records are re-graded from their ``output_text`` in the ``regrade`` mode by default, because the published table
-uses that grader while the eval writes strict grades (PROTOCOL.md section 3); ``grading="recorded"`` keeps the
+uses that grader while the eval writes strict grades (docs/protocol.md section 3); ``grading="recorded"`` keeps the
 grades as written.
 
 >>> [c.label for c in BENCHMARKS]
@@ -82,7 +82,7 @@ def published_results_path() -> str:
 
 
 def load_published(path: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
-    """The paper's table (PROTOCOL.md section 10): ``{model: {"PMC": 44.77, ..., "Avg.": 49.14}}``, in file order."""
+    """The paper's table (docs/protocol.md section 10): ``{model: {"PMC": 44.77, ..., "Avg.": 49.14}}``, in file order."""
     path = path or published_results_path()
     table: dict[str, dict[str, float]] = {}
     with open(path, newline="") as handle:
@@ -122,7 +122,7 @@ def check_published_averages(published: Mapping[str, Mapping[str, float]], toler
 HALF_WIDTHS: dict[str, float] = {
     "PMC": 2.2, "MMMU": 7.5, "MedX-M": 1.8, "PathVQA": 1.6, "SLAKE": 4.6, "VQA-Rad": 5.7, AVG: 1.8,
 }
-"""95% half-widths in points of one benchmark at its size (PROTOCOL.md section 11): the expected interval of a
+"""95% half-widths in points of one benchmark at its size (docs/protocol.md section 11): the expected interval of a
 reproduced number is the published one +- this (rows sharing an image widen the real interval somewhat)."""
 
 

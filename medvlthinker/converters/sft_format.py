@@ -3,7 +3,7 @@
 One output row per input row:
 
 - ``prompt``: ``[{"role": "user", "content": [{"type": "image"} per image..., {"type": "text", "text": user_text}]}]``
-  with ``user_text`` from :func:`medvlthinker.prompts.build_user_text` (PROTOCOL.md section 2);
+  with ``user_text`` from :func:`medvlthinker.prompts.build_user_text` (docs/protocol.md section 2);
 - ``completion``: ``[{"role": "assistant", "content": [{"type": "text", "text": target}]}]`` with ``target`` from
   :func:`medvlthinker.prompts.build_sft_target` (section 9);
 - ``images``: the row's images (an empty list for a text-only row), then ``dataset_name`` and ``dataset_index``.
@@ -30,7 +30,7 @@ OUTPUT_COLUMNS = ("prompt", "completion", "images", "dataset_name", "dataset_ind
 
 
 def sft_features():
-    """The ``datasets.Features`` of an SFT data set (contract 4)."""
+    """The ``datasets.Features`` of an SFT data set (docs/protocol.md contract 4)."""
     import datasets
 
     part = {"type": datasets.Value("string"), "text": datasets.Value("string")}

@@ -1,10 +1,10 @@
-"""Unified rows -> the parquet verl's RLHFDataset reads for GRPO (contract 5).
+"""Unified rows -> the parquet verl's RLHFDataset reads for GRPO (docs/protocol.md contract 5).
 
 One output row per input row:
 
 - ``data_source``: the row's ``dataset_name`` (what verl hands the reward as ``data_source``);
 - ``prompt``: ``[{"role": "user", "content": prompts.build_verl_prompt(row)}]``, i.e. one ``<image>`` per image
-  then the user text of PROTOCOL.md section 2 with no separator; verl splits the string on ``<image>`` into image
+  then the user text of docs/protocol.md section 2 with no separator; verl splits the string on ``<image>`` into image
   and text parts, which gives the same message as eval and SFT (images first, then the text);
 - ``images``: ``[{"bytes": <encoded image>}]`` per image, an empty list for a text-only row (``data.image_key``);
 - ``ability``: ``"medical_mcqa"``; ``reward_model``: ``{"style": "rule", "ground_truth": answer}``;

@@ -1,4 +1,4 @@
-"""Loading any data set in the unified schema (PROTOCOL.md section 1), from the Hub or a local path.
+"""Loading any data set in the unified schema (docs/protocol.md section 1), from the Hub or a local path.
 
 >>> from medvlthinker.data import load_unified  # doctest: +SKIP
 >>> ds = load_unified("UCSC-VLAA/MedVLThinker-Eval", "test", subset=["slake_closed"])  # doctest: +SKIP

@@ -148,7 +148,7 @@ def _normalize(ds, source: str):
     if missing:
         raise SchemaError(
             f"data set {source} lacks the column(s) {missing} (it has {ds.column_names})",
-            fix="convert it to the unified schema of PROTOCOL.md section 1 (see data_process/)",
+            fix="convert it to the unified schema of docs/protocol.md section 1 (see data_process/)",
         )
     features = unified_features()
     for column in COLUMNS:
@@ -167,7 +167,7 @@ def _normalize(ds, source: str):
             raise SchemaError(
                 f"data set {source} cannot be cast to the unified features ({type(exc).__name__}: {exc})",
                 fix="store options/answer/... as strings, dataset_index as an integer and images as a list of "
-                "images (PROTOCOL.md section 1)",
+                "images (docs/protocol.md section 1)",
             ) from exc
     order = list(COLUMNS) + [c for c in ds.column_names if c not in COLUMNS]
     return ds.select_columns(order) if ds.column_names != order else ds

@@ -1,4 +1,4 @@
-"""Eval records on disk (contract 3): shard files, resume, merge, the accuracy table.
+"""Eval records on disk (docs/protocol.md contract 3): shard files, resume, merge, the accuracy table.
 
 Layout of an output directory:
 
@@ -172,7 +172,7 @@ def collect_records(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
 def accuracy_table(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """``{dataset_name: {"accuracy", "rows", "num_rollouts", "conversion_failure_rate"}, "_average": ...}``.
 
-    Accuracy per benchmark is the mean over its rows of num_correct / num_rollouts, in percent (PROTOCOL.md
+    Accuracy per benchmark is the mean over its rows of num_correct / num_rollouts, in percent (docs/protocol.md
     section 5); the average is unweighted over benchmarks. A conversion failure is a rollout whose pred_letter
     is not an option letter.
     """

@@ -1,6 +1,6 @@
 """One object for the sampling settings, converted to vLLM ``SamplingParams`` or transformers ``generate`` kwargs.
 
-The paper's settings (PROTOCOL.md sections 5 and 6) are the two presets: :data:`EVAL_GREEDY` for the table and
+The paper's settings (docs/protocol.md sections 5 and 6) are the two presets: :data:`EVAL_GREEDY` for the table and
 :data:`PASS_RATE` for the n=16 curation samples.
 """
 
@@ -82,7 +82,7 @@ class SamplingSettings:
 
 
 EVAL_GREEDY = SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=4096, n=1, seed=42)
-"""The published table: greedy, 4096 new tokens, seed 42 (PROTOCOL.md section 5)."""
+"""The published table: greedy, 4096 new tokens, seed 42 (docs/protocol.md section 5)."""
 
 PASS_RATE = SamplingSettings(temperature=1.0, top_p=1.0, max_tokens=4096, n=16, seed=42)
-"""Pass-rate curation: 16 samples at temperature 1.0 (PROTOCOL.md section 6)."""
+"""Pass-rate curation: 16 samples at temperature 1.0 (docs/protocol.md section 6)."""

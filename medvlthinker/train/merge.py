@@ -1,10 +1,10 @@
 """Checkpoints -> Hugging Face model directories that eval and further training load, each checked after merging.
 
 - verl (GRPO) FSDP checkpoints ``<run>/global_step_N/actor``: merged by verl's own model merger
-  (``python -m verl.model_merger merge --backend fsdp --local_dir <actor> --target_dir <out>``, PROTOCOL.md
+  (``python -m verl.model_merger merge --backend fsdp --local_dir <actor> --target_dir <out>``, docs/protocol.md
   section 8); it writes bf16 weights with the config, processor and tokenizer verl stored beside the shards.
 - SFT checkpoints (TRL/transformers ``checkpoint-N`` or the final ``output_dir``): the trained weights with the
-  base model's config, generation config, tokenizer, processor and chat template (PROTOCOL.md section 9), so the
+  base model's config, generation config, tokenizer, processor and chat template (docs/protocol.md section 9), so the
   merged model behaves like the base model in everything but its weights (TRL edits the saved config's special
   token ids, for one).
 

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of Qwen2.5-VL with TRL's SFTTrainer, driven by one YAML file (PROTOCOL.md section 9).
+"""Supervised fine-tuning of Qwen2.5-VL with TRL's SFTTrainer, driven by one YAML file (docs/protocol.md section 9).
 
 A config (``configs/sft/*.yaml``) is loaded into :class:`SFTRunConfig`, a typed dataclass: unknown keys are
 rejected naming the key and the file, values are type-checked, and ``key=value`` overrides from the command line
@@ -6,7 +6,7 @@ go through the same checks. :func:`build_trainer` turns it into a ``trl.SFTTrain
 resumes from the newest checkpoint in ``output_dir`` when there is one, and saves the final model with the base
 model's processor and chat template.
 
-The data is the converter's output (contract 4, ``data_process/convert_sft_format.py``): conversational
+The data is the converter's output (docs/protocol.md contract 4, ``data_process/convert_sft_format.py``): conversational
 prompt-completion rows, so TRL's ``completion_only_loss`` puts the loss on the assistant turn only (with
 transformers < 5.18 ``assistant_only_loss`` is not available for image data; this masks the same tokens).
 """
@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class SFTRunConfig:
-    """One SFT experiment. Defaults are the paper's hyperparameters (PROTOCOL.md section 9)."""
+    """One SFT experiment. Defaults are the paper's hyperparameters (docs/protocol.md section 9)."""
 
     model_name_or_path: str = field(metadata={"help": "Base model: a Hub name or a local model directory."})
     train_data: str = field(metadata={"help": "SFT data set directory written by convert_sft_format.py."})

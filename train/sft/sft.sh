@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SFT with FSDP (PROTOCOL.md section 9): train/sft/sft.sh CONFIG [key=value ...]
+# SFT with FSDP (docs/protocol.md section 9): train/sft/sft.sh CONFIG [key=value ...]
 #
 # One node x 8 GPUs (the paper's setting):
 #   train/sft/sft.sh configs/sft/qwen2.5-vl-3b_sft_m23k.yaml
