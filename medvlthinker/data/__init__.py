@@ -5,6 +5,8 @@
 """
 
 from medvlthinker.data.loading import (
+    disk_view,
+    load_disk_dataset,
     load_unified,
     save_unified,
     source_kind,
@@ -14,6 +16,8 @@ from medvlthinker.data.loading import (
 )
 
 __all__ = [
+    "disk_view",
+    "load_disk_dataset",
     "check_dataset_images",
     "load_unified",
     "save_unified",

@@ -10,12 +10,18 @@ Whatever the source, the result is a ``datasets.Dataset`` with the unified featu
 ``Sequence(Image)``, ``dataset_index`` int64, the optional columns present and None where absent); extra
 columns are kept. Validation (on by default) raises :class:`medvlthinker.schema.SchemaError` naming the row
 and the source; image decoding is checked only with ``check_images`` because it reads every image.
+
+A save_to_disk data set is read through a folder of links in datasets' cache (:func:`disk_view`), so the
+``cache-*.arrow`` files of later ``map``/``filter``/``cast`` calls land there and never in the data set's own
+folder: a shared or read-only data set works, and a writable one is left as it was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Any
@@ -80,6 +86,62 @@ def source_kind(source: str | os.PathLike) -> str:
             f"give a Hugging Face dataset name such as UCSC-VLAA/MedVLThinker-Eval"
         )
     return "hub"
+
+
+def disk_view(path: str | os.PathLike) -> Path:
+    """A folder mirroring the save_to_disk data set at ``path`` with symbolic links, in datasets' cache.
+
+    ``datasets`` writes the cache file of every ``map``/``filter``/``cast`` beside the Arrow files a data set was
+    loaded from; loading through the links sends those files to the view instead of the data set's folder. The
+    view's name hashes the data set's path and the size and mtime of each file, so a changed data set gets a new
+    view (and old caches are never reused for new content). ``cache-*.arrow`` files of the data set are not linked.
+    """
+    import datasets
+
+    path = Path(path).expanduser().resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("cache-"))
+    digest = hashlib.sha256(str(path).encode())
+    for file in files:
+        stat = file.stat()
+        digest.update(f"\0{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    key = digest.hexdigest()[:20]
+    roots = [Path(datasets.config.HF_DATASETS_CACHE), Path(tempfile.gettempdir())]
+    for root in roots:
+        root = root / "medvlthinker_views"
+        view = root / f"{path.name}-{key}"
+        if view.is_dir():
+            return view
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{view.name}.", dir=root))
+        except OSError:
+            continue  # an unwritable cache: try the next place
+        for file in files:
+            link = tmp / file.relative_to(path)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(file)
+        try:
+            os.replace(tmp, view)
+        except OSError:  # another process made the same view first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        return view
+    return path
+
+
+def load_disk_dataset(path: str | os.PathLike, source: str | None = None):
+    """``datasets.load_from_disk`` through :func:`disk_view`; an unreadable folder is a one-line error naming it."""
+    import datasets
+
+    source = source or str(path)
+    try:
+        return datasets.load_from_disk(str(disk_view(path)))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise FileNotFoundError(
+            f"{source}: cannot be read as a save_to_disk data set ({type(exc).__name__}: {exc}); fix: rewrite it "
+            "with save_to_disk (or the stage that made it), or point at a .parquet / .jsonl file"
+        ) from exc
 
 
 def _pick_split(dsd, split: str | None, source: str):
@@ -249,7 +311,7 @@ def load_unified(
     kind = source_kind(source)
     name = str(source)
     if kind == "disk":
-        loaded = datasets.load_from_disk(str(Path(source).expanduser()))
+        loaded = load_disk_dataset(Path(source).expanduser(), name)
         ds = _pick_split(loaded, split, name) if isinstance(loaded, datasets.DatasetDict) else loaded
     elif kind in ("parquet", "parquet_dir"):
         path = Path(source).expanduser()

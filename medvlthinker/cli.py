@@ -1,0 +1,93 @@
+"""Stage scripts' entry point: a mistake the user can fix ends as one line, exit code 1, no traceback.
+
+A script declares its command with :func:`command` instead of ``click.command``. It gains ``--debug`` (show the
+traceback instead), and any :data:`USER_ERRORS` raised inside, or a command-line usage error, is printed to stderr
+as ``error: <file/row/key>: <problem>; fix: <what to do>`` with exit code 1.
+
+The package's own errors (:class:`UserError` and the ``ValueError`` subclasses ``SchemaError``, ``ConfigError``,
+``PrepareError``, ``CurationError``, ``AnalysisError``) already say where and what; an ``OSError`` names its file.
+Library errors on bad input are translated where the library is called, into one of these.
+
+>>> str(UserError("data/x.jsonl", "the file is empty", fix="point --results at the run's eval_results.jsonl"))
+"data/x.jsonl: the file is empty; fix: point --results at the run's eval_results.jsonl"
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+import click
+
+
+class UserError(ValueError):
+    """An error the user can fix: ``where`` (a file, a row, a key), the ``problem`` and the ``fix``."""
+
+    def __init__(self, where: str | None, problem: str, *, fix: str | None = None) -> None:
+        self.where, self.problem, self.fix = where, problem, fix
+        head = f"{where}: " if where else ""
+        super().__init__(f"{head}{problem}" + (f"; fix: {fix}" if fix else ""))
+
+    def __reduce__(self):  # multiprocessing workers send exceptions back pickled
+        return (_rebuild, (self.where, self.problem, self.fix))
+
+
+def _rebuild(where, problem, fix):
+    return UserError(where, problem, fix=fix)
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, UserError)
+"""Errors that end as one line. Bugs raise other types (TypeError, KeyError, AttributeError, ...) and keep their
+traceback; ``--debug`` shows the traceback of these too."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (an ``OSError`` without its own text names its file)."""
+    text = str(exc)
+    if isinstance(exc, OSError) and getattr(exc, "filename", None) and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    if isinstance(exc, OSError) and isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError)):
+        if "fix:" not in text:
+            text += "; fix: check the path and its permissions"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+class Command(click.Command):
+    """A ``click.Command`` whose usage errors and user errors end as one line with exit code 1."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra: Any):
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            fail("interrupted")
+        except click.ClickException as exc:
+            name = prog_name or self.name or "the command"
+            message = " ".join(exc.format_message().split())
+            fix = "" if "fix:" in message else f"; fix: see {name} --help"
+            fail(f"{message}{fix}")
+        except USER_ERRORS as exc:
+            if "--debug" in argv:
+                raise
+            fail(one_line(exc))
+
+
+def command(*args: Any, **kwargs: Any):
+    """``click.command`` with ``--debug`` and one-line errors (see the module docstring)."""
+    kwargs.setdefault("cls", Command)
+
+    def decorate(func):
+        @functools.wraps(func)
+        def callback(*a, debug: bool = False, **kw):
+            return func(*a, **kw)
+
+        callback = click.option("--debug", is_flag=True, help="Show the full traceback of an error.")(callback)
+        return click.command(*args, **kwargs)(callback)
+
+    return decorate
