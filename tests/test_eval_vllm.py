@@ -1,10 +1,13 @@
 """vLLM (CPU build) against transformers on the same synthetic eval set, greedy: the record files must agree in
-everything but the generated text. One engine start, in a subprocess (vLLM's CPU build wants a __main__ guard)."""
+everything but the generated text (and its token count). The vLLM run streams its 12 rows through a window of 2
+requests, refilled as each finishes; the engine's own count of unfinished requests must never exceed it. One
+engine start, in a subprocess (vLLM's CPU build wants a __main__ guard)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +18,7 @@ from medvlthinker.grading import grade_rollout
 from medvlthinker.inference.records import read_records
 
 SCRIPT = Path(__file__).resolve().parent.parent / "eval" / "run_offline_inference.py"
-TEXT_FIELDS = {"output_text", "pred_letter", "is_correct"}
+TEXT_FIELDS = {"output_text", "pred_letter", "is_correct", "output_tokens", "finish_reason"}
 
 
 def _strip_text(record):
@@ -31,12 +34,17 @@ def test_vllm_and_hf_records_agree(tmp_path, tiny_model_dir, eval_dataset_dir):
               "--max_pixels", str(64 * 28 * 28), "--subset", "pmc_vqa,MMMU-medical,slake_closed"]
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1")
     outs = {}
-    for backend, extra in (("vllm", ["--max_model_len", "2048"]), ("hf", [])):
+    logs = {}
+    for backend, extra in (("vllm", ["--max_model_len", "2048", "--window", "2"]), ("hf", [])):
         out = tmp_path / backend
         proc = subprocess.run([sys.executable, str(SCRIPT), "--backend", backend, "--output_dir", str(out),
                                *common, *extra], env=env, capture_output=True, text=True, timeout=580)
         assert proc.returncode == 0, proc.stderr[-4000:]
         outs[backend] = out
+        logs[backend] = proc.stderr
+    peak = re.search(r"rank 0/1 vllm: 12 rows, \d+ output tokens .*window 2, at most (\d+) requests in flight",
+                     logs["vllm"])
+    assert peak and int(peak.group(1)) == 2, logs["vllm"][-2000:]
     vllm_records = read_records(outs["vllm"] / "eval_results.jsonl")
     hf_records = read_records(outs["hf"] / "eval_results.jsonl")
     assert len(vllm_records) == 12
@@ -46,7 +54,10 @@ def test_vllm_and_hf_records_agree(tmp_path, tiny_model_dir, eval_dataset_dir):
     for record in vllm_records:
         assert record["num_rollouts"] == 1
         for rollout in record["rollouts"]:
-            assert rollout == grade_rollout(rollout["output_text"], record, mode="strict")
+            graded = {k: v for k, v in rollout.items() if k not in ("output_tokens", "finish_reason")}
+            assert graded == grade_rollout(rollout["output_text"], record, mode="strict")
+            assert 1 <= rollout["output_tokens"] <= 4 and rollout["finish_reason"] in ("stop", "length")
+            assert rollout["finish_reason"] == "stop" or rollout["output_tokens"] == 4
     acc = json.loads((outs["vllm"] / "accuracy.json").read_text())
     assert set(acc) == {"pmc_vqa", "MMMU-medical", "slake_closed", "_average"}
     assert all(acc[k]["rows"] == 4 for k in ("pmc_vqa", "MMMU-medical", "slake_closed"))

@@ -1,5 +1,6 @@
 """Inference pieces without a vLLM engine: settings, request builder, records/accuracy, regrade, the runner on the
-transformers backend (validation before generation, data parallel, kill-and-resume)."""
+transformers backend (validation before generation, the window bound, interleaved data parallel, resume with
+another dp_size, kill-and-resume)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,19 @@ import pytest
 
 from medvlthinker import synthetic
 from medvlthinker.grading import grade_rollout
-from medvlthinker.inference import RequestBuilder, RunConfig, SamplingSettings, accuracy_table, run, shard_bounds
+from medvlthinker.inference import (
+    RequestBuilder,
+    RunConfig,
+    SamplingSettings,
+    accuracy_table,
+    run,
+    run_rank,
+    shard_bounds,
+)
+from medvlthinker.inference.assign import slowest_share
 from medvlthinker.inference.records import make_record, read_records
 from medvlthinker.inference.regrade import regrade
+from medvlthinker.inference.workloads import eval_set_lengths
 from medvlthinker.schema import SchemaError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +129,75 @@ def test_hf_backend_run_writes_contract_files(tmp_path, tiny_model_dir, eval_dat
     assert (tmp_path / "shard-000-of-001.jsonl").read_text() == before
 
 
+class CountingBuilder(RequestBuilder):
+    """A request builder that records, each time a request is built, how many built requests have no record in
+    the shard file yet: the requests the run holds at that moment."""
+
+    def __init__(self, processor, shard, **kwargs):
+        super().__init__(processor, **kwargs)
+        self.shard = shard
+        self.built = 0
+        self.in_flight = []
+
+    def build(self, row):
+        self.built += 1
+        written = self.shard.read_text().count("\n") if self.shard.exists() else 0
+        self.in_flight.append(self.built - written)
+        return super().build(row)
+
+
+def test_window_bounds_the_requests_in_flight(tmp_path, tiny_model_dir, tiny_processor, eval_dataset_dir):
+    from medvlthinker.inference.backends import HfBackend
+
+    config = RunConfig(model=str(tiny_model_dir), backend="hf", dataset_name=str(eval_dataset_dir),
+                       output_dir=str(tmp_path), max_tokens=3, window=3, batch_size=8, progress=False,
+                       max_pixels=64 * 28 * 28)
+    builder = CountingBuilder(tiny_processor, tmp_path / "shard-000-of-001.jsonl", max_pixels=64 * 28 * 28)
+    backend = HfBackend(str(tiny_model_dir), batch_size=8)
+    assert run_rank(config, 0, backend=backend, builder=builder) == 24
+    # requests are built only as the engine takes them: never more than the window exist, and it fills up
+    assert builder.built == 24 and max(builder.in_flight) == 3
+    assert backend.peak_in_flight == 3
+    # generate pads a sequence that stopped early: its count ends at its first stop token
+    from medvlthinker.inference.backends import Completion
+
+    stop = tiny_processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert backend._completion("a", [9, 9, stop, backend.pad_token_id]) == Completion("a", 3, "stop")
+    assert backend._completion("b", [9, 9, 9, 9]) == Completion("b", 4, "length")
+    records = read_records(tmp_path / "shard-000-of-001.jsonl")
+    assert sorted(r["dataset_index"] for r in records) == list(range(24))
+    for rollout in (ro for r in records for ro in r["rollouts"]):
+        assert rollout["finish_reason"] in ("stop", "length") and 1 <= rollout["output_tokens"] <= 3
+        if rollout["output_tokens"] < 3:
+            assert rollout["finish_reason"] == "stop"
+        if rollout["finish_reason"] == "length":
+            assert rollout["output_tokens"] == 3
+
+
+def test_rerun_with_another_dp_size_skips_finished_rows(tmp_path, tiny_model_dir, eval_dataset_dir):
+    from medvlthinker.inference.backends import HfBackend
+
+    common = dict(model=str(tiny_model_dir), backend="hf", dataset_name=str(eval_dataset_dir),
+                  output_dir=str(tmp_path), max_tokens=2, progress=False, max_pixels=64 * 28 * 28)
+    # rank 0 of a dp_size 2 run finishes (interleaved: the even rows), rank 1 never runs
+    run_rank(RunConfig(dp_size=2, **common), 0, backend=HfBackend(str(tiny_model_dir)))
+    first = [r["dataset_index"] for r in read_records(tmp_path / "shard-000-of-002.jsonl")]
+    assert first == list(range(0, 24, 2))
+    run(RunConfig(dp_size=1, **common))  # rerun on one engine: only the odd rows are generated
+    second = [r["dataset_index"] for r in read_records(tmp_path / "shard-000-of-001.jsonl")]
+    assert sorted(second) == list(range(1, 24, 2))
+    assert [r["dataset_index"] for r in read_records(tmp_path / "eval_results.jsonl")] == list(range(24))
+
+
+def test_interleaved_assignment_balances_the_eval_set():
+    # The eval set in its row order, each row at its benchmark's mean answer length: contiguous shards give the
+    # rank holding MedXpertQA-MM about 1.5x the mean work; interleaved ranks are within 1% of each other.
+    work = eval_set_lengths()
+    for world in (4, 8, 16, 32):
+        assert slowest_share(work, world, "contiguous") > 1.45
+        assert slowest_share(work, world, "interleaved") < 1.01
+
+
 def _cli(tmp_path, data, out, *extra):
     return [sys.executable, str(SCRIPT), "--model", os.environ["TINY_MODEL"], "--backend", "hf",
             "--dataset_name", str(data), "--output_dir", str(out), "--max_pixels", str(64 * 28 * 28), *extra]
@@ -138,7 +218,7 @@ def test_two_data_parallel_ranks_shard_and_merge(tmp_path, eval_dataset_dir, cli
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = [r["dataset_index"] for r in read_records(out / "shard-000-of-002.jsonl")]
     second = [r["dataset_index"] for r in read_records(out / "shard-001-of-002.jsonl")]
-    assert sorted(first) == list(range(0, 12)) and sorted(second) == list(range(12, 24))
+    assert sorted(first) == list(range(0, 24, 2)) and sorted(second) == list(range(1, 24, 2))  # interleaved
     merged = [r["dataset_index"] for r in read_records(out / "eval_results.jsonl")]
     assert merged == list(range(24))
     assert json.loads((out / "accuracy.json").read_text())["_average"]["accuracy"] >= 0

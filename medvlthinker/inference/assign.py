@@ -59,3 +59,21 @@ def slowest_share(work: Sequence[float], world: int, assignment: str = "interlea
     per_rank = rank_work(work, world, assignment)
     mean = sum(per_rank) / world
     return max(per_rank) / mean if mean else 1.0
+
+
+def recorded_work(records) -> list[int]:
+    """Generated tokens per row (all rollouts) of a recorded run, in dataset_index order.
+
+    Records written before the runner kept token counts raise, naming the row and the fix.
+    """
+    work = []
+    for record in sorted(records, key=lambda r: int(r["dataset_index"])):
+        try:
+            work.append(sum(int(r["output_tokens"]) for r in record["rollouts"]))
+        except KeyError:
+            raise ValueError(
+                f"record dataset_name={record.get('dataset_name')!r}, dataset_index={record.get('dataset_index')} "
+                f"has no output_tokens (written before the runner recorded token counts); fix: rerun the "
+                f"evaluation with this version, or use --eval_set_means"
+            ) from None
+    return work

@@ -1,0 +1,165 @@
+"""Workloads for the inference benchmarks: the evaluation set's composition and answer lengths, and timing helpers.
+
+The eval set (``UCSC-VLAA/MedVLThinker-Eval``, 8,220 rows) is ordered by benchmark. Mean generated tokens per
+benchmark are public measurements of a released MedVLThinker-7B; they set how long each row's answer is in the
+variable-length and balance benchmarks when no recorded run is given.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+# (dataset_name, rows, mean generated tokens), in the eval set's row order
+EVAL_SET: tuple[tuple[str, int, int], ...] = (
+    ("pmc_vqa", 2000, 204),
+    ("MMMU-medical", 170, 291),
+    ("MedXpertQA-MM", 2000, 308),
+    ("pathvqa_closed", 3362, 150),
+    ("slake_closed", 416, 130),
+    ("vqa_rad_closed", 272, 129),
+)
+
+
+def eval_set_lengths(*, scale: float = 1.0, rows: int | None = None, seed: int | None = None) -> list[int]:
+    """One answer length per row of the eval set, in its row order.
+
+    ``seed`` None: every row gets its benchmark's mean; otherwise lengths are drawn from an exponential
+    distribution with that mean (answers of one benchmark vary a lot). ``scale`` multiplies every length (CPU
+    runs use short answers); ``rows`` keeps that many rows with the same benchmark proportions and order.
+
+    >>> lengths = eval_set_lengths()
+    >>> len(lengths), lengths[0], lengths[-1]
+    (8220, 204, 129)
+    >>> len(eval_set_lengths(rows=822, scale=0.1))
+    822
+    """
+    total = sum(n for _, n, _ in EVAL_SET)
+    rng = random.Random(seed)
+    out: list[int] = []
+    for _, n, mean in EVAL_SET:
+        count = n if rows is None else max(1, round(n * rows / total))
+        for _ in range(count):
+            value = mean if seed is None else rng.expovariate(1.0 / mean)
+            out.append(max(1, round(value * scale)))
+    if rows is not None:
+        out = out[:rows] + [out[-1]] * max(0, rows - len(out))
+    return out
+
+
+def median_of(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def interleaved_repeats(arms: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Run each arm once per repetition, alternating which goes first, and collect what each returns.
+
+    Noisy shared machines drift over minutes; interleaving the arms (A B, B A, A B, ...) puts both under the same
+    drift, and the medians over repetitions discard the outliers.
+    """
+    names = list(arms)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(repeats):
+        order = names if rep % 2 == 0 else list(reversed(names))
+        for name in order:
+            results[name].append(arms[name]())
+    return results
+
+
+class PeakRss:
+    """Samples this process's resident set size every ``interval`` seconds while active; ``peak`` in bytes.
+
+    Besides the total (what ``ru_maxrss`` reports) it keeps the anonymous part (``RssAnon``: heap, tensors),
+    which excludes pages of memory-mapped data set files that the kernel can drop at any time.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0
+        self.peak_anon = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def read() -> tuple[int, int]:
+        fields: dict[str, int] = {}
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon"):
+                    fields[key] = int(value.split()[0]) * 1024
+        return fields.get("VmRSS", 0), fields.get("RssAnon", 0)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.interval)
+
+    def sample(self) -> None:
+        rss, anon = self.read()
+        self.peak = max(self.peak, rss)
+        self.peak_anon = max(self.peak_anon, anon)
+
+    def __enter__(self) -> PeakRss:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+
+
+def eval_set_rows(num_rows: int, *, image_size: tuple[int, int] = (56, 56), seed: int = 0) -> list[dict]:
+    """``num_rows`` synthetic one-image rows named and ordered like the eval set's benchmarks (same proportions)."""
+    from medvlthinker import synthetic
+
+    total = sum(n for _, n, _ in EVAL_SET)
+    rows: list[dict] = []
+    for pos, (name, n, _) in enumerate(EVAL_SET):
+        count = num_rows - len(rows) if pos == len(EVAL_SET) - 1 else max(1, round(n * num_rows / total))
+        count = max(0, min(count, num_rows - len(rows)))
+        rows += synthetic.make_image_rows(n=count, seed=seed + pos, start_index=len(rows), dataset_name=name,
+                                          image_size=image_size)
+    return rows
+
+
+def fixed_length_builder(processor: Any, lengths: Sequence[int], **kwargs: Any):
+    """A RequestBuilder whose request for dataset_index ``i`` generates exactly ``lengths[i]`` tokens (with
+    ``ignore_eos``): a workload of known answer lengths through the real runner."""
+    from medvlthinker.inference.requests import RequestBuilder
+
+    class FixedLengthBuilder(RequestBuilder):
+        def build(self, row):
+            request = super().build(row)
+            request.max_tokens = int(lengths[request.dataset_index])
+            return request
+
+    return FixedLengthBuilder(processor, **kwargs)
+
+
+def benchmark_model(model: str | None, on_gpu: bool, tmp: str | os.PathLike) -> tuple[str, str]:
+    """``(model directory, vLLM load_format)`` of a benchmark: ``model`` when given; else on a GPU the
+    Qwen2.5-VL-3B architecture with dummy weights (configs/models/qwen2.5-vl-3b and the Qwen2.5 tokenizer, copied
+    into ``tmp``), on CPU the tiny test model."""
+    if model:
+        return model, "auto"
+    if on_gpu:
+        from medvlthinker.tiny import build_qwen_tokenizer
+
+        target = Path(tmp) / "qwen2.5-vl-3b"
+        shutil.copytree(Path(__file__).resolve().parents[2] / "configs" / "models" / "qwen2.5-vl-3b", target)
+        build_qwen_tokenizer(target)
+        return str(target), "dummy"
+    from medvlthinker.tiny import tiny_model_path
+
+    return str(tiny_model_path()), "auto"
