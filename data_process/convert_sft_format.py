@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import click
 
+from medvlthinker import cli
 
-@click.command()
+
+@cli.command()
 @click.argument("source")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--split", default=None, help="Split of a Hub data set (e.g. train).")
@@ -23,9 +25,16 @@ import click
 @click.option("--num-proc", type=int, default=None, help="Worker processes for the conversion.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT_DIR.")
 def main(source, out_dir, split, subset, size, resize_pmc, num_proc, overwrite):
-    """Convert SOURCE (Hub name, save_to_disk dir, .parquet or .jsonl in the unified schema) into OUT_DIR."""
+    """Convert SOURCE (Hub name, save_to_disk dir, .parquet or .jsonl in the unified schema) into OUT_DIR.
+
+    Every row is validated, its images decoded, before OUT_DIR is written; a bad row stops the run naming it, and an
+    existing OUT_DIR is kept.
+    """
     from medvlthinker.converters.sft_format import convert_to_sft, write_sft_dataset
     from medvlthinker.data import load_unified
+    from medvlthinker.staging import check_writable
+
+    check_writable(out_dir, overwrite)  # before any work
 
     ds = load_unified(source, split, subset=list(subset) or None, size=size, num_proc=num_proc)
     sft = convert_to_sft(ds, resize_pmc=resize_pmc, num_proc=num_proc)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import click
 
+from medvlthinker import cli
 
-@click.command()
+
+@cli.command()
 @click.argument("source")
 @click.argument("out_parquet", type=click.Path(dir_okay=False))
 @click.option("--split", default=None, help="Split of a Hub data set (e.g. train).")
@@ -28,10 +30,13 @@ import click
 def main(source, out_parquet, split, subset, size, rl_split, resize_pmc, num_proc, overwrite):
     """Convert SOURCE (Hub name, save_to_disk dir, .parquet or .jsonl in the unified schema) into OUT_PARQUET.
 
-    The row order of SOURCE is kept (curriculum runs read the file in order).
+    The row order of SOURCE is kept (curriculum runs read the file in order). Every row is validated, its images
+    decoded, before OUT_PARQUET is written; a bad row stops the run naming it, and an existing OUT_PARQUET is kept.
     """
-    from medvlthinker.converters.verl_format import convert_to_verl, write_verl_parquet
+    from medvlthinker.converters.verl_format import check_verl_output, convert_to_verl, write_verl_parquet
     from medvlthinker.data import load_unified
+
+    check_verl_output(out_parquet, overwrite)  # before any work: the output name and an existing file
 
     ds = load_unified(source, split, subset=list(subset) or None, size=size, num_proc=num_proc)
     rl = convert_to_verl(ds, split=rl_split, resize_pmc=resize_pmc, num_proc=num_proc)

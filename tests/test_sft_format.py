@@ -109,4 +109,4 @@ def test_cli_converts_a_local_unified_dataset(tmp_path, train_image_rows, train_
     back = datasets.load_from_disk(str(out))
     assert back["dataset_index"] == [0, 1] and len(back[0]["images"]) == 1
     again = CliRunner().invoke(script.main, [str(src), str(out)])
-    assert again.exit_code != 0 and "overwrite" in str(again.exception or again.output)
+    assert again.exit_code == 1 and "overwrite" in again.output

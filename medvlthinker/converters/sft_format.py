@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from medvlthinker import prompts
-from medvlthinker.images import decode_image, pmc_resize, to_png_bytes
+from medvlthinker.images import ImageDecodeError, decode_image, pmc_resize, to_png_bytes
 from medvlthinker.schema import SchemaError, validate_row
-from medvlthinker.staging import staged
+from medvlthinker.staging import check_writable, staged
 
 OUTPUT_COLUMNS = ("prompt", "completion", "images", "dataset_name", "dataset_index")
 
@@ -46,10 +46,18 @@ def sft_features():
     )
 
 
-def _image_for_output(image: Any, resize_pmc: bool) -> Any:
+def _image_for_output(image: Any, resize_pmc: bool, row: dict[str, Any], position: int) -> Any:
+    # Every image is decoded, also when its stored bytes pass through unchanged: a corrupt image stops the
+    # conversion here, naming its row, instead of stopping SFT when the sampler reaches it.
+    try:
+        decoded = decode_image(image)
+    except ImageDecodeError as exc:
+        raise SchemaError(
+            f"image {position} cannot be decoded ({exc})", fix="re-encode or replace the image, or drop the row"
+        ).for_row(row) from exc
     if not resize_pmc:
         return image
-    return {"bytes": to_png_bytes(pmc_resize(decode_image(image))), "path": None}
+    return {"bytes": to_png_bytes(pmc_resize(decoded)), "path": None}
 
 
 def to_sft_example(row: dict[str, Any], *, resize_pmc: bool = False, validate: bool = True) -> dict[str, Any]:
@@ -85,14 +93,18 @@ def to_sft_example(row: dict[str, Any], *, resize_pmc: bool = False, validate: b
     return {
         "prompt": [{"role": "user", "content": content}],
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": target}]}],
-        "images": [_image_for_output(image, resize_pmc) for image in images],
+        "images": [_image_for_output(image, resize_pmc, row, i) for i, image in enumerate(images)],
         "dataset_name": row["dataset_name"],
         "dataset_index": row["dataset_index"],
     }
 
 
 def convert_to_sft(ds, *, resize_pmc: bool = False, validate: bool = True, num_proc: int | None = None):
-    """A unified ``datasets.Dataset`` -> the SFT ``datasets.Dataset`` (contract 4), with a progress bar."""
+    """A unified ``datasets.Dataset`` -> the SFT ``datasets.Dataset`` (contract 4), with a progress bar.
+
+    Every row is checked as it is converted (the schema, a reasoning to train on, every image decoded); the first
+    bad row raises :class:`SchemaError` naming it. ``num_proc`` workers share the rows.
+    """
     import datasets
 
     if "images" in ds.column_names:
@@ -109,16 +121,19 @@ def convert_to_sft(ds, *, resize_pmc: bool = False, validate: bool = True, num_p
         remove_columns=ds.column_names,
         features=sft_features(),
         num_proc=num_proc,
-        desc="SFT examples",
+        desc="SFT examples (images decoded)",
     )
 
 
 def write_sft_dataset(ds, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Save an SFT data set with ``save_to_disk`` (written beside ``out_dir`` first, then renamed into place).
 
-    An existing complete ``out_dir`` is an error unless ``overwrite``; a half-written one never exists.
+    An existing complete ``out_dir`` is an error unless ``overwrite``; a half-written one never exists. An empty set
+    is refused (SFT cannot train on it), so it never replaces an earlier one.
     """
-    out = Path(out_dir)
+    out = check_writable(out_dir, overwrite)
+    if len(ds) == 0:
+        raise ValueError(f"{out}: no rows to write; fix: check the converter's input and its --subset/--size")
     with staged(out, overwrite=overwrite) as tmp:
         ds.save_to_disk(str(tmp))
     return out
@@ -134,3 +149,43 @@ def check_sft_dataset(ds, where: str = "the SFT data set") -> None:
         )
     if len(ds) == 0:
         raise ValueError(f"{where} has no rows; fix: check the converter's input and its --subset/--size")
+
+
+def check_sft_rows(ds, where: str = "the SFT data set", *, num_proc: int | None = None) -> int:
+    """Decode every image of every SFT example and check that each example has one image part per image and a
+    non-empty target; the first bad row raises :class:`SchemaError` naming it and ``where``. Returns the rows.
+
+    Run before training, so a corrupt image fails in seconds with its row instead of inside ``trainer.train()``.
+    """
+    import datasets
+
+    check_sft_dataset(ds, where)
+    columns = [c for c in ("prompt", "completion", "images", "dataset_name", "dataset_index") if c in ds.column_names]
+    raw = ds.select_columns(columns).cast_column("images", datasets.List(datasets.Image(decode=False)))
+
+    def _check(batch, indices):
+        for offset, position in enumerate(indices):
+            row = {k: batch[k][offset] for k in batch}
+            named = {"dataset_name": row.get("dataset_name"), "dataset_index": row.get("dataset_index")}
+            images = row["images"] or []
+            parts = sum(part["type"] == "image" for turn in row["prompt"] for part in turn["content"])
+            if parts != len(images):
+                raise SchemaError(f"the prompt has {parts} image part(s) for {len(images)} image(s) (in {where})",
+                                  position=position, fix="rebuild the set with data_process/convert_sft_format.py"
+                                  ).for_row(named, position)
+            target = "".join(part.get("text") or "" for turn in row["completion"] for part in turn["content"])
+            if not target.strip():
+                raise SchemaError(f"the completion is empty (in {where})", position=position,
+                                  fix="drop the row or rebuild the set from rows with a reasoning").for_row(named, position)
+            for i, image in enumerate(images):
+                try:
+                    decode_image(image)
+                except ImageDecodeError as exc:
+                    raise SchemaError(f"image {i} cannot be decoded ({exc}) (in {where})",
+                                      fix="re-encode or replace the image and rebuild the set, or drop the row"
+                                      ).for_row(named, position) from exc
+        return {"ok": [True] * len(indices)}
+
+    raw.map(_check, batched=True, batch_size=64, with_indices=True, remove_columns=raw.column_names,
+            keep_in_memory=True, num_proc=num_proc, desc="checking SFT rows (images decoded)")
+    return len(ds)

@@ -26,9 +26,10 @@ from typing import Any
 from medvlthinker import prompts
 from medvlthinker.images import ImageDecodeError, decode_image, pmc_resize, to_png_bytes
 from medvlthinker.schema import SchemaError, validate_row
-from medvlthinker.staging import staged
+from medvlthinker.staging import check_writable, staged
 
 ABILITY = "medical_mcqa"
+IMAGE_PLACEHOLDER = "<image>"
 OUTPUT_COLUMNS = ("data_source", "prompt", "images", "ability", "reward_model", "extra_info")
 
 
@@ -58,16 +59,19 @@ def verl_features():
 
 
 def _image_bytes(image: Any, resize_pmc: bool, row: dict[str, Any], position: int) -> bytes:
+    # Every image is decoded, also when its stored bytes pass through unchanged: a corrupt image stops the
+    # conversion here, naming its row, instead of reaching the trainer.
     try:
-        if not resize_pmc:
-            if isinstance(image, dict) and image.get("bytes"):
-                return image["bytes"]
-            if isinstance(image, (bytes, bytearray)):
-                return bytes(image)
-            if isinstance(image, dict) and image.get("path") and os.path.exists(image["path"]):
-                return Path(image["path"]).read_bytes()
-            return to_png_bytes(decode_image(image))
-        return to_png_bytes(pmc_resize(decode_image(image)))
+        decoded = decode_image(image)
+        if resize_pmc:
+            return to_png_bytes(pmc_resize(decoded))
+        if isinstance(image, dict) and image.get("bytes"):
+            return image["bytes"]
+        if isinstance(image, (bytes, bytearray)):
+            return bytes(image)
+        if isinstance(image, dict) and image.get("path") and os.path.exists(image["path"]):
+            return Path(image["path"]).read_bytes()
+        return to_png_bytes(decoded)
     except ImageDecodeError as exc:
         raise SchemaError(
             f"image {position} cannot be decoded ({exc})", fix="re-encode or replace the image, or drop the row"
@@ -87,9 +91,17 @@ def to_verl_example(
     if validate:
         validate_row(row)
     images = list(row.get("images") or [])
+    content = prompts.build_verl_prompt(row)
+    if content.count(IMAGE_PLACEHOLDER) != len(images):
+        # verl splits the prompt on every "<image>": one in the question text would pair text with the wrong image
+        raise SchemaError(
+            f"the prompt holds {content.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER!r} placeholders for "
+            f"{len(images)} image(s): the question or options contain the text {IMAGE_PLACEHOLDER!r}",
+            fix=f"remove {IMAGE_PLACEHOLDER!r} from the question and options text",
+        ).for_row(row)
     return {
         "data_source": row["dataset_name"],
-        "prompt": [{"role": "user", "content": prompts.build_verl_prompt(row)}],
+        "prompt": [{"role": "user", "content": content}],
         "images": [{"bytes": _image_bytes(image, resize_pmc, row, i)} for i, image in enumerate(images)],
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": row["answer"]},
@@ -110,6 +122,8 @@ def convert_to_verl(
 ):
     """A unified ``datasets.Dataset`` -> the verl RL ``datasets.Dataset``, in the input's row order.
 
+    Every row is checked as it is converted (the schema, every image decoded, one placeholder per image); the first
+    bad row raises :class:`SchemaError` naming it. ``num_proc`` workers share the rows; a progress bar shows them.
     Row order matters: the easy-to-hard curriculum runs read the file in order (``data.shuffle=False``).
     """
     import datasets
@@ -129,18 +143,29 @@ def convert_to_verl(
         remove_columns=ds.column_names,
         features=verl_features(),
         num_proc=num_proc,
-        desc="verl RL rows",
+        desc="verl RL rows (images decoded)",
     )
 
 
 def write_verl_parquet(ds, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write the RL rows to ``path`` (a .parquet file), written beside it first and then renamed into place."""
-    out = Path(path)
-    if out.suffix != ".parquet":
-        raise ValueError(f"{out}: verl's RLHFDataset reads .parquet files; fix: name the output *.parquet")
+    """Write the RL rows to ``path`` (a .parquet file), written beside it first and then renamed into place.
+
+    An empty set is refused (verl cannot train on it), so it never replaces an earlier file.
+    """
+    out = check_verl_output(path, overwrite)
+    if len(ds) == 0:
+        raise ValueError(f"{out}: no rows to write; fix: check the converter's input and its --subset/--size")
     with staged(out, overwrite=overwrite) as tmp:
         ds.to_parquet(str(tmp))
     return out
+
+
+def check_verl_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The output path checked before any work: a .parquet name, not an existing file unless ``overwrite``."""
+    out = Path(path)
+    if out.suffix != ".parquet":
+        raise ValueError(f"{out}: verl's RLHFDataset reads .parquet files; fix: name the output *.parquet")
+    return check_writable(out, overwrite)
 
 
 def check_verl_parquet(path: str | os.PathLike) -> int:

@@ -277,11 +277,17 @@ def build_sft_config(cfg: SFTRunConfig, *, n_processes: int | None = None):
     )
 
 
-def load_train_dataset(cfg: SFTRunConfig):
-    """The SFT data set of ``cfg.train_data`` (checked against contract 4), first ``max_train_samples`` rows."""
+def load_train_dataset(cfg: SFTRunConfig, *, check_images: bool = False, num_proc: int | None = None):
+    """The SFT data set of ``cfg.train_data`` (checked against contract 4), first ``max_train_samples`` rows.
+
+    It is read through :func:`medvlthinker.data.load_disk_dataset`, so TRL's tokenisation caches never land in
+    the data set's folder (which may be read-only). With ``check_images`` every kept row is checked and its images
+    decoded (:func:`medvlthinker.converters.sft_format.check_sft_rows`).
+    """
     import datasets
 
-    from medvlthinker.converters.sft_format import check_sft_dataset
+    from medvlthinker.converters.sft_format import check_sft_dataset, check_sft_rows
+    from medvlthinker.data import load_disk_dataset
 
     path = Path(cfg.train_data)
     if not path.exists():
@@ -289,18 +295,76 @@ def load_train_dataset(cfg: SFTRunConfig):
             f"train_data {path} does not exist; fix: build it with data_process/convert_sft_format.py "
             "or point train_data at its output directory"
         )
+    if not (path / "state.json").is_file() and not (path / "dataset_dict.json").is_file():
+        raise ConfigError(
+            f"train_data {path} is not a save_to_disk data set (no state.json); fix: point train_data at the output "
+            "directory of data_process/convert_sft_format.py"
+        )
     try:
-        ds = datasets.load_from_disk(str(path))
+        ds = load_disk_dataset(path, f"train_data {path}")
     except FileNotFoundError as exc:
-        raise ConfigError(f"train_data {path} is not a save_to_disk data set ({exc})") from None
+        raise ConfigError(str(exc)) from None
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds:
-            raise ConfigError(f"train_data {path} is a DatasetDict without a 'train' split ({list(ds)})")
+            raise ConfigError(f"train_data {path} is a DatasetDict without a 'train' split ({list(ds)}); fix: save "
+                              "the SFT set with a 'train' split or as one Dataset")
         ds = ds["train"]
-    check_sft_dataset(ds, where=f"train_data {path}")
+    where = f"train_data {path}"
+    check_sft_dataset(ds, where=where)
     if cfg.max_train_samples is not None:
+        if cfg.max_train_samples < 1:
+            raise ConfigError(f"max_train_samples is {cfg.max_train_samples}, which keeps no rows; fix: set it to at "
+                              "least 1 or remove it")
         ds = ds.select(range(min(cfg.max_train_samples, len(ds))))
+    if check_images:
+        check_sft_rows(ds, where, num_proc=num_proc)
     return ds
+
+
+def check_output_dir(cfg: SFTRunConfig) -> Path:
+    """``output_dir`` created if needed and writable; raises :class:`ConfigError` naming it otherwise."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file; fix: point output_dir at a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output_dir {out} cannot be created ({exc.strerror}); fix: choose a writable place") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {out} is not writable; fix: choose a writable place or fix its permissions")
+    return out
+
+
+def check_model_path(cfg: SFTRunConfig) -> None:
+    """A local ``model_name_or_path`` must be a model directory (config.json); a Hub name is left to transformers."""
+    name = cfg.model_name_or_path
+    if name == TINY_MODEL:
+        return
+    path = Path(name).expanduser()
+    looks_local = path.exists() or name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    if looks_local and not (path / "config.json").is_file():
+        raise ConfigError(
+            f"model_name_or_path {name}: no model directory there (no config.json); fix: point it at a model "
+            "directory or a Hugging Face model name such as Qwen/Qwen2.5-VL-3B-Instruct"
+        )
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def preflight(cfg: SFTRunConfig, *, check_images: bool | None = None):
+    """Everything a run can check before the model loads (minutes at 7B): the model path, the output directory,
+    the data set's path, columns and rows, and, on the main process, every image decoded. Returns the data set.
+
+    ``check_images`` defaults to the main process only: with several processes the launcher stops them all when
+    it fails, and the images are decoded once instead of once per GPU.
+    """
+    check_model_path(cfg)
+    check_output_dir(cfg)
+    if check_images is None:
+        check_images = is_main_process()
+    return load_train_dataset(cfg, check_images=check_images, num_proc=cfg.dataloader_num_workers or None)
 
 
 TINY_MODEL = "tiny"
@@ -332,8 +396,9 @@ def build_trainer(cfg: SFTRunConfig, *, train_dataset=None, callbacks=None):
     """A ready ``trl.SFTTrainer`` for ``cfg`` (the data set is loaded from ``cfg.train_data`` unless given)."""
     from trl import SFTTrainer
 
+    # The data and the output directory are checked before the model loads, so a bad path fails in seconds.
+    ds = train_dataset if train_dataset is not None else preflight(cfg)
     model, processor = load_model_and_processor(cfg)
-    ds = train_dataset if train_dataset is not None else load_train_dataset(cfg)
     return SFTTrainer(
         model=model,
         args=build_sft_config(cfg),

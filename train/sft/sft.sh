@@ -31,7 +31,8 @@ if [[ -n "${MAIN_PROCESS_PORT:-}" ]]; then
   launch_args+=(--main_process_port "$MAIN_PROCESS_PORT")
 fi
 
-# Fail on a bad config before any GPU process starts.
-"$PYTHON" "$ROOT/train/sft/train_sft.py" "$CONFIG" "$@" --print-config > /dev/null
+# Fail on a bad config, model path, output directory or data set before any GPU process starts (the images are
+# decoded by the main process of the run, before the model loads).
+"$PYTHON" "$ROOT/train/sft/train_sft.py" "$CONFIG" "$@" --print-config --check > /dev/null
 
 exec "$PYTHON" -m accelerate.commands.launch "${launch_args[@]}" "$ROOT/train/sft/train_sft.py" "$CONFIG" "$@"
