@@ -6,7 +6,9 @@
         --save_to_disk_path data/local/m23k-easy_to_hard
 
 Prints and saves (next to the output, in ``<output>_curation/``) the pass-count distribution as a table and a bar
-plot, and how many rows each filter removed.
+plot, and how many rows each filter removed. An empty or duplicated records file, records of another data set, a
+duplicate dataset_index or a band that keeps no row stop the run naming the file or row; the previous output at
+--save_to_disk_path is only replaced by a complete, validated set.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from pathlib import Path
 
 import click
 
-from medvlthinker import curation
+from medvlthinker import cli, curation
 
 
-@click.command()
+@cli.command()
 @click.option("--dataset_name", required=True, help="Training set: Hub name, save_to_disk directory or .parquet file.")
 @click.option("--split", default="train", show_default=True, help="Split, for Hub data sets.")
 @click.option(
@@ -49,7 +51,7 @@ def main(dataset_name, split, results_jsonl_path, remove_pass_count_below, remov
         seed=seed,
         max_count=max(16, num_rollouts),
     )
-    curation.save_dataset(curated, save_to_disk_path)
+    curation.save_curated(curated, save_to_disk_path, report)
     out = Path(save_to_disk_path)
     report_dir = Path(report_dir) if report_dir else out.with_name(out.name.removesuffix(".parquet") + "_curation")
     paths = curation.write_curation_outputs(report, report_dir, plot_format=plot_format)

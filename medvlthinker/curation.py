@@ -77,6 +77,14 @@ def read_pass_rate_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 if number == len(lines) and file.name != RESULTS_FILE:
                     continue  # the run was killed while appending; the runner redoes that row on resume
                 raise CurationError(f"{file}:{number}: not a JSON record ({exc}); fix: re-run or re-merge the pass-rate output") from None
+            if not isinstance(records[-1], dict):
+                raise CurationError(f"{file}:{number}: a JSON {type(records[-1]).__name__}, not a record; fix: pass "
+                                    "the eval_results.jsonl of the pass-rate run")
+    if not records:
+        raise CurationError(
+            f"{path}: holds no pass-rate records; fix: pass the eval_results.jsonl of a finished pass-rate run "
+            "(eval/run_offline_inference.py, n=16, temperature 1.0), or finish that run first"
+        )
     return records
 
 
@@ -86,13 +94,14 @@ def pass_counts_from_records(
     """``{dataset_index: (dataset_name, num_correct)}`` from pass-rate records (contract 3).
 
     With ``expected_rollouts`` every record must have that many rollouts (the paper: 16), so a greedy eval file
-    passed by mistake is caught. A dataset_index seen twice must carry the same result.
+    passed by mistake is caught. A dataset_index seen twice is an error: the pass-rate run covers each question
+    once, and every other stage rejects a duplicate record too.
     """
     counts: dict[int, tuple[str | None, int]] = {}
     for position, record in enumerate(records):
         name, index = record.get("dataset_name"), record.get("dataset_index")
         where = f"pass-rate record {position} (dataset_name={name!r}, dataset_index={index!r})"
-        if not isinstance(index, int) or "num_correct" not in record:
+        if not isinstance(index, int) or not isinstance(record.get("num_correct"), int):
             raise CurationError(f"{where}: needs an int dataset_index and num_correct; fix: use the eval output records")
         num_correct = int(record["num_correct"])
         num_rollouts = record.get("num_rollouts")
@@ -103,10 +112,10 @@ def pass_counts_from_records(
             )
         if not 0 <= num_correct <= (num_rollouts if isinstance(num_rollouts, int) else num_correct):
             raise CurationError(f"{where}: num_correct {num_correct} is outside 0..{num_rollouts}")
-        if index in counts and counts[index] != (name, num_correct):
+        if index in counts:
             raise CurationError(
-                f"{where}: dataset_index {index} already has result {counts[index]}; fix: remove the duplicate "
-                "record (the pass-rate run must cover each question once)"
+                f"{where}: dataset_index {index} already has a record (result {counts[index]}); fix: remove the "
+                "duplicate record (the pass-rate run must cover each question once)"
             )
         counts[index] = (name, num_correct)
     return counts
@@ -130,6 +139,7 @@ def attach_pass_count(ds, pass_counts: Mapping[int, tuple[str | None, int] | int
     import datasets
 
     cols = _columns(ds, ["dataset_index", "dataset_name"])
+    check_unique_indices(cols["dataset_index"], cols["dataset_name"])
     values: list[int] = []
     for index, name in zip(cols["dataset_index"], cols["dataset_name"]):
         hit = pass_counts.get(index)
@@ -143,9 +153,28 @@ def attach_pass_count(ds, pass_counts: Mapping[int, tuple[str | None, int] | int
                 f"{record_name!r}; fix: pass the pass-rate results of this data set"
             )
         values.append(int(count))
+    if pass_counts and len(values) and all(v == NO_RESULT for v in values):
+        some = sorted(pass_counts)[:3]
+        raise CurationError(
+            f"no pass-rate record matches a row of the data set ({len(pass_counts)} records, e.g. dataset_index "
+            f"{some}; rows have e.g. {cols['dataset_index'][:3]}); fix: pass the pass-rate results of this data set"
+        )
     if "pass_count" in ds.column_names:
         ds = ds.remove_columns("pass_count")
     return ds.add_column("pass_count", values, feature=datasets.Value("int64"))
+
+
+def check_unique_indices(indices: list[int], names: list[Any]) -> None:
+    """Raise :class:`CurationError` naming both rows when a dataset_index occurs twice (it is the join key)."""
+    seen: dict[int, int] = {}
+    for position, index in enumerate(indices):
+        if index in seen:
+            raise CurationError(
+                f"row (dataset_name={names[position]!r}, dataset_index={index}; position {position}): duplicate "
+                f"dataset_index, first at position {seen[index]}; fix: give every row a unique dataset_index (it "
+                "joins the rows with their pass-rate records)"
+            )
+        seen[index] = position
 
 
 # ----------------------------------------------------------------------------------------------- filter & order
@@ -234,6 +263,9 @@ def curate(
         ds = attach_pass_count(ds, pass_counts)
     elif "pass_count" not in ds.column_names:
         raise CurationError("the data set has no pass_count column; fix: pass the pass-rate results")
+    else:
+        cols = _columns(ds, ["dataset_index", "dataset_name"])
+        check_unique_indices(cols["dataset_index"], cols["dataset_name"])
     counts = _columns(ds, ["pass_count"])["pass_count"]
     keep, removed = keep_band(counts, remove_pass_count_below, remove_pass_count_above)
     kept_counts = [counts[p] for p in keep]
@@ -359,6 +391,36 @@ def save_dataset(ds, path: str | os.PathLike) -> None:
         ds.to_parquet(str(path))
     else:
         ds.save_to_disk(str(path))
+
+
+def save_curated(ds, path: str | os.PathLike, report: CurationReport | None = None) -> Path:
+    """Validate the curated set, then write it in place of ``path`` (written beside it, renamed when complete).
+
+    A set with no rows, a broken row or a duplicate dataset_index raises :class:`CurationError` (or
+    :class:`medvlthinker.schema.SchemaError`) naming it, and an existing ``path`` is left as it was.
+    """
+    from medvlthinker.staging import staged
+
+    path = Path(path)
+    if len(ds) == 0:
+        summary = "; ".join(report.summary().splitlines()) if report is not None else "0 rows"
+        raise CurationError(
+            f"{path}: the curated set would have no rows ({summary}); it is not written and an existing one is kept; "
+            "fix: check that the pass-rate records belong to this data set, or widen --remove_pass_count_below/above"
+        )
+    io = _unified_io()
+    if io is not None:
+        from medvlthinker.data import validate_dataset
+
+        validate_dataset(ds, source=f"the curated set for {path}")
+    with staged(path, overwrite=True) as tmp:
+        if io is not None:
+            io[1](ds, str(tmp), parquet=path.suffix == ".parquet")
+        elif path.suffix == ".parquet":
+            ds.to_parquet(str(tmp))
+        else:
+            ds.save_to_disk(str(tmp))
+    return path
 
 
 def write_curation_outputs(report: CurationReport, out_dir: str | os.PathLike, plot_format: str = "png") -> dict[str, Path]:

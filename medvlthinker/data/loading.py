@@ -391,11 +391,11 @@ def _subset_rows(rows: list[dict[str, Any]], subset: SequenceABC[str] | None, na
     return [r for r in rows if r.get("dataset_name") in wanted]
 
 
-def save_unified(ds, path: str | os.PathLike) -> Path:
+def save_unified(ds, path: str | os.PathLike, *, parquet: bool | None = None) -> Path:
     """Write a unified data set: ``save_to_disk`` to a directory, or one parquet file when ``path`` ends in
-    ``.parquet`` (images referenced by path are embedded as bytes, so the file stands alone)."""
+    ``.parquet`` or ``parquet`` is set (images referenced by path are embedded as bytes, so the file stands alone)."""
     path = Path(path)
-    if path.suffix == ".parquet":
+    if parquet or (parquet is None and path.suffix == ".parquet"):
         from datasets.table import embed_table_storage
 
         path.parent.mkdir(parents=True, exist_ok=True)
