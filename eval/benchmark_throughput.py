@@ -2,22 +2,24 @@
 
 GPU (the reference workload): the Qwen2.5-VL-3B architecture with dummy weights (configs/models/qwen2.5-vl-3b plus
 the Qwen2.5 tokenizer in a temporary copy), 256 requests, one 448x448 image each, 512 output tokens (ignore_eos),
-temperature 1.0. CPU (vLLM's CPU build): the tiny test model, 16 requests, 32 output tokens, 56x56 images.
+temperature 1.0. CPU (vLLM's CPU build): the tiny test model, 64 requests, 32 output tokens, 56x56 images.
 
     python eval/benchmark_throughput.py                  # picks GPU or CPU defaults
-    python eval/benchmark_throughput.py --num_requests 64 --max_tokens 128
+    python eval/benchmark_throughput.py --num_requests 64 --max_tokens 128 --repeats 5
 
-The runner path includes everything a real run does after start-up (engine and processor loaded, as for the raw
-path): loading the data set, building the requests (chat template, image resize), streaming the engine, grading
-and appending each record to a shard file.
+Both arms start from the same rows and do the work any run must: render the prompts and resize the images
+(the runner's RequestBuilder, shared), then generate. The raw arm builds every input first and calls
+``LLM.generate`` once (the original's pattern); the runner arm is ``run_rank``: it also loads and validates the
+data set, streams the rows through the engine's window, grades and appends each record to a shard file. The
+arms alternate for ``--repeats`` repetitions; the ratio printed last is the median of the per-repetition ratios.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -25,80 +27,77 @@ import click
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _model_dir(on_gpu: bool, model: str | None, tmp: Path) -> tuple[str, str]:
-    if model:
-        return model, "auto"
-    if on_gpu:
-        from medvlthinker.tiny import build_qwen_tokenizer
-
-        target = tmp / "qwen2.5-vl-3b"
-        shutil.copytree(REPO / "configs" / "models" / "qwen2.5-vl-3b", target)
-        build_qwen_tokenizer(target)
-        return str(target), "dummy"
-    from medvlthinker.tiny import tiny_model_path
-
-    return str(tiny_model_path()), "auto"
-
 
 @click.command(context_settings={"show_default": True})
 @click.option("--model", default=None, help="default: 3B dummy weights on GPU, the tiny model on CPU")
-@click.option("--num_requests", type=int, default=None, help="default: 256 on GPU, 16 on CPU")
+@click.option("--num_requests", type=int, default=None, help="default: 256 on GPU, 64 on CPU")
 @click.option("--max_tokens", type=int, default=None, help="default: 512 on GPU, 32 on CPU")
 @click.option("--image_size", type=int, default=None, help="square image side; default 448 on GPU, 56 on CPU")
+@click.option("--repeats", type=int, default=3, help="interleaved repetitions (raw, runner / runner, raw, ...)")
+@click.option("--window", type=int, default=None, help="the runner's window (default: the engine's capacity)")
 @click.option("--gpu_memory_utilization", type=float, default=0.9)
 @click.option("--max_model_len", type=int, default=4096)
-def main(model, num_requests, max_tokens, image_size, gpu_memory_utilization, max_model_len):
+def main(model, num_requests, max_tokens, image_size, repeats, window, gpu_memory_utilization, max_model_len):
+    import datasets
     import torch
+    from transformers import AutoProcessor
 
     from medvlthinker import synthetic
     from medvlthinker.inference.backends import VllmBackend
+    from medvlthinker.inference.records import read_records, shard_name
+    from medvlthinker.inference.requests import RequestBuilder
     from medvlthinker.inference.runner import RunConfig, run_rank
+    from medvlthinker.inference.workloads import benchmark_model, interleaved_repeats, median_of
 
     on_gpu = torch.cuda.is_available()
-    num_requests = num_requests or (256 if on_gpu else 16)
+    num_requests = num_requests or (256 if on_gpu else 64)
     max_tokens = max_tokens or (512 if on_gpu else 32)
     image_size = image_size or (448 if on_gpu else 56)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        model_dir, load_format = _model_dir(on_gpu, model, tmp)
+        model_dir, load_format = benchmark_model(model, on_gpu, tmp)
         rows = synthetic.make_image_rows(n=num_requests, seed=0, image_size=(image_size, image_size))
         synthetic.to_dataset(rows).save_to_disk(str(tmp / "data"))
-        config = RunConfig(model=model_dir, output_dir=str(tmp / "out"), dataset_name=str(tmp / "data"),
-                           temperature=1.0, max_tokens=max_tokens, ignore_eos=True, progress=False,
-                           gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
         backend = VllmBackend(model_dir, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                               limit_mm_per_prompt={"image": 1, "video": 0}, seed=42, load_format=load_format)
         llm = backend.llm
-
-        from transformers import AutoProcessor
-
-        from medvlthinker.inference.requests import RequestBuilder
-
         builder = RequestBuilder(AutoProcessor.from_pretrained(model_dir))
-        inputs = [builder.build(row).vllm_input() for row in rows]
-        params = config.sampling.to_vllm()
-        llm.generate(inputs[: min(8, len(inputs))], params, use_tqdm=False)  # warm-up, not timed
+        base = RunConfig(model=model_dir, output_dir="", dataset_name=str(tmp / "data"), temperature=1.0,
+                         max_tokens=max_tokens, ignore_eos=True, progress=False, window=window,
+                         gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+        params = base.sampling.to_vllm()
+        warm = [builder.build(row).vllm_input() for row in rows[: min(8, len(rows))]]
+        llm.generate(warm, params, use_tqdm=False)  # warm-up, not timed
+        runs = iter(range(10**6))
 
-        t0 = time.perf_counter()
-        outputs = llm.generate(inputs, params, use_tqdm=False)
-        raw_s = time.perf_counter() - t0
-        raw_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+        def raw() -> float:
+            t0 = time.perf_counter()
+            stored = datasets.load_from_disk(str(tmp / "data"))
+            inputs = [builder.build(row).vllm_input() for row in stored]
+            outputs = llm.generate(inputs, params, use_tqdm=False)
+            return sum(len(c.token_ids) for o in outputs for c in o.outputs) / (time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
-        written = run_rank(config, 0, validated=True, backend=backend, builder=builder)
-        runner_s = time.perf_counter() - t0
-        runner_tokens = written * max_tokens  # ignore_eos: every rollout has exactly max_tokens tokens
+        def runner() -> float:
+            config = replace(base, output_dir=str(tmp / f"out-{next(runs)}"))
+            t0 = time.perf_counter()
+            run_rank(config, 0, validated=True, backend=backend, builder=builder)
+            seconds = time.perf_counter() - t0
+            records = read_records(Path(config.output_dir) / shard_name(0, 1))
+            return sum(r["output_tokens"] for rec in records for r in rec["rollouts"]) / seconds
 
-    raw_tps, runner_tps = raw_tokens / raw_s, runner_tokens / runner_s
+        results = interleaved_repeats({"raw": raw, "runner": runner}, repeats)
+        capacity = backend.default_window(base.sampling)
+
     device = torch.cuda.get_device_name(0) if on_gpu else "CPU (vLLM CPU build)"
     click.echo(f"device: {device}; model: {model_dir if model else ('3B dummy' if on_gpu else 'tiny')}")
-    click.echo(f"workload: {num_requests} requests, one {image_size}x{image_size} image, {max_tokens} output tokens")
-    click.echo(f"raw vLLM LLM.generate: {raw_tokens} tokens in {raw_s:.2f} s = {raw_tps:.1f} output tokens/s")
-    click.echo(f"runner (run_rank):     {runner_tokens} tokens in {runner_s:.2f} s = {runner_tps:.1f} output tokens/s")
-    click.echo(f"ratio runner/raw: {runner_tps / raw_tps:.3f}")
+    click.echo(f"workload: {num_requests} requests, one {image_size}x{image_size} image, {max_tokens} output tokens; "
+               f"runner window {window or capacity}")
+    ratios = [b / a for a, b in zip(results["raw"], results["runner"])]
+    for rep, (a, b, r) in enumerate(zip(results["raw"], results["runner"], ratios)):
+        click.echo(f"repetition {rep}: raw {a:.1f} tokens/s, runner {b:.1f} tokens/s, ratio {r:.3f}")
+    click.echo(f"median raw vLLM LLM.generate: {median_of(results['raw']):.1f} output tokens/s")
+    click.echo(f"median runner (run_rank):     {median_of(results['runner']):.1f} output tokens/s")
+    click.echo(f"median ratio runner/raw over {repeats} interleaved repetitions: {median_of(ratios):.3f}")
 
 
 if __name__ == "__main__":
