@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import click
 
+from medvlthinker import cli
 from medvlthinker.prepare import ON_ERROR, prepare_m23k
 
 
-@click.command()
+@cli.command()
 @click.option("--source", required=True, help="Hub name or local path of the m23k-style table.")
 @click.option("--split", default="train", show_default=True, help="Split of a Hub data set or saved DatasetDict.")
 @click.option("--output", required=True, help="Output: a save_to_disk directory, or a .parquet file.")

@@ -8,17 +8,20 @@ output joins with the released UCSC-VLAA/MedVLThinker-pmc_vqa (and its pass-rate
 dataset_index; --compat lenient keeps more rows and indexes by CSV position (medvlthinker.prepare.COMPAT).
 Malformed rows (bad Answer_label, a choice without its prefix, missing or undecodable image) are counted and shown
 with examples, and skipped (--on_error skip, the default) or fatal (--on_error fail). Finished chunks are kept in
-<output>.chunks/, so an interrupted run resumes; the report goes to <output>.report.json.
+<output>.chunks/, so an interrupted run resumes; a chunk is rebuilt when a figure it read was added, fixed or
+replaced since. The report goes to <output>.report.json. A run that keeps no row (a wrong --image_dir, an empty CSV)
+stops with the report and writes nothing; the output is replaced only once the new one is complete.
 """
 
 from __future__ import annotations
 
 import click
 
+from medvlthinker import cli
 from medvlthinker.prepare import COMPAT, ON_ERROR, prepare_pmc_vqa
 
 
-@click.command()
+@cli.command()
 @click.option("--csv_path", required=True, type=click.Path(exists=True, dir_okay=False), help="PMC-VQA train CSV.")
 @click.option("--image_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Folder the CSV's Figure_path entries are relative to.")
 @click.option("--output", required=True, help="Output: a save_to_disk directory, or a .parquet file.")

@@ -289,19 +289,32 @@ def pmc_vqa_row(
     return row, {"resized": was_resized, "answer_text_mismatch": answer_mismatch}
 
 
-def read_pmc_vqa_csv(csv_path: str | os.PathLike) -> list[dict[str, str]]:
-    """The CSV's records; a missing column is fatal and names the file and the columns it has."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        required = [c for c in PMC_COLUMNS if c != "Answer"]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise PrepareError(
-                f"{csv_path}: missing column(s) {missing}; it has {header}; fix: pass the PMC-VQA train CSV "
-                f"(columns {', '.join(PMC_COLUMNS)})"
-            )
-        return [{(k or "").strip(): v for k, v in record.items()} for record in reader]
+def read_pmc_vqa_csv(csv_path: str | os.PathLike, compat: str = "original") -> list[dict[str, str]]:
+    """The CSV's records; a missing column or a CSV without data rows is fatal and names the file.
+
+    ``Answer`` is required with ``compat="original"``, whose rules compare it with the chosen option (without it
+    every row would be dropped as an answer mismatch); the lenient rules do not need it.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in reader.fieldnames or []]
+            required = [c for c in PMC_COLUMNS if c != "Answer" or compat == "original"]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise PrepareError(
+                    f"{csv_path}: missing column(s) {missing}; it has {header}; fix: pass the PMC-VQA train CSV "
+                    f"(columns {', '.join(PMC_COLUMNS)})"
+                )
+            records = [{(k or "").strip(): v for k, v in record.items()} for record in reader]
+    except UnicodeDecodeError as exc:
+        raise PrepareError(f"{csv_path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); fix: pass the "
+                           "PMC-VQA train CSV") from None
+    except csv.Error as exc:
+        raise PrepareError(f"{csv_path}: not a readable CSV ({exc}); fix: pass the PMC-VQA train CSV") from None
+    if not records:
+        raise PrepareError(f"{csv_path}: has a header but no data rows; fix: pass the PMC-VQA train CSV")
+    return records
 
 
 def _pmc_work(args: tuple) -> tuple[str, Any, dict[str, bool] | None]:
@@ -336,6 +349,24 @@ def _pmc_chunk(records, positions, image_dir, dataset_name, start_index, on_erro
             report.warnings["answer_text_differs_from_choice"] = report.warnings.get("answer_text_differs_from_choice", 0) + 1
     report.rows_written = len(rows)
     return rows, report
+
+
+def _figures_digest(records, positions, image_dir) -> str:
+    """What a chunk read from the figure folder: per row, its figure's size and mtime, or that it is missing.
+
+    A finished chunk is reused only while this matches, so a figure added, fixed or replaced after a run (or a
+    corrected --image_dir) makes its chunk be rebuilt instead of reporting the old result.
+    """
+    h = hashlib.sha256()
+    for position in positions:
+        figure = (records[position].get("Figure_path") or "").strip()
+        try:
+            stat = (Path(image_dir) / figure).stat() if figure else None
+        except OSError:
+            stat = None
+        state = f"{stat.st_size}:{stat.st_mtime_ns}" if stat is not None and figure else "-"
+        h.update(f"{figure}\0{state}\n".encode())
+    return h.hexdigest()
 
 
 def _file_digest(path: Path) -> str:
@@ -378,7 +409,7 @@ def prepare_pmc_vqa(
     _check_on_error(on_error)
     if compat not in COMPAT:
         raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
-    records = read_pmc_vqa_csv(csv_path)
+    records = read_pmc_vqa_csv(csv_path, compat)
     if limit is not None:
         records = records[:limit]
     indices = original_indices(records) if compat == "original" else None
@@ -417,8 +448,11 @@ def prepare_pmc_vqa(
                 end = min(start + chunk_size, len(records))
                 chunk_file = work / f"rows-{start:08d}-{end:08d}.parquet"
                 chunk_report = work / f"rows-{start:08d}-{end:08d}.report.json"
+                chunk_inputs = work / f"rows-{start:08d}-{end:08d}.figures.sha256"
                 chunk_files.append(chunk_file)
-                if chunk_file.exists() and chunk_report.exists():
+                figures = _figures_digest(records, range(start, end), image_dir)
+                reusable = chunk_file.exists() and chunk_report.exists() and chunk_inputs.exists()
+                if reusable and chunk_inputs.read_text().strip() == figures:
                     report = PrepareReport(**json.loads(chunk_report.read_text()))
                     progress.update(end - start)
                 else:
@@ -428,47 +462,79 @@ def prepare_pmc_vqa(
                     )
                     tmp = chunk_file.with_suffix(".parquet.tmp")
                     to_dataset(rows).to_parquet(str(tmp))
+                    chunk_inputs.unlink(missing_ok=True)  # the chunk counts as finished only once all three exist
                     os.replace(tmp, chunk_file)
                     chunk_report.write_text(json.dumps(asdict(report), sort_keys=True) + "\n")
+                    chunk_inputs.write_text(figures + "\n")
                 total.merge(report)
     finally:
         if pool is not None:
             pool.close()
             pool.join()
+    check_rows_written(total, image_dir=image_dir)
     _write_chunks(chunk_files, out_path, datasets)
-    report_path = out_path.with_name(out_path.name.removesuffix(".parquet") + ".report.json")
-    report_path.write_text(json.dumps(total.to_dict(), indent=2) + "\n", encoding="utf-8")
+    _write_report(total, out_path)
     return total
 
 
+def check_rows_written(report: PrepareReport, *, image_dir: str | os.PathLike | None = None) -> None:
+    """Raise :class:`PrepareError` with the malformed-row report when no row survived (an output with no rows
+    would only fail a later stage); an existing output is left as it was."""
+    if report.rows_written:
+        return
+    lines = report.summary().splitlines()
+    fix = "repair the source rows listed above"
+    images = report.malformed.get("image_missing", 0)
+    if image_dir is not None and images * 2 > max(report.skipped, 1):
+        fix = f"check --image_dir {image_dir}: the CSV's Figure_path entries must be relative to it"
+    elif report.malformed.get("answer_mismatch", 0) * 2 > max(report.skipped, 1):
+        fix = "check the Answer column, or pass --compat lenient (the chosen option's text is then used)"
+    raise PrepareError(f"{'; '.join(line.strip() for line in lines)}; no row was written; fix: {fix}")
+
+
+def _write_report(report: PrepareReport, out_path: Path) -> Path:
+    path = out_path.with_name(out_path.name.removesuffix(".parquet") + ".report.json")
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def _write_chunks(chunk_files: list[Path], out_path: Path, datasets) -> None:
-    """Join the chunk files into the output, streaming (the full PMC-VQA set does not fit in memory)."""
+    """Join the chunk files into the output, streaming (the full PMC-VQA set does not fit in memory).
+
+    The join is written beside the output and renamed into place (:func:`medvlthinker.staging.staged`), so a run
+    killed while joining leaves the previous output, or none, never a torn one.
+    """
     from medvlthinker.data import save_unified, unified_features
+    from medvlthinker.staging import staged
     from medvlthinker.synthetic import to_dataset
 
-    if not chunk_files:
-        save_unified(to_dataset([]), out_path)
-        return
-    if out_path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    parquet = out_path.suffix == ".parquet"
+    with staged(out_path, overwrite=True) as tmp:
+        if not chunk_files:
+            save_unified(to_dataset([]), tmp, parquet=parquet)
+            return
+        if parquet:
+            import pyarrow.parquet as pq
 
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        writer = None
-        try:
-            for chunk in chunk_files:
-                table = pq.read_table(chunk)
-                if writer is None:
-                    writer = pq.ParquetWriter(str(out_path), table.schema)
-                writer.write_table(table)
-        finally:
-            if writer is not None:
-                writer.close()
-        return
-    cache = chunk_files[0].parent / "hf_cache" if chunk_files else None
-    ds = datasets.Dataset.from_parquet([str(c) for c in chunk_files], features=unified_features(), cache_dir=str(cache))
-    # from_parquet's fingerprint depends on the cache path; pin it to the content so reruns write identical files
-    digest = hashlib.sha256("".join(_file_digest(c) for c in chunk_files).encode()).hexdigest()[:16]
-    save_unified(ds.select(range(len(ds)), new_fingerprint=digest), out_path)
+            writer = None
+            try:
+                for chunk in chunk_files:
+                    table = pq.read_table(chunk)
+                    if writer is None:
+                        writer = pq.ParquetWriter(str(tmp), table.schema)
+                    writer.write_table(table)
+            finally:
+                if writer is not None:
+                    writer.close()
+            return
+        cache = chunk_files[0].parent / "hf_cache"
+        ds = datasets.Dataset.from_parquet([str(c) for c in chunk_files], features=unified_features(),
+                                           cache_dir=str(cache))
+        # from_parquet's fingerprint depends on the cache path; pin it to the content so reruns write identical files
+        digest = hashlib.sha256("".join(_file_digest(c) for c in chunk_files).encode()).hexdigest()[:16]
+        save_unified(ds.select(range(len(ds)), new_fingerprint=digest), tmp, parquet=False)
 
 
 # ---------------------------------------------------------------------------------------------------------- m23k
@@ -644,9 +710,11 @@ def prepare_m23k(
     ds = to_dataset(rows)
     if out_path is not None:
         from medvlthinker.data import save_unified
+        from medvlthinker.staging import staged
 
         out_path = Path(out_path)
-        save_unified(ds, out_path)
-        report_path = out_path.with_name(out_path.name.removesuffix(".parquet") + ".report.json")
-        report_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        check_rows_written(report)
+        with staged(out_path, overwrite=True) as tmp:
+            save_unified(ds, tmp, parquet=out_path.suffix == ".parquet")
+        _write_report(report, out_path)
     return ds, report

@@ -170,7 +170,7 @@ def test_prepare_pmc_vqa_fail_mode_names_the_row(pmc_raw, tmp_path):
 def test_missing_csv_column_is_fatal(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("Figure_path,Question\nx.png,Q\n")
-    with pytest.raises(PrepareError, match=r"missing column\(s\) \['Choice A'"):
+    with pytest.raises(PrepareError, match=r"missing column\(s\) \['Answer', 'Choice A'"):
         prepare_pmc_vqa(bad, tmp_path, tmp_path / "out")
 
 
@@ -216,7 +216,7 @@ def test_prepare_pmc_vqa_script(pmc_raw, tmp_path):
         ["--csv_path", str(csv_path), "--image_dir", str(figures), "--output", str(tmp_path / "f"), "--on_error", "fail",
          "--compat", "lenient"],
     )
-    assert result.exit_code != 0 and "source row 6" in str(result.exception)
+    assert result.exit_code == 1 and "source row 6" in result.output
 
 
 def test_strip_choice_prefix_only_strips_its_own_letter():
