@@ -20,11 +20,13 @@ def tiny_overrides(tmp_path_factory, tiny_model_dir, train_image_rows, train_tex
     """Hydra overrides that swap in the tiny model and a 4-row parquet (2 image rows, 2 text-only rows)."""
     path = tmp_path_factory.mktemp("preflight") / "train.parquet"
     write_verl_parquet(convert_to_verl(synthetic.to_dataset(train_image_rows[:2] + train_text_rows[:2])), path)
-    return [f"actor_rollout_ref.model.path={tiny_model_dir}", f"data.train_files=[{path}]", f"data.val_files=[{path}]"]
+    # the CPU profile (configs/rl/overlays/cpu.yaml): on this machine remove-padding runs only through its SDPA path
+    return ["+overlays=[cpu]", f"actor_rollout_ref.model.path={tiny_model_dir}", f"data.train_files=[{path}]",
+            f"data.val_files=[{path}]"]
 
 
 def test_every_paper_row_has_a_config():
-    assert len(CONFIGS) == 13, [c.name for c in CONFIGS]
+    assert len(CONFIGS) == 15, [c.name for c in CONFIGS]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -78,3 +80,91 @@ def test_cli_reports_and_fails_cleanly(tiny_overrides):
     bad = CliRunner().invoke(cli.main, [str(ONE), *tiny_overrides, "reward.custom_reward_function.path=null"])
     assert bad.exit_code == 1
     assert "preflight FAILED" in bad.output
+
+
+def test_paper_config_without_flash_attn_names_the_fix(tiny_overrides):
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    without_profile = [o for o in tiny_overrides if not o.startswith("+overlays")]
+    with pytest.raises(PreflightError, match=r"use_remove_padding=true.*flash_attn is not importable.*fix: pip "
+                                             r"install flash-attn.*use_remove_padding=false"):
+        run_preflight(ONE, without_profile, sample_rows=1)
+    # without remove-padding flash-attn is not needed: the next check speaks, vLLM's CPU build outside the profile
+    with pytest.raises(PreflightError, match=r"no distribution named vllm is installed.*overlays/cpu\.yaml"):
+        run_preflight(ONE, without_profile + ["actor_rollout_ref.model.use_remove_padding=false"], sample_rows=1)
+
+
+def test_rollout_engine_must_be_importable(tiny_overrides):
+    with pytest.raises(PreflightError, match=r"rollout\.name=sglang but the sglang package is not importable"):
+        run_preflight(ONE, tiny_overrides + ["actor_rollout_ref.rollout.name=sglang"], sample_rows=1)
+
+
+def _config_tree_with(tmp_path, row_yaml: str) -> Path:
+    """A copy of configs/rl with one more row config, as a user would write it."""
+    import shutil
+
+    tree = tmp_path / "rl"
+    shutil.copytree(ROOT / "configs" / "rl", tree)
+    row = tree / "my_row.yaml"
+    text = ONE.read_text()
+    if row_yaml.startswith("  total_epochs:"):
+        assert "  total_epochs: 1\n" in text
+        text = text.replace("  total_epochs: 1\n", row_yaml)
+        row_yaml = ""
+    for section in ("data", "trainer"):  # the edit goes into the row's own section, as a user would make it
+        head = f"\n{section}:\n"
+        if row_yaml.startswith(head) and head in text and row_yaml.count(head) == 1:
+            text = text.replace(head, row_yaml, 1)
+            break
+    else:
+        text += row_yaml
+    row.write_text(text)
+    return row
+
+
+@pytest.mark.parametrize(
+    "row_yaml, message",
+    [
+        # a misspelled key in a file: verl would keep shuffle=true and the easy-to-hard order would be lost
+        ("\ndata:\n  shufle: false\n", r"my_row\.yaml: data\.shufle: unknown key \(did you mean data\.shuffle\?\)"),
+        ("  total_epochs: one\n", r"my_row\.yaml: trainer\.total_epochs: expected a number"),
+        ("\ntrainer:\n  nnodes: [1]\n", r"my_row\.yaml: trainer\.nnodes: expected a number.*got \[1\]"),
+    ],
+    ids=["misspelled-key", "word-for-number", "list-for-number"],
+)
+def test_keys_in_files_are_checked_against_verl(tmp_path, tiny_overrides, row_yaml, message):
+    row = _config_tree_with(tmp_path, row_yaml)
+    with pytest.raises(PreflightError, match=message):
+        run_preflight(row, tiny_overrides, sample_rows=1)
+
+
+def test_wrong_type_on_the_command_line_is_named_as_such(tiny_overrides):
+    with pytest.raises(PreflightError, match=r"the command line: trainer\.total_epochs: expected a number"):
+        run_preflight(ONE, tiny_overrides + ["trainer.total_epochs=one"], sample_rows=1)
+
+
+def test_cli_takes_an_overlay_file(tiny_overrides, tmp_path):
+    from click.testing import CliRunner
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rl_preflight_cli2", ROOT / "train" / "rl" / "preflight.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    rest = [o for o in tiny_overrides if not o.startswith("+overlays")]
+    overlay = ROOT / "configs" / "rl" / "overlays" / "cpu.yaml"
+    ok = CliRunner().invoke(cli.main, [str(ONE), str(overlay), *rest, "--sample-rows", "1"])
+    assert ok.exit_code == 0, ok.output
+    assert "CPU profile" in ok.output
+    stray = tmp_path / "cpu.yaml"
+    stray.write_text(overlay.read_text())
+    bad = CliRunner().invoke(cli.main, [str(ONE), str(stray), *rest])
+    assert bad.exit_code == 1 and "is not in" in bad.output and "overlays" in bad.output
+
+
+def test_yaml_that_does_not_parse_is_named(tmp_path, tiny_overrides):
+    row = _config_tree_with(tmp_path, "\ndata:\n  shuffle: false\ndata:\n  seed: 1\n")
+    with pytest.raises(PreflightError, match=r"my_row\.yaml.*duplicate key"):
+        run_preflight(row, tiny_overrides, sample_rows=1)

@@ -33,6 +33,17 @@ def test_unpatched_verl_loses_ragged_dim_after_pickle(unpatched):
         fix.check_index_select([5, 7, 3, 6], [2, 0], apply_verl_fix_first=False)
 
 
+def test_unpatched_equal_lengths_give_the_forward_an_unreadable_buffer(unpatched):
+    # remove-padding reads values() as (4, total tokens); equal lengths leave it (4 * B, L)
+    with pytest.raises(AssertionError, match=r"values buffer \(16, 6\), the remove-padding forward reads \(4, 24\)"):
+        fix.check_forward_layout([6, 6, 6, 6])
+
+
+@pytest.mark.parametrize("lengths", [[6, 6, 6, 6], [5, 7, 3, 6], [4]])
+def test_patched_forward_reads_every_row_in_place(patched, lengths):
+    fix.check_forward_layout(lengths)
+
+
 def test_unpatched_verl_own_fix_breaks_equal_lengths(unpatched):
     # the exact error seen on the GPU: GRPO rollouts of one prompt all 135 tokens long
     with pytest.raises(RuntimeError, match=r"split_with_sizes expects split_sizes to sum exactly to 135"):

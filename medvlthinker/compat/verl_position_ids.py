@@ -16,9 +16,15 @@ survive ``TensorDict.consolidate()`` + pickle (what Ray does between processes):
 ``maybe_fix_3d_position_ids`` then sets it to 2 unconditionally, which repairs the first layout and breaks the
 second; where it is not called before indexing, the first layout breaks instead.
 
-Fix: read the layout from the tensor itself (the shape of its values buffer against its offsets), rebuild the
-nested tensor with the ragged dimension that layout implies, and do so before verl indexes, chunks or concatenates
-a batch. Installed only when a behavioural probe shows the installed verl needs it (so it steps aside by itself
+A second consumer needs more than the right ragged dimension: with ``use_remove_padding`` verl's FSDP engine
+(``verl/workers/engine/fsdp/transformer_impl.py``, ``position_ids.values().unsqueeze(1)``) reads the values buffer
+itself as ``(4, total_tokens)``; the equal-length layout ``(4 * B, L)`` makes Qwen2-VL's forward raise
+"position_ids should be a 3D tensor of shape (4, batch_size, seq_length)".
+
+Fix: read the layout from the tensor itself (the shape of its values buffer against its offsets) and rebuild the
+nested tensor in one canonical layout, the sequence dimension ragged with values ``(4, sum L_i)`` (an equal-length
+buffer is re-laid out, not just re-labelled), before verl indexes, chunks or concatenates a batch and wherever verl
+calls its own ``maybe_fix_3d_position_ids``. Installed only when a behavioural probe shows the installed verl needs it (so it steps aside by itself
 once verl is fixed), in every Ray worker through ``runtime_env.worker_process_setup_hook`` (set in
 ``configs/rl/base/grpo.yaml``) and in the driver by ``python -m medvlthinker.compat.verl_position_ids``, which
 runs verl's ``main_ppo`` after installing it. Set ``MEDVLTHINKER_VERL_POSITION_IDS_FIX=0`` to disable it.
@@ -65,8 +71,30 @@ def ragged_idx_from_layout(nt) -> int | None:
     return 2 if fits2 else 1 if fits1 else None
 
 
+def canonical(nt):
+    """The same rows as ``nt`` with the sequence dimension ragged: values ``(C, sum L_i)``, offsets over columns.
+
+    An equal-length buffer ``(C * B, L)`` (ragged rows) is re-laid out to ``(C, B * L)``; a buffer that already has
+    ragged columns only gets its ragged index back. None when the buffers fit neither layout.
+    """
+    import torch
+
+    ragged = ragged_idx_from_layout(nt)
+    if ragged is None:
+        return None
+    values, offsets = nt.values(), nt.offsets()
+    if ragged == 1:
+        batch = offsets.numel() - 1
+        rows, length = values.shape[0] // batch, values.shape[1]
+        values = values.reshape(batch, rows, length).permute(1, 0, 2).reshape(rows, batch * length)
+        offsets = torch.arange(batch + 1, dtype=offsets.dtype, device=offsets.device) * length
+    elif getattr(nt, "_ragged_idx", None) == 2:
+        return nt
+    return torch.nested.nested_tensor_from_jagged(values, offsets=offsets, jagged_dim=2)
+
+
 def restore_position_ids(data) -> None:
-    """Rebuild ``data["position_ids"]`` (a TensorDict entry) with the ragged dimension its layout implies."""
+    """Rebuild ``data["position_ids"]`` (a TensorDict entry) in the canonical layout (:func:`canonical`)."""
     import torch
 
     if data is None or KEY not in data.keys():
@@ -74,10 +102,9 @@ def restore_position_ids(data) -> None:
     nt = data.get(KEY)
     if not (isinstance(nt, torch.Tensor) and nt.is_nested and nt.dim() == 3 and nt.layout == torch.jagged):
         return
-    ragged = ragged_idx_from_layout(nt)
-    if ragged is None or getattr(nt, "_ragged_idx", None) == ragged:
-        return
-    data[KEY] = torch.nested.nested_tensor_from_jagged(nt.values(), offsets=nt.offsets(), jagged_dim=ragged)
+    fixed = canonical(nt)
+    if fixed is not None and fixed is not nt:
+        data[KEY] = fixed
 
 
 def _maybe_fix_trampoline(data):
@@ -140,10 +167,27 @@ def check_index_select(lengths: list[int], indices: list[int], apply_verl_fix_fi
             raise AssertionError(f"row {i}: got shape {tuple(row.shape)}, expected {tuple(rows[i].shape)}")
 
 
+def check_forward_layout(lengths: list[int]) -> None:
+    """After consolidate + pickle and verl's ``maybe_fix_3d_position_ids``, the values buffer must be what the
+    remove-padding forward reads, ``(4, sum L_i)``, with each row's columns in place; raise otherwise."""
+    import torch
+    from verl.utils import tensordict_utils as tu
+
+    td, rows = _sample_batch(lengths)
+    td = _roundtrip(td)
+    tu.maybe_fix_3d_position_ids(td)
+    values = td[KEY].values()
+    expected = torch.cat(rows, dim=1)
+    if tuple(values.shape) != tuple(expected.shape) or not torch.equal(values, expected):
+        raise AssertionError(f"values buffer {tuple(values.shape)}, the remove-padding forward reads "
+                             f"{tuple(expected.shape)}")
+
+
 PROBES = (
     ("lengths differ, index_select after pickle", [5, 7, 3, 6], [2, 0], False),
     ("equal lengths, verl's fix then make_iterator", [6, 6, 6, 6], [0, 1], True),
     ("lengths differ, verl's fix then make_iterator", [5, 7, 3, 6], [0, 1], True),
+    ("equal lengths, remove-padding forward layout", [6, 6, 6, 6], None, None),
 )
 
 
@@ -152,7 +196,10 @@ def probe() -> list[str]:
     failures = []
     for name, lengths, indices, verl_fix in PROBES:
         try:
-            check_index_select(lengths, indices, verl_fix)
+            if indices is None:
+                check_forward_layout(lengths)
+            else:
+                check_index_select(lengths, indices, verl_fix)
         except Exception as exc:  # any failure means verl cannot index these batches
             failures.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
     return failures
@@ -225,6 +272,9 @@ def install(force: bool = False) -> bool:
             f"set {ENV_DISABLE}=0 to run without it and see docs/known-issues.md"
         )
     logger.info("verl 3-D position-id fix installed (%s)", "; ".join(_state["probe"] or ["forced"]))
+    from medvlthinker.compat.verl_cpu import log
+
+    log("installed verl_position_ids")
     return True
 
 

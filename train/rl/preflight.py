@@ -4,6 +4,7 @@ the 3-D position-id fix, data files, prompt lengths (image tokens included) thro
     python train/rl/preflight.py configs/rl/qwen2.5-vl-3b_rl_m23k.yaml
     python train/rl/preflight.py configs/rl/qwen2.5-vl-3b_rl_m23k.yaml \
         actor_rollout_ref.model.path=/models/Qwen2.5-VL-3B-Instruct data.train_files=[data/verl/smoke.parquet]
+    python train/rl/preflight.py configs/rl/qwen2.5-vl-3b_rl_pmc.yaml configs/rl/overlays/cpu.yaml [overrides...]
 
 Exit status 0 when every check passes, 1 with the first problem (what, where, the fix) otherwise.
 """
@@ -21,12 +22,13 @@ import click
 @click.option("--sample-rows", type=int, default=64, show_default=True,
               help="Rows per data file loaded through RLHFDataset and measured.")
 def main(config, overrides, sample_rows):
-    """Preflight CONFIG with Hydra OVERRIDES (key=value, as for train/rl/train.sh)."""
+    """Preflight CONFIG with overlay files and Hydra OVERRIDES (key=value), as for train/rl/train.sh."""
     from medvlthinker.train.preflight import PreflightError, run_preflight
+    from medvlthinker.train.rl import LaunchError, split_arguments
 
     try:
-        report = run_preflight(config, list(overrides), sample_rows=sample_rows)
-    except PreflightError as exc:
+        report = run_preflight(config, split_arguments(config, list(overrides)), sample_rows=sample_rows)
+    except (PreflightError, LaunchError) as exc:
         click.echo(f"preflight FAILED for {config}:\n  {exc}", err=True)
         sys.exit(1)
     click.echo(report.text())

