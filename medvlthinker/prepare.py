@@ -521,7 +521,7 @@ def _write_chunks(chunk_files: list[Path], out_path: Path, datasets) -> None:
             writer = None
             try:
                 for chunk in chunk_files:
-                    table = pq.read_table(chunk)
+                    table = _read_chunk(chunk, pq)
                     if writer is None:
                         writer = pq.ParquetWriter(str(tmp), table.schema)
                     writer.write_table(table)
@@ -529,12 +529,26 @@ def _write_chunks(chunk_files: list[Path], out_path: Path, datasets) -> None:
                 if writer is not None:
                     writer.close()
             return
+        import pyarrow.parquet as pq
+
+        for chunk in chunk_files:
+            _read_chunk(chunk, pq, metadata_only=True)
         cache = chunk_files[0].parent / "hf_cache"
         ds = datasets.Dataset.from_parquet([str(c) for c in chunk_files], features=unified_features(),
                                            cache_dir=str(cache))
         # from_parquet's fingerprint depends on the cache path; pin it to the content so reruns write identical files
         digest = hashlib.sha256("".join(_file_digest(c) for c in chunk_files).encode()).hexdigest()[:16]
         save_unified(ds.select(range(len(ds)), new_fingerprint=digest), tmp, parquet=False)
+
+
+def _read_chunk(chunk: Path, pq, metadata_only: bool = False):
+    try:
+        return pq.read_metadata(chunk) if metadata_only else pq.read_table(chunk)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise PrepareError(
+            f"{chunk}: a finished chunk cannot be read ({type(exc).__name__}: {exc}); fix: delete it and its "
+            ".report.json and re-run (only that chunk is rebuilt)"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------------- m23k

@@ -202,12 +202,18 @@ def paired_bootstrap(
     n_resamples: int = 2000,
     alpha: float = 0.05,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | int | None]:
     """Paired bootstrap of mean(a) - mean(b) for two models scored on the same rows.
 
     The same rows (or clusters) are drawn for both models. Returns ``diff``, the percentile interval ``low`` /
     ``high``, and a two-sided ``p_value`` for "no difference": the share of resampled differences, centred on
     ``diff``, at least as far from it as ``diff`` is from 0, as ``(1 + count) / (1 + n_resamples)``.
+
+    With fewer than two resampling units (one row, or every row in one cluster) every resample is the same, so
+    there is no evidence either way: ``p_value`` is None (not the smallest p the formula allows). ``units`` says
+    how many units were resampled.
+
+    >>> paired_bootstrap([1.0, 1.0, 0.0], [0.0, 0.0, 0.0], clusters=["img", "img", "img"], n_resamples=200)["p_value"]
     """
     if len(a) != len(b):
         raise ValueError(f"a and b must score the same rows, got {len(a)} and {len(b)} values")
@@ -215,8 +221,12 @@ def paired_bootstrap(
     d = [float(x) - float(y) for x, y in zip(a, b)]
     resampled = _resampled_means(d, clusters, n_resamples, random.Random(seed))
     diff, low, high = _interval(_mean(d), resampled, alpha)
+    units = len(_units(d, clusters)[0])
+    if units < 2:
+        return {"diff": diff, "low": low, "high": high, "p_value": None, "units": units}
     extreme = sum(1 for m in resampled if abs(m - diff) >= abs(diff))
-    return {"diff": diff, "low": low, "high": high, "p_value": min(1.0, (1 + extreme) / (1 + n_resamples))}
+    return {"diff": diff, "low": low, "high": high, "p_value": min(1.0, (1 + extreme) / (1 + n_resamples)),
+            "units": units}
 
 
 def mcnemar(

@@ -209,7 +209,7 @@ def test_average_interval_is_narrower_than_its_parts():
 def test_paired_bootstrap():
     a = bernoulli(400, 0.6, 1)
     same = paired_bootstrap(a, a, n_resamples=300)
-    assert same == {"diff": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0}
+    assert same == {"diff": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0, "units": 400}
     better = paired_bootstrap([1.0] * 50, [0.0] * 50, n_resamples=300)
     assert better["diff"] == 1.0 and better["low"] == better["high"] == 1.0
     assert better["p_value"] == pytest.approx(1 / 301)
@@ -291,3 +291,13 @@ def test_mcnemar_p_value_is_a_probability_and_symmetric(b01, b10):
     assert 0.0 <= one["p_value"] <= 1.0
     assert one["p_value"] == pytest.approx(other["p_value"])
     assert (one["b01"], one["b10"]) == (b01, b10)
+
+
+def test_paired_bootstrap_gives_no_p_value_for_one_resampling_unit():
+    # Every row in one image cluster: each resample is the whole benchmark again, so the formula's smallest p
+    # (1 / (1 + n_resamples)) would claim a difference the data cannot show.
+    one_cluster = paired_bootstrap([1.0, 1.0, 0.0], [0.0, 0.0, 0.0], clusters=["img"] * 3, n_resamples=200)
+    assert one_cluster["p_value"] is None and one_cluster["units"] == 1
+    assert paired_bootstrap([1.0], [0.0], n_resamples=200)["p_value"] is None
+    two = paired_bootstrap([1.0, 1.0, 0.0], [0.0, 0.0, 0.0], clusters=["a", "a", "b"], n_resamples=200)
+    assert two["units"] == 2 and two["p_value"] is not None

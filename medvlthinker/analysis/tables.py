@@ -543,6 +543,7 @@ def paired_comparison(
             "low": 100.0 * result["low"],
             "high": 100.0 * result["high"],
             "p_value": result["p_value"],
+            "units": result["units"],
             "mcnemar_p_value": test["p_value"],
             "mcnemar_b01": test["b01"],
             "mcnemar_b10": test["b10"],
@@ -643,7 +644,9 @@ def to_markdown(
         parts.append(_md_table(("Model",) + COLUMNS, rows))
     if paired:
         parts += ["", f"## Paired comparison: {paired['a']} − {paired['b']}", "",
-                  f"Difference in points, {level}% paired-bootstrap interval, bootstrap p-value, McNemar p-value.", ""]
+                  f"Difference in points, {level}% paired-bootstrap interval, bootstrap p-value, McNemar p-value. "
+                  "A bootstrap p of — with one resampling unit: every row of the benchmark is in one image cluster "
+                  "(or there is one row), so resampling cannot test the difference.", ""]
         res = paired["results"]
         parts.append(
             _md_table(
@@ -653,6 +656,8 @@ def to_markdown(
                     ["interval"] + [f"[{res[c]['low']:+.2f}, {res[c]['high']:+.2f}]" if c in res else "—"
                                     for c in COLUMNS],
                     ["p (bootstrap)"] + [_fmt(res[c]["p_value"], 4) if c in res else "—" for c in COLUMNS],
+                    ["resampled units"] + [str(res[c]["units"]) if "units" in res.get(c, {}) else "—"
+                                           for c in COLUMNS],
                     ["p (McNemar)"] + [_fmt(res[c].get("mcnemar_p_value"), 4) if c in res else "—" for c in COLUMNS],
                 ],
             )

@@ -135,9 +135,17 @@ def load_disk_dataset(path: str | os.PathLike, source: str | None = None):
     import datasets
 
     source = source or str(path)
+    state = Path(path).expanduser() / "state.json"
+    try:
+        empty = state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files")
+    except (OSError, ValueError):
+        empty = False
+    if empty:  # save_to_disk of 0 rows writes no Arrow file, and load_from_disk then fails with an IndexError
+        raise ValueError(f"{source} has no rows (no data files); fix: check the stage that wrote it (its input, "
+                         "--subset/--size) and re-run it")
     try:
         return datasets.load_from_disk(str(disk_view(path)))
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    except (FileNotFoundError, ValueError, OSError, IndexError) as exc:
         raise FileNotFoundError(
             f"{source}: cannot be read as a save_to_disk data set ({type(exc).__name__}: {exc}); fix: rewrite it "
             "with save_to_disk (or the stage that made it), or point at a .parquet / .jsonl file"

@@ -302,7 +302,7 @@ def load_train_dataset(cfg: SFTRunConfig, *, check_images: bool = False, num_pro
         )
     try:
         ds = load_disk_dataset(path, f"train_data {path}")
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds:

@@ -34,7 +34,8 @@
 
     tr.appendChild(el("td", {}, s.answer_label + ". " + s.answer));
     var out = el("td");
-    out.appendChild(el("pre", { "class": "output" }, s.output));
+    out.appendChild(el("pre", { "class": "output" + (s.output_note ? " blank" : "") }, s.output));
+    if (s.output_note) out.appendChild(el("div", { "class": "meta blank-note" }, s.output_note));
     if (s.truncated) out.appendChild(el("div", { "class": "meta" }, "(output cut to " + s.output.length + " characters)"));
     tr.appendChild(out);
 
