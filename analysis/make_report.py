@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import click
 
+from medvlthinker import cli
 from medvlthinker.analysis import plots, report, tables
 
 
-@click.command(context_settings={"show_default": True})
+@cli.command(context_settings={"show_default": True})
 @click.option("--run", "runs", multiple=True, metavar="MODEL=DIR", help="Greedy eval output of MODEL (repeatable).")
 @click.option("--runs-root", type=click.Path(file_okay=False), help="A tree ROOT/MODEL/REPEAT/ of eval outputs.")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="Where everything goes.")
@@ -41,16 +42,13 @@ from medvlthinker.analysis import plots, report, tables
 def main(runs, runs_root, output_dir, eval_data, eval_split, sampling_run, pass_rate_dir, pass_rate_rollouts,
          published_model, compare, paired, grading, pass_at_k_grading, majority_drops_unconverted, n_resamples, seed,
          samples_per_benchmark, title):
-    try:
-        out = report.make_report(
-            output_dir, run_specs=runs, runs_root=runs_root, eval_data=eval_data, eval_split=eval_split,
-            sampling_runs=sampling_run, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
-            published_models=published_model, compare=compare, paired=paired, grading_mode=grading,
-            pass_at_k_grading=pass_at_k_grading, drop_unconverted=majority_drops_unconverted,
-            n_resamples=n_resamples, seed=seed, samples_per_benchmark=samples_per_benchmark, title=title,
-        )
-    except tables.AnalysisError as exc:
-        raise click.ClickException(str(exc)) from None
+    out = report.make_report(
+        output_dir, run_specs=runs, runs_root=runs_root, eval_data=eval_data, eval_split=eval_split,
+        sampling_runs=sampling_run, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
+        published_models=published_model, compare=compare, paired=paired, grading_mode=grading,
+        pass_at_k_grading=pass_at_k_grading, drop_unconverted=majority_drops_unconverted,
+        n_resamples=n_resamples, seed=seed, samples_per_benchmark=samples_per_benchmark, title=title,
+    )
     click.echo(f"report: {out['report']}")
     click.echo(f"tables: {out['tables']['md']} (also .tex, .tsv, .json)")
     for name, paths in out["plots"].items():

@@ -48,17 +48,58 @@ def record_status(record: Mapping[str, Any]) -> str:
     return "correct" if rollout["is_correct"] else "wrong"
 
 
+MAX_THUMBNAIL_ASPECT = 4
+"""A thumbnail is at most this many times longer than wide (or the reverse): a 27x1100 strip is padded, not drawn
+as a 96 x 3,900 px column that pushes every other sample off the page."""
+
+
 def thumbnail_uri(image: Any, max_side: int = 160, quality: int = 80) -> str:
-    """An image (anything :func:`medvlthinker.images.decode_image` reads) as a downscaled JPEG data URI."""
+    """An image (anything :func:`medvlthinker.images.decode_image` reads) as a downscaled JPEG data URI.
+
+    Both sides are at most ``max_side``; an image more elongated than :data:`MAX_THUMBNAIL_ASPECT` is centred on
+    a grey canvas of that aspect, so its whole content stays visible in a bounded box.
+
+    >>> from PIL import Image
+    >>> uri = thumbnail_uri(Image.new("RGB", (27, 1100)))
+    >>> Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).size
+    (40, 160)
+    """
     from PIL import Image
 
     from medvlthinker.images import decode_image
 
     img = decode_image(image).copy()
     img.thumbnail((max_side, max_side), Image.BILINEAR)
+    w, h = img.size
+    if max(w, h) > MAX_THUMBNAIL_ASPECT * min(w, h):
+        size = (max(w, h // MAX_THUMBNAIL_ASPECT), max(h, w // MAX_THUMBNAIL_ASPECT))
+        canvas = Image.new("RGB", size, (224, 226, 230))
+        canvas.paste(img, ((size[0] - w) // 2, (size[1] - h) // 2))
+        img = canvas
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def output_note(output: str) -> str | None:
+    """What the browser shows beside an output that would otherwise look like an empty box.
+
+    >>> output_note(""), output_note(" \\n\\n"), output_note("B")
+    ('(empty output)', '(output is only whitespace: 3 characters, 2 line breaks)', None)
+    """
+    if output == "":
+        return "(empty output)"
+    if not output.strip():
+        breaks = output.count("\n")
+        return f"(output is only whitespace: {len(output)} characters, {breaks} line break{'s' if breaks != 1 else ''})"
+    return None
+
+
+def visible_whitespace(output: str) -> str:
+    """A whitespace-only output with its characters drawn (space ·, tab →, line break ↵), else ``output``."""
+    if output.strip():
+        return output
+    return output.replace(" ", "·").replace("\t", "→").replace("\r", "").replace("\n", "↵\n")
 
 
 def file_uri(path: str | os.PathLike) -> str:
@@ -130,6 +171,7 @@ def collect_samples(
                 record = by_index[index]
                 rollout = record["rollouts"][0]
                 output = rollout.get("output_text") or ""
+                note = output_note(output)
                 options = parse_options(record["options"], strict=False) if record.get("options") else {}
                 samples.append(
                     {
@@ -140,7 +182,8 @@ def collect_samples(
                         "options": options,
                         "answer_label": record["answer_label"],
                         "answer": record["answer"],
-                        "output": output[:output_chars],
+                        "output": visible_whitespace(output[:output_chars]),
+                        "output_note": note,
                         "truncated": len(output) > output_chars,
                         "pred": str(rollout.get("pred_letter")),
                         "status": record_status(record),

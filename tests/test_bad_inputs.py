@@ -1,0 +1,332 @@
+"""Bad inputs, stale state and interrupted runs, stage by stage: nothing accepted silently, nothing lost.
+
+Each case runs the stage script as a user would (through click), after a good run wrote its output. It asserts the
+exit code (1, or 0 where the input is legitimate and must now work), that the one-line message names the row, file
+or key, that no traceback is printed, and that the earlier output is byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from medvlthinker import synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / "configs" / "sft" / "tiny_cpu.yaml"
+
+
+def _script(relpath: str):
+    spec = importlib.util.spec_from_file_location(Path(relpath).stem, ROOT / relpath)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(relpath: str, *args) -> tuple[int, str]:
+    result = CliRunner().invoke(_script(relpath).main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def digest(path: Path) -> dict[str, str]:
+    """Every file under ``path`` (or the file itself) by relative name and content hash."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def error_line(output: str) -> str:
+    """The one error line of a failed run; a traceback fails the test."""
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, output
+    assert "fix:" in lines[0], lines[0]
+    return lines[0]
+
+
+def expect_failure(relpath: str, *args, names: list[str], kept: list[Path] = ()) -> str:
+    """Run; assert exit code 1, one error line naming each of ``names``, and ``kept`` outputs unchanged."""
+    before = {str(p): digest(p) for p in kept}
+    code, output = run(relpath, *args)
+    assert code == 1, output
+    line = error_line(output)
+    for name in names:
+        assert name in line, (name, line)
+    for p in kept:
+        assert digest(p) == before[str(p)], f"{p} changed"
+    return line
+
+
+# ------------------------------------------------------------------------------------------------- shared data
+def _corrupt(ds, position: int):
+    raw = ds.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
+
+    def change(row, i):
+        if i == position:
+            row["images"] = [{"bytes": b"\x89PNG\r\n\x1a\n truncated", "path": None}]
+        return row
+
+    return raw.map(change, with_indices=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A good image set, the same set with a corrupt image at dataset_index 5, and the good outputs of both
+    converters (the earlier results a bad run must not touch)."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    rows = synthetic.make_image_rows(n=8, seed=2)
+    good = root / "good"
+    synthetic.to_dataset(rows).save_to_disk(str(good))
+    bad = root / "bad_image"
+    _corrupt(synthetic.to_dataset(rows), 5).save_to_disk(str(bad))
+    verl_out, sft_out = root / "verl.parquet", root / "sft"
+    assert run("data_process/convert_verl_format.py", good, verl_out)[0] == 0
+    assert run("data_process/convert_sft_format.py", good, sft_out)[0] == 0
+    return {"root": root, "rows": rows, "good": good, "bad_image": bad, "verl": verl_out, "sft": sft_out}
+
+
+# ---------------------------------------------------------------- class 4: corrupt images never reach training
+def test_verl_converter_names_the_row_of_a_corrupt_image_and_keeps_the_old_file(data):
+    expect_failure("data_process/convert_verl_format.py", data["bad_image"], data["verl"], "--overwrite",
+                   "--num-proc", "2", names=["dataset_index=5", "cannot be decoded"], kept=[data["verl"]])
+
+
+def test_sft_converter_names_the_row_of_a_corrupt_image_and_keeps_the_old_set(data):
+    expect_failure("data_process/convert_sft_format.py", data["bad_image"], data["sft"], "--overwrite",
+                   names=["dataset_index=5", "cannot be decoded"], kept=[data["sft"]])
+
+
+def test_verl_converter_rejects_a_question_holding_the_image_placeholder(data, tmp_path):
+    rows = [dict(r) for r in data["rows"][:3]]
+    rows[1]["question"] = "Compare <image> with the figure."
+    src = tmp_path / "placeholder"
+    synthetic.to_dataset(rows).save_to_disk(str(src))
+    expect_failure("data_process/convert_verl_format.py", src, data["verl"], "--overwrite",
+                   names=[f"dataset_index={rows[1]['dataset_index']}", "<image>"], kept=[data["verl"]])
+
+
+def test_sft_run_names_a_corrupt_image_before_the_model_loads(data, tmp_path):
+    # An SFT set written before the converters decoded images: the run must stop before training, naming the row.
+    from medvlthinker.converters.sft_format import convert_to_sft
+
+    sft = convert_to_sft(synthetic.to_dataset(data["rows"]))
+    sft_bad = tmp_path / "sft_bad"
+    _corrupt(sft, 3).save_to_disk(str(sft_bad))
+    expect_failure("train/sft/train_sft.py", TINY_CONFIG, f"model_name_or_path={_unloadable_model(tmp_path)}",
+                   f"train_data={sft_bad}", f"output_dir={tmp_path / 'run'}",
+                   names=[f"dataset_index={data['rows'][3]['dataset_index']}", "cannot be decoded", str(sft_bad)])
+
+
+# ------------------------------------------------------------------------------- class 5: read-only inputs
+def test_converters_and_loading_leave_the_input_folder_untouched(data, tmp_path):
+    # datasets writes cache-*.arrow beside the Arrow files a set was loaded from; a shared or read-only set must
+    # not be written to (as root a chmod cannot show it, so the folder's files are compared instead).
+    from medvlthinker.data import load_unified
+
+    before = digest(data["good"])
+    code, output = run("data_process/convert_verl_format.py", data["good"], tmp_path / "v.parquet",
+                       "--subset", "pmc_vqa", "--num-proc", "2")
+    assert code == 0, output
+    assert run("data_process/convert_sft_format.py", data["good"], tmp_path / "s", "--subset", "pmc_vqa")[0] == 0
+    ds = load_unified(str(data["good"]), subset=["pmc_vqa"], check_images=True)
+    ds.map(lambda row: {"n": len(row["question"])})
+    assert digest(data["good"]) == before
+    assert not list(data["good"].glob("cache-*.arrow"))
+
+
+# ------------------------------------------------------------------- class 6: PMC-VQA preparation state
+@pytest.fixture()
+def pmc(tmp_path):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (64, 48), (20, 40, 60)).save(figures / name)
+    header = ["Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D", "Answer_label"]
+    records = [[name, f"Which modality, {name}?", "MRI", "A:CT", "B:MRI", "C:PET", "D:US", "B"]
+               for name in ("a.png", "b.png", "c.png")]
+
+    def write(path, rows, columns=header):
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            writer.writerows([[r[header.index(c)] for c in columns] for r in rows])
+        return path
+
+    csv_path = write(tmp_path / "train.csv", records)
+    out = tmp_path / "pmc.parquet"
+    code, output = run("data_process/prepare_pmc_vqa.py", "--csv_path", csv_path, "--image_dir", figures,
+                       "--output", out, "--chunk_size", "2")
+    assert code == 0 and "image_missing: 1" in output, output
+    return {"tmp": tmp_path, "figures": figures, "csv": csv_path, "out": out, "records": records, "write": write,
+            "header": header}
+
+
+def test_prepare_rebuilds_a_chunk_after_its_missing_figure_is_added(pmc):
+    Image.new("RGB", (64, 48), (20, 40, 60)).save(pmc["figures"] / "c.png")
+    code, output = run("data_process/prepare_pmc_vqa.py", "--csv_path", pmc["csv"], "--image_dir", pmc["figures"],
+                       "--output", pmc["out"], "--chunk_size", "2")
+    assert code == 0, output
+    assert "read 3 rows, wrote 3, skipped 0" in output
+    assert len(datasets.Dataset.from_parquet(str(pmc["out"]))) == 3
+
+
+def test_prepare_with_a_wrong_image_dir_reports_the_missing_figures_and_writes_nothing(pmc):
+    wrong = pmc["tmp"] / "elsewhere"
+    wrong.mkdir()
+    expect_failure("data_process/prepare_pmc_vqa.py", "--csv_path", pmc["csv"], "--image_dir", wrong,
+                   "--output", pmc["out"], "--chunk_size", "2",
+                   names=["train.csv", "image_missing: 3", "--image_dir"], kept=[pmc["out"]])
+
+
+def test_prepare_with_an_empty_csv_names_the_file(pmc):
+    empty = pmc["write"](pmc["tmp"] / "empty.csv", [])
+    expect_failure("data_process/prepare_pmc_vqa.py", "--csv_path", empty, "--image_dir", pmc["figures"],
+                   "--output", pmc["out"], names=["empty.csv", "no data rows"], kept=[pmc["out"]])
+
+
+def test_prepare_without_the_answer_column_names_it(pmc):
+    columns = [c for c in pmc["header"] if c != "Answer"]
+    no_answer = pmc["write"](pmc["tmp"] / "no_answer.csv", pmc["records"], columns)
+    expect_failure("data_process/prepare_pmc_vqa.py", "--csv_path", no_answer, "--image_dir", pmc["figures"],
+                   "--output", pmc["out"], names=["no_answer.csv", "'Answer'"], kept=[pmc["out"]])
+
+
+def test_prepare_interrupted_while_joining_keeps_the_previous_output_whole(pmc):
+    # A join that stops half-way (here: the second chunk is unreadable, as after a crash of the disk or the
+    # process) must leave the previous output, not a file holding the first chunk only.
+    chunks = sorted(pmc["out"].with_name(pmc["out"].name + ".chunks").glob("rows-*.parquet"))
+    assert len(chunks) == 2
+    chunks[1].write_bytes(chunks[1].read_bytes()[:40])
+    expect_failure("data_process/prepare_pmc_vqa.py", "--csv_path", pmc["csv"], "--image_dir", pmc["figures"],
+                   "--output", pmc["out"], "--chunk_size", "2", names=[chunks[1].name, "delete it"],
+                   kept=[pmc["out"]])
+
+
+# ------------------------------------------------------------------ class 7: pass-rate records for curation
+@pytest.fixture()
+def curated(tmp_path):
+    rows = synthetic.make_text_rows(n=8, seed=4)
+    train = tmp_path / "train"
+    synthetic.to_dataset(rows).save_to_disk(str(train))
+    records = tmp_path / "eval_results.jsonl"
+    with records.open("w") as f:
+        for i, r in enumerate(rows):
+            f.write(json.dumps({"dataset_name": r["dataset_name"], "dataset_index": r["dataset_index"],
+                                "num_correct": 1 + i % 7, "num_rollouts": 16}) + "\n")
+    out = tmp_path / "curated"
+    code, output = run("data_process/order_easy_to_hard.py", "--dataset_name", train, "--results_jsonl_path",
+                       records, "--save_to_disk_path", out)
+    assert code == 0, output
+    return {"tmp": tmp_path, "rows": rows, "train": train, "records": records, "out": out}
+
+
+def _curate(c, train, records):
+    return ("data_process/order_easy_to_hard.py", "--dataset_name", train, "--results_jsonl_path", records,
+            "--save_to_disk_path", c["out"])
+
+
+def test_curation_refuses_an_empty_records_file(curated):
+    empty = curated["tmp"] / "empty.jsonl"
+    empty.write_text("")
+    expect_failure(*_curate(curated, curated["train"], empty), names=["empty.jsonl", "no pass-rate records"],
+                   kept=[curated["out"]])
+
+
+def test_curation_refuses_duplicate_dataset_index_rows(curated):
+    rows = [dict(r) for r in curated["rows"]]
+    rows[6]["dataset_index"] = rows[2]["dataset_index"]
+    dup = curated["tmp"] / "dup_rows"
+    synthetic.to_dataset(rows).save_to_disk(str(dup))
+    expect_failure(*_curate(curated, dup, curated["records"]),
+                   names=[f"dataset_index={rows[2]['dataset_index']}", "duplicate"], kept=[curated["out"]])
+
+
+def test_curation_refuses_a_duplicated_record(curated):
+    lines = curated["records"].read_text().splitlines()
+    doubled = curated["tmp"] / "doubled.jsonl"
+    doubled.write_text("\n".join(lines + lines[:1]) + "\n")
+    expect_failure(*_curate(curated, curated["train"], doubled), names=["record 8", "already has a record"],
+                   kept=[curated["out"]])
+
+
+def test_curation_refuses_records_of_another_data_set(curated):
+    other = curated["tmp"] / "other.jsonl"
+    rows = synthetic.make_text_rows(n=4, seed=9, start_index=1000)
+    other.write_text("".join(json.dumps({"dataset_name": r["dataset_name"], "dataset_index": r["dataset_index"],
+                                         "num_correct": 3, "num_rollouts": 16}) + "\n" for r in rows))
+    expect_failure(*_curate(curated, curated["train"], other), names=["no pass-rate record matches"],
+                   kept=[curated["out"]])
+
+
+# ------------------------------------------------------------------------- class 9: SFT fails before the model
+def _unloadable_model(tmp_path: Path) -> Path:
+    """A model directory transformers cannot load: any check that runs after the model load never runs."""
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    return model
+
+
+@pytest.mark.parametrize("case", ["missing", "not_sft", "empty", "output_is_file"])
+def test_sft_checks_data_and_output_dir_before_loading_the_model(data, tmp_path, case):
+    from medvlthinker.converters.sft_format import convert_to_sft
+
+    train, out = data["sft"], tmp_path / "run"
+    if case == "missing":
+        train, names = tmp_path / "nothing_here", ["train_data", "does not exist"]
+    elif case == "not_sft":
+        train, names = data["good"], ["train_data", "lacks the column(s)", "convert_sft_format.py"]
+    elif case == "empty":
+        train = tmp_path / "empty_sft"
+        convert_to_sft(synthetic.to_dataset(data["rows"])).select([]).save_to_disk(str(train))
+        names = [str(train), "has no rows"]
+    else:
+        out.write_text("not a directory")
+        names = ["output_dir", "is a file"]
+    expect_failure("train/sft/train_sft.py", TINY_CONFIG, f"model_name_or_path={_unloadable_model(tmp_path)}",
+                   f"train_data={train}", f"output_dir={out}", names=names, kept=[data["sft"]])
+
+
+# -------------------------------------------------------------------------------- class 10: the report
+def test_report_marks_whitespace_outputs_and_bounds_elongated_thumbnails(tmp_path):
+    import base64
+    import io
+
+    from medvlthinker.analysis import report, tables
+    from test_tables import make_records, write_run
+
+    rows = synthetic.make_eval_rows(rows_per_benchmark=2, seed=5, image_size=(48, 48))
+    records = make_records(rows, seed=0)
+    for record in records:
+        record["rollouts"][0]["output_text"] = " \n\n "
+    write_run(tmp_path / "runs" / "m" / "r0", records)
+    runs = tables.load_runs([("m", str(tmp_path / "runs" / "m" / "r0"))])
+    samples = report.collect_samples(runs, per_benchmark=1)
+    assert samples and all(s["output_note"] == "(output is only whitespace: 4 characters, 2 line breaks)"
+                           for s in samples)
+    assert all(s["output"].strip() for s in samples)  # the whitespace is drawn, not an empty box
+    out = report.make_report(tmp_path / "out", runs_root=tmp_path / "runs", n_resamples=20, samples_per_benchmark=1)
+    assert "output is only whitespace" in Path(out["report"]).read_text(encoding="utf-8")
+
+    uri = report.thumbnail_uri(Image.new("RGB", (27, 1100), (200, 30, 30)))
+    w, h = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).size
+    assert max(w, h) <= 160 and max(w, h) <= report.MAX_THUMBNAIL_ASPECT * min(w, h)
+
+
+# --------------------------------------------------------------------------------- the entry point itself
+def test_usage_errors_are_one_line_and_debug_shows_the_traceback(data, tmp_path):
+    code, output = run("data_process/convert_verl_format.py", data["good"])
+    assert code == 1 and "OUT_PARQUET" in error_line(output)
+    code, output = run("data_process/convert_verl_format.py", data["good"], tmp_path / "x.json")
+    assert code == 1 and "x.json" in error_line(output) and ".parquet" in output
+    result = CliRunner().invoke(_script("data_process/convert_verl_format.py").main,
+                                [str(data["good"]), str(tmp_path / "x.json"), "--debug"])
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)
