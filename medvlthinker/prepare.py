@@ -398,7 +398,8 @@ def prepare_pmc_vqa(
     after it, so the others still join with the released set.
 
     Rows are processed in chunks of ``chunk_size``, each written to ``work_dir`` (default ``<out_path>.chunks``) as
-    soon as it is done; a re-run reuses the finished chunks (the run's settings must match). ``num_proc`` worker
+    soon as it is done; a re-run reuses the finished chunks (the run's settings must match, and a chunk whose figures
+    changed since is rebuilt). A run that keeps no row raises :class:`PrepareError` with the report. ``num_proc`` worker
     processes decode and resize the images. Returns the report (also saved as ``<out_path>.report.json``).
     """
     import datasets

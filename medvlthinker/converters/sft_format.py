@@ -176,7 +176,8 @@ def check_sft_rows(ds, where: str = "the SFT data set", *, num_proc: int | None 
             target = "".join(part.get("text") or "" for turn in row["completion"] for part in turn["content"])
             if not target.strip():
                 raise SchemaError(f"the completion is empty (in {where})", position=position,
-                                  fix="drop the row or rebuild the set from rows with a reasoning").for_row(named, position)
+                                  fix="drop the row or rebuild the set from rows with a reasoning",
+                                  ).for_row(named, position)
             for i, image in enumerate(images):
                 try:
                     decode_image(image)

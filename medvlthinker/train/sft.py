@@ -329,7 +329,9 @@ def check_output_dir(cfg: SFTRunConfig) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"output_dir {out} cannot be created ({exc.strerror}); fix: choose a writable place") from None
+        raise ConfigError(
+            f"output_dir {out} cannot be created ({exc.strerror}); fix: choose a writable place"
+        ) from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise ConfigError(f"output_dir {out} is not writable; fix: choose a writable place or fix its permissions")
     return out
