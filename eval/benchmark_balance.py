@@ -3,7 +3,9 @@
 Work per row is its generated tokens (all rollouts), from a recorded run (any output directory of
 eval/run_offline_inference.py, or eval_results.jsonl), or with ``--eval_set_means`` the 8,220 rows of the eval set
 at their benchmark's mean answer length. A share of 1.52 means the run takes 1.52x as long as a perfectly
-balanced one: every other rank waits for the slowest.
+balanced one: every other rank waits for the slowest. Columns: contiguous shards (the original), interleaved
+ranks (the spawn path), and a shared queue (the Ray pool; simulated: each row goes to the rank with the least
+work so far).
 
     python eval/benchmark_balance.py runs/M --dp_size 4,8,16,32
     python eval/benchmark_balance.py --eval_set_means
@@ -34,10 +36,11 @@ def main(run_dir, dp_size, eval_set_means):
     work = eval_set_lengths() if eval_set_means else recorded_work(load_results(run_dir))
     source = "eval set at the benchmark means" if eval_set_means else run_dir
     click.echo(f"{source}: {len(work)} rows, {sum(work)} generated tokens")
-    click.echo(f"{'dp_size':>8} {'contiguous':>11} {'interleaved':>12}   (slowest rank's work / mean rank's work)")
+    click.echo(f"{'dp_size':>8} {'contiguous':>11} {'interleaved':>12} {'shared queue':>13}   "
+               f"(slowest rank's work / mean rank's work)")
     for world in (int(x) for x in dp_size.split(",") if x):
-        click.echo(f"{world:>8} {slowest_share(work, world, 'contiguous'):>11.3f} "
-                   f"{slowest_share(work, world, 'interleaved'):>12.3f}")
+        shares = [slowest_share(work, world, how) for how in ("contiguous", "interleaved", "queue")]
+        click.echo(f"{world:>8} {shares[0]:>11.3f} {shares[1]:>12.3f} {shares[2]:>13.3f}")
     if run_dir and Path(run_dir).is_dir():
         shards = [p for p in shard_files(run_dir) if SHARD_RE.search(p.name)]
         worlds = {SHARD_RE.search(p.name).group(2) for p in shards}

@@ -189,6 +189,15 @@ def test_rerun_with_another_dp_size_skips_finished_rows(tmp_path, tiny_model_dir
     assert [r["dataset_index"] for r in read_records(tmp_path / "eval_results.jsonl")] == list(range(24))
 
 
+def test_doctests_of_assignment_window_and_workloads():
+    import doctest
+
+    from medvlthinker.inference import assign, backends, workloads
+
+    for module in (assign, backends, workloads):
+        assert doctest.testmod(module).failed == 0
+
+
 def test_interleaved_assignment_balances_the_eval_set():
     # The eval set in its row order, each row at its benchmark's mean answer length: contiguous shards give the
     # rank holding MedXpertQA-MM about 1.5x the mean work; interleaved ranks are within 1% of each other.

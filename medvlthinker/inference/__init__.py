@@ -2,9 +2,12 @@
 
 - :class:`SamplingSettings` (``settings``): temperature, top_p, max_tokens, n, seed -> vLLM or transformers.
 - :class:`RequestBuilder` (``requests``): row -> chat-templated prompt + qwen-vl-utils image inputs.
-- :class:`VllmBackend`, :class:`HfBackend` (``backends``): ``generate(requests, settings)`` yields finished rows.
-- :func:`run`, :class:`RunConfig` (``runner``): validate, shard, generate, append, resume, merge.
-- ``records``: the contract-3 files (shards, eval_results.jsonl, accuracy.json); ``regrade``: regrade mode.
+- :class:`VllmBackend`, :class:`HfBackend` (``backends``): ``generate(requests, settings, window=W)`` streams
+  lazily built requests through the engine, at most W in flight, and yields finished rows.
+- :func:`run`, :class:`RunConfig` (``runner``): validate, assign rows to ranks (``assign``: interleaved), generate,
+  append, resume, merge; ``ray_pool``: the same on a Ray actor pool sharing one row queue.
+- ``records``: the contract-3 files (shards, eval_results.jsonl, accuracy.json); ``regrade``: regrade mode;
+  ``workloads``: the benchmarks' workloads and timing helpers.
 
 Heavy libraries (torch, transformers, vLLM) are imported only where used.
 """

@@ -36,16 +36,33 @@ def contiguous_positions(num_rows: int, rank: int, world: int) -> range:
 ASSIGNMENTS = {"interleaved": interleaved_positions, "contiguous": contiguous_positions}
 
 
+def queue_work(work: Sequence[float], world: int) -> list[float]:
+    """Total work of each rank when the ranks share one queue (the Ray pool): the rows are taken in order, each by
+    the rank with the least work so far, as an engine that frees up first takes the next row.
+
+    >>> queue_work([4, 1, 1, 1, 1], 2)
+    [4.0, 4.0]
+    """
+    totals = [0.0] * world
+    for cost in work:
+        rank = min(range(world), key=totals.__getitem__)
+        totals[rank] += cost
+    return totals
+
+
 def rank_work(work: Sequence[float], world: int, assignment: str = "interleaved") -> list[float]:
-    """Total work of each rank when row ``i`` costs ``work[i]`` (e.g. its generated tokens).
+    """Total work of each rank when row ``i`` costs ``work[i]`` (e.g. its generated tokens); ``assignment`` is
+    ``interleaved``, ``contiguous`` or ``queue`` (:func:`queue_work`).
 
     >>> rank_work([1, 1, 4, 4], 2, "contiguous"), rank_work([1, 1, 4, 4], 2, "interleaved")
     ([2, 8], [5, 5])
     """
+    if assignment == "queue":
+        return queue_work(work, world)
     try:
         positions = ASSIGNMENTS[assignment]
     except KeyError:
-        raise ValueError(f"unknown assignment {assignment!r}; fix: one of {sorted(ASSIGNMENTS)}") from None
+        raise ValueError(f"unknown assignment {assignment!r}; fix: one of {sorted(ASSIGNMENTS) + ['queue']}") from None
     return [sum(work[i] for i in positions(len(work), rank, world)) for rank in range(world)]
 
 
