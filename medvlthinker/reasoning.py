@@ -156,7 +156,7 @@ def merge_reasoning(ds, records: Iterable[Mapping[str, Any]], *, seed: int = SHU
     from medvlthinker.data import unified_features
 
     by_index = _index_records(records, num_rollouts)
-    meta = ds.select_columns(["dataset_name", "dataset_index", "question", "options", "answer", "answer_label"]).to_dict()
+    meta = ds.select_columns(["dataset_name", "dataset_index", "options", "answer", "answer_label"]).to_dict()
     indices = meta["dataset_index"]
     position_of = {index: position for position, index in enumerate(indices)}
     if len(position_of) != len(indices):
@@ -219,7 +219,8 @@ def build_reasoning_set(train_set: str, records_path: str | os.PathLike, output:
     report_path = output.with_name(output.name + ".report.json")
     write_json(report_path, report.to_dict())
     if not len(merged):
-        raise UserError(str(records_path), f"no row has a strict-correct rollout with a <think> body ({report.summary()})",
+        raise UserError(str(records_path),
+                        f"no row has a strict-correct rollout with a <think> body ({report.summary()})",
                         fix=f"check the teacher's outputs (report: {report_path}); nothing was written")
     validate_dataset(merged, source=str(output))
     with staged(output, overwrite=overwrite) as tmp:
