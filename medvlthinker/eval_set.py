@@ -316,6 +316,9 @@ def build_rows(sources: Sources, complete: Completer | None, options_cache: str 
 
                 build.add("MMMU-medical", src, position, mmmu_row)
 
+    if not _is_local(sources.medxpertqa):
+        raise UserError(f"--medxpertqa {sources.medxpertqa}", "is not a local folder; its images come as a zip",
+                        fix=f"download {MEDXPERTQA} (repo type dataset), unzip images.zip into it, pass that folder")
     ds = read_source(sources.medxpertqa, "MM", EVAL_SPLIT)
     images_dir = Path(sources.medxpertqa_images or Path(sources.medxpertqa) / "images")
     src = SourceReport(str(sources.medxpertqa), "MM", EVAL_SPLIT, rows_read=len(ds))

@@ -217,3 +217,9 @@ def test_script_rebuilds_from_the_cache_without_a_key(built, sources, tmp_path, 
     rebuilt = load_unified(str(tmp_path / "y"))
     assert rebuilt["dataset_index"] == list(range(18))
     assert json.loads(rebuilt[6]["options"]) == {"A": "Yes", "B": "No", "C": "Maybe"} and rebuilt[6]["answer_label"] == "C"
+
+
+def test_medxpertqa_must_be_a_local_copy(sources, tmp_path):
+    remote = eval_set.Sources(adaptllm=sources.adaptllm, mmmu=sources.mmmu, medxpertqa=eval_set.MEDXPERTQA)
+    with pytest.raises(UserError, match=r"--medxpertqa TsinghuaC3I/MedXpertQA: is not a local folder.*fix: download"):
+        eval_set.build_rows(remote, LocalWriter(), tmp_path / "cache", workers=2, progress=False)
