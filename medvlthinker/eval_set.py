@@ -258,6 +258,9 @@ def build_rows(sources: Sources, complete: Completer | None, options_cache: str 
                workers: int = 8, max_tries: int = 5, option_model: str | None = None,
                progress: bool = True) -> tuple[list[dict[str, Any]], EvalSetReport]:
     """Every row of the evaluation set in order, and the report (failures listed, none dropped silently)."""
+    if not _is_local(sources.medxpertqa):
+        raise UserError(f"--medxpertqa {sources.medxpertqa}", "is not a local folder; its images come as a zip",
+                        fix=f"download {MEDXPERTQA} (repo type dataset), unzip images.zip into it, pass that folder")
     report = EvalSetReport()
     build = _Builder(report)
     base_misc = _misc
@@ -316,9 +319,6 @@ def build_rows(sources: Sources, complete: Completer | None, options_cache: str 
 
                 build.add("MMMU-medical", src, position, mmmu_row)
 
-    if not _is_local(sources.medxpertqa):
-        raise UserError(f"--medxpertqa {sources.medxpertqa}", "is not a local folder; its images come as a zip",
-                        fix=f"download {MEDXPERTQA} (repo type dataset), unzip images.zip into it, pass that folder")
     ds = read_source(sources.medxpertqa, "MM", EVAL_SPLIT)
     images_dir = Path(sources.medxpertqa_images or Path(sources.medxpertqa) / "images")
     src = SourceReport(str(sources.medxpertqa), "MM", EVAL_SPLIT, rows_read=len(ds))

@@ -222,4 +222,5 @@ def test_script_rebuilds_from_the_cache_without_a_key(built, sources, tmp_path, 
 def test_medxpertqa_must_be_a_local_copy(sources, tmp_path):
     remote = eval_set.Sources(adaptllm=sources.adaptllm, mmmu=sources.mmmu, medxpertqa=eval_set.MEDXPERTQA)
     with pytest.raises(UserError, match=r"--medxpertqa TsinghuaC3I/MedXpertQA: is not a local folder.*fix: download"):
-        eval_set.build_rows(remote, LocalWriter(), tmp_path / "cache", workers=2, progress=False)
+        eval_set.build_rows(remote, writer := LocalWriter(), tmp_path / "cache", progress=False)
+    assert writer.calls == []  # checked before any row is read or sent
