@@ -79,14 +79,18 @@ def _connect(config) -> None:
     if ray.is_initialized():
         return
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
-    # Forward the driver's environment that shapes the engines (vLLM CPU settings, offline flags) to the actors.
-    forwarded = {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "HF_", "TRANSFORMERS_", "OMP_"))}
-    runtime_env = {"env_vars": forwarded} if forwarded else None
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True)
     else:
         # a local cluster: enough CPU slots for every actor, whatever the machine reports
-        ray.init(num_cpus=max(os.cpu_count() or 1, config.dp_size), runtime_env=runtime_env, include_dashboard=False)
+        ray.init(num_cpus=max(os.cpu_count() or 1, config.dp_size), include_dashboard=False)
+
+
+def _forwarded_env() -> dict[str, str]:
+    """The driver's settings that shape the engines (vLLM CPU settings, offline flags), for the actors; given per
+    actor, so they merge with a submitted job's own runtime environment instead of replacing it."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "HF_", "TRANSFORMERS_", "OMP_",
+                                                                  "TOKENIZERS_"))}
 
 
 def run_pool(config, ds, *, max_images: int) -> int:
@@ -110,7 +114,7 @@ def run_pool(config, ds, *, max_images: int) -> int:
             f"cluster has {int(ray.cluster_resources().get('GPU', 0))}; fix: lower --dp_size or add nodes"
         )
     queue = ray.remote(num_cpus=0)(RowQueue).remote(todo)
-    worker_cls = ray.remote(num_cpus=1, num_gpus=gpus)(InferenceWorker)
+    worker_cls = ray.remote(num_cpus=1, num_gpus=gpus, runtime_env={"env_vars": _forwarded_env()})(InferenceWorker)
     world = config.dp_size
     workers = [worker_cls.remote(asdict(config), w, max_images) for w in range(world)]
     streams = {worker.run.remote(queue): w for w, worker in enumerate(workers)}
