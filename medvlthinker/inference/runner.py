@@ -220,8 +220,7 @@ def raw_images(ds):
     return ds.cast_column("images", unified_features(image_decode=False)["images"])
 
 
-def stream_records(config: RunConfig, rows, builder: Any, backend: Any, *, window: int | None = None,
-                   on_record: Any = None):
+def stream_records(config: RunConfig, rows, builder: Any, backend: Any, *, window: int | None = None):
     """Generate ``rows`` (any iterable of unified rows, read lazily) and yield one record per row as it finishes.
 
     At most ``window`` requests exist at any time (default: the backend's batch capacity): a request is built
