@@ -38,16 +38,18 @@ from medvlthinker.analysis import plots, report, tables
 @click.option("--n-resamples", default=2000, help="Bootstrap resamples per interval.")
 @click.option("--seed", default=0, help="Seed of the bootstrap and of the sample choice.")
 @click.option("--samples-per-benchmark", default=8, help="Rows per benchmark and model in the sample browser.")
+@click.option("--rl-log", type=click.Path(exists=True, dir_okay=False),
+              help="verl's console log of an RL run: adds the mean-reward curve.")
 @click.option("--title", default="MedVLThinker evaluation report", help="Report title.")
 def main(runs, runs_root, output_dir, eval_data, eval_split, sampling_run, pass_rate_dir, pass_rate_rollouts,
          published_model, compare, paired, grading, pass_at_k_grading, majority_drops_unconverted, n_resamples, seed,
-         samples_per_benchmark, title):
+         samples_per_benchmark, rl_log, title):
     out = report.make_report(
         output_dir, run_specs=runs, runs_root=runs_root, eval_data=eval_data, eval_split=eval_split,
         sampling_runs=sampling_run, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
         published_models=published_model, compare=compare, paired=paired, grading_mode=grading,
         pass_at_k_grading=pass_at_k_grading, drop_unconverted=majority_drops_unconverted,
-        n_resamples=n_resamples, seed=seed, samples_per_benchmark=samples_per_benchmark, title=title,
+        n_resamples=n_resamples, seed=seed, samples_per_benchmark=samples_per_benchmark, title=title, rl_log=rl_log,
     )
     click.echo(f"report: {out['report']}")
     click.echo(f"tables: {out['tables']['md']} (also .tex, .tsv, .json)")

@@ -7,7 +7,8 @@
 - pass@k curves with the unbiased estimator 1 - C(n-c, k) / C(n, k) (the paper: n=64, every k from 1 to n), one
   panel per benchmark plus the pooled "All" panel, one line per model (:func:`pass_at_k_curves`,
   :func:`plot_pass_at_k`), from the strict grades recorded at generation as in the original;
-- a radar of the six benchmarks for several models (:func:`plot_radar`), from a table or the published numbers.
+- a radar of the six benchmarks for several models (:func:`plot_radar`), from a table or the published numbers;
+- the RL reward curve, the mean reward per GRPO step from verl's console log (:func:`plot_reward_curve`).
 
 The numbers come from :mod:`medvlthinker.stats`; every plotting function returns the files it wrote.
 """
@@ -301,6 +302,29 @@ def sampling_figures(
     return metrics, curves
 
 
+# ---- RL reward curve ----------------------------------------------------------------------------------------------
+
+
+def plot_reward_curve(
+    curve: Sequence[tuple[int, float]], out_dir: str | os.PathLike, *, stem: str = "reward_curve",
+    title: str = "GRPO: mean reward per step",
+) -> list[str]:
+    """The mean reward (verl's ``critic/score/mean``) against the training step."""
+    if not curve:
+        raise AnalysisError("the RL log has no step lines with critic/score/mean; fix: pass verl's console log "
+                            "(trainer.logger=[console]) of a run that finished at least one step")
+    steps, rewards = zip(*curve)
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(steps, rewards, marker="o", color=_COLOURS[0])
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean reward")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, out_dir, stem)
+
+
 # ---- one call for the scripts ------------------------------------------------------------------------------------
 
 
@@ -316,9 +340,10 @@ def make_plots(
     pass_at_k_grading: str = PASS_AT_K_GRADING,
     drop_unconverted: bool = False,
     options: Mapping[int, Any] | None = None,
+    reward_curve: Sequence[tuple[int, float]] | None = None,
 ) -> dict[str, list[str]]:
     """Every plot the inputs allow: ``{"radar": [...], "metrics_at_n:MODEL": [...], "pass_at_k": [...],
-    "pass_count_distribution": [...]}``.
+    "pass_count_distribution": [...], "reward_curve": [...]}``.
 
     ``published`` rows (e.g. the paper's base model) are drawn on the radar next to the table's models.
     ``sampling_runs`` maps a model name to its records as loaded (n > 1 rollouts per row). The metrics@n bars grade
@@ -350,4 +375,6 @@ def make_plots(
         written["pass_count_distribution"] = plot_pass_counts(
             pass_rate_dir, out_dir, expected_rollouts=pass_rate_rollouts
         )
+    if reward_curve is not None:
+        written["reward_curve"] = plot_reward_curve(reward_curve, out_dir)
     return written

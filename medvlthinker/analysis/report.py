@@ -33,6 +33,7 @@ FIGURE_CAPTIONS = {
     "metrics_at_n": "Metrics@n: mean accuracy, majority vote and pass@n per benchmark",
     "pass_at_k": "pass@k curves (unbiased estimator)",
     "pass_count_distribution": "Pass-count distribution of the pass-rate run",
+    "reward_curve": "RL (GRPO): mean reward per training step",
 }
 
 
@@ -276,6 +277,15 @@ def render_report(
     )
 
 
+def _reward_curve(rl_log: str | os.PathLike) -> list[tuple[int, float]]:
+    from medvlthinker.analysis.demo_summary import reward_curve
+
+    try:
+        return reward_curve(open(rl_log, encoding="utf-8", errors="replace").read())
+    except OSError as exc:
+        raise AnalysisError(f"--rl-log {rl_log}: {exc.strerror}; fix: pass the log file of the RL run") from None
+
+
 def make_report(
     output_dir: str | os.PathLike,
     *,
@@ -296,11 +306,12 @@ def make_report(
     seed: int = 0,
     samples_per_benchmark: int = 8,
     title: str = "MedVLThinker evaluation report",
+    rl_log: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Tables, figures and ``report.html`` in ``output_dir``: ``{"report": path, "tables": {...}, "plots": {...}}``.
 
     Writes ``output_dir/tables/table.{md,tex,tsv,json}``, ``output_dir/plots/*.{png,pdf}`` and
-    ``output_dir/report.html``.
+    ``output_dir/report.html``. ``rl_log``, verl's console log of an RL run, adds the reward curve.
     """
     options = tables.eval_options(eval_data, eval_split) if eval_data is not None else None
     result = tables.make_tables(
@@ -318,7 +329,7 @@ def make_report(
         os.path.join(output_dir, "plots"), table=result.table, published={m: published[m] for m in published_models},
         sampling_runs=sampling, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
         metrics_grading=grading_mode, pass_at_k_grading=pass_at_k_grading, drop_unconverted=drop_unconverted,
-        options=options,
+        options=options, reward_curve=_reward_curve(rl_log) if rl_log is not None else None,
     )
     samples = collect_samples(
         result.models, per_benchmark=samples_per_benchmark, eval_data=eval_data, split=eval_split, seed=seed
