@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import click
 
+from medvlthinker import cli
 from medvlthinker.analysis import tables
 
 
-@click.command(context_settings={"show_default": True})
+@cli.command(context_settings={"show_default": True})
 @click.option("--run", "runs", multiple=True, metavar="MODEL=DIR",
               help="An eval --output_dir of MODEL; repeat the option (same MODEL) for each greedy repeat.")
 @click.option("--runs-root", type=click.Path(file_okay=False), help="A tree ROOT/MODEL/REPEAT/ of eval outputs.")

@@ -9,10 +9,11 @@ import json
 
 import click
 
+from medvlthinker import cli
 from medvlthinker.inference.records import merge_results
 
 
-@click.command()
+@cli.command()
 @click.argument("output_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--expected_rows", type=int, default=None, help="fail when fewer records are present")
 def main(output_dir, expected_rows):

@@ -11,10 +11,11 @@ import json
 
 import click
 
+from medvlthinker import cli
 from medvlthinker.inference.regrade import regrade
 
 
-@click.command(context_settings={"show_default": True})
+@cli.command(context_settings={"show_default": True})
 @click.argument("results", type=click.Path(exists=True))
 @click.option("--output_dir", default=None, help="default: beside the input")
 @click.option("--mode", type=click.Choice(["regrade", "strict"]), default="regrade")

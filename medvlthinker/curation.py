@@ -63,23 +63,18 @@ def _result_files(path: Path) -> list[Path]:
 def read_pass_rate_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a pass-rate run: a jsonl file, or an output directory (merged file, else its shards).
 
-    A half-written last line of a shard (a run killed mid-write) is skipped; any other bad line is an error.
+    The records reader every stage uses (:func:`medvlthinker.inference.records.read_run`): a half-written last
+    line of a shard (a run killed mid-write) is skipped; any other bad line, and a row recorded twice, is an error.
     """
-    records: list[dict[str, Any]] = []
-    for file in _result_files(Path(path)):
-        lines = file.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError as exc:
-                if number == len(lines) and file.name != RESULTS_FILE:
-                    continue  # the run was killed while appending; the runner redoes that row on resume
-                raise CurationError(f"{file}:{number}: not a JSON record ({exc}); fix: re-run or re-merge the pass-rate output") from None
-            if not isinstance(records[-1], dict):
-                raise CurationError(f"{file}:{number}: a JSON {type(records[-1]).__name__}, not a record; fix: pass "
-                                    "the eval_results.jsonl of the pass-rate run")
+    from medvlthinker.inference.records import read_run
+
+    try:
+        records = read_run(path)
+    except FileNotFoundError:
+        _result_files(Path(path))  # raises the pass-rate message
+        raise
+    except ValueError as exc:
+        raise CurationError(str(exc)) from None
     if not records:
         raise CurationError(
             f"{path}: holds no pass-rate records; fix: pass the eval_results.jsonl of a finished pass-rate run "

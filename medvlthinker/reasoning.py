@@ -86,16 +86,13 @@ def select_reasoning(record: Mapping[str, Any], row: Mapping[str, Any]) -> tuple
 def read_teacher_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a teacher run: an ``eval_results.jsonl`` (or any records file), or the run's output
     directory (its merged file, else its shard files, so an unfinished run can be merged as far as it got)."""
-    from medvlthinker.inference.records import RESULTS_FILE, collect_records, read_records
+    from medvlthinker.inference.records import read_run
 
     path = Path(path)
-    if path.is_dir():
-        records = read_records(path / RESULTS_FILE) if (path / RESULTS_FILE).exists() else collect_records(path)
-    elif path.exists():
-        records = read_records(path)
-    else:
+    if not path.exists():
         raise UserError(str(path), "no such records file or run directory",
                         fix="pass the --output_dir of data_process/generate_reasoning.py or its eval_results.jsonl")
+    records = read_run(path) if path.is_file() or any(path.iterdir()) else []
     if not records:
         raise UserError(str(path), "holds no records",
                         fix="run data_process/generate_reasoning.py first (or let it finish)")

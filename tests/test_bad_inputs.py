@@ -253,7 +253,7 @@ def test_curation_refuses_a_duplicated_record(curated):
     lines = curated["records"].read_text().splitlines()
     doubled = curated["tmp"] / "doubled.jsonl"
     doubled.write_text("\n".join(lines + lines[:1]) + "\n")
-    expect_failure(*_curate(curated, curated["train"], doubled), names=["record 8", "already has a record"],
+    expect_failure(*_curate(curated, curated["train"], doubled), names=["doubled.jsonl:9", "dataset_index 0 is already recorded"],
                    kept=[curated["out"]])
 
 
@@ -330,3 +330,114 @@ def test_usage_errors_are_one_line_and_debug_shows_the_traceback(data, tmp_path)
     result = CliRunner().invoke(_script("data_process/convert_verl_format.py").main,
                                 [str(data["good"]), str(tmp_path / "x.json"), "--debug"])
     assert result.exit_code == 1 and isinstance(result.exception, ValueError)
+
+
+# --------------------------------------------- classes 1, 2: a rerun never mixes runs, --overwrite never loses work
+@pytest.fixture(scope="module")
+def eval_run(data, tiny_model_dir, tmp_path_factory):
+    """A finished greedy eval of the good set (hf backend, tiny model): the earlier results a rerun must keep."""
+    out = tmp_path_factory.mktemp("eval_run") / "run"
+    base = ["--backend", "hf", "--dataset_name", data["good"], "--temperature", "0", "--n", "1", "--max_tokens", "2",
+            "--seed", "42"]
+    code, output = run("eval/run_offline_inference.py", "--model", tiny_model_dir, *base, "--output_dir", out)
+    assert code == 0, output
+    return {"out": out, "base": base}
+
+
+def _other_model(tmp_path_factory) -> Path:
+    from medvlthinker.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("other_model") / "model", seed=1)
+
+
+def test_resume_with_another_model_is_refused_and_keeps_args(eval_run, tmp_path_factory):
+    other = _other_model(tmp_path_factory)
+    expect_failure("eval/run_offline_inference.py", "--model", other, *eval_run["base"], "--output_dir",
+                   eval_run["out"], names=["holds records of another run", "model:", "--overwrite"],
+                   kept=[eval_run["out"]])
+
+
+@pytest.mark.parametrize("change, name", [(["--temperature", "1.0"], "temperature:"), (["--max_tokens", "3"],
+                                                                                        "max_tokens:"),
+                                          (["--subset", "pmc_vqa", "--dataset_size", "4"], "num_rows:")])
+def test_resume_with_other_settings_is_refused(eval_run, tiny_model_dir, change, name):
+    base = list(eval_run["base"])
+    for flag, value in zip(change[::2], change[1::2]):
+        if flag in base:
+            base[base.index(flag) + 1] = value
+        else:
+            base += [flag, value]
+    expect_failure("eval/run_offline_inference.py", "--model", tiny_model_dir, *base, "--output_dir", eval_run["out"],
+                   names=["holds records of another run", name], kept=[eval_run["out"]])
+
+
+def test_resume_with_the_same_settings_and_another_window_is_accepted(eval_run, tiny_model_dir):
+    before = digest(eval_run["out"] / "eval_results.jsonl")
+    code, output = run("eval/run_offline_inference.py", "--model", tiny_model_dir, *eval_run["base"], "--window", "3",
+                       "--output_dir", eval_run["out"])
+    assert code == 0, output
+    assert digest(eval_run["out"] / "eval_results.jsonl") == before
+
+
+def test_overwrite_with_a_corrupt_image_keeps_the_previous_results(eval_run, tiny_model_dir, data):
+    base = list(eval_run["base"])
+    base[base.index("--dataset_name") + 1] = str(data["bad_image"])
+    expect_failure("eval/run_offline_inference.py", "--model", tiny_model_dir, *base, "--overwrite", "--output_dir",
+                   eval_run["out"], names=["dataset_index=5"], kept=[eval_run["out"]])
+
+
+def test_overwrite_with_a_model_that_cannot_load_keeps_the_previous_results(eval_run, tmp_path):
+    broken = tmp_path / "broken_model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    before = digest(eval_run["out"])
+    code, output = run("eval/run_offline_inference.py", "--model", broken, *eval_run["base"], "--overwrite",
+                       "--output_dir", eval_run["out"])
+    assert code == 1, output
+    assert digest(eval_run["out"]) == before, "the failed --overwrite run must restore the previous results"
+    assert not list(eval_run["out"].glob(".replaced-*"))
+
+
+# ------------------------------------------------------ class 8: one records reader, one answer for one run
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_duplicated_record_is_refused_by_regrade_and_tables_alike(eval_run, tmp_path):
+    run_dir = _copy_run(eval_run["out"], tmp_path / "dup")
+    merged = run_dir / "eval_results.jsonl"
+    lines = merged.read_text().splitlines()
+    merged.write_text("\n".join(lines + lines[:1]) + "\n")
+    index = json.loads(lines[0])["dataset_index"]
+    regrade_line = expect_failure("eval/regrade.py", run_dir, "--output_dir", tmp_path / "regraded",
+                                  names=[f"eval_results.jsonl:{len(lines) + 1}",
+                                         f"dataset_index {index} is already recorded"], kept=[run_dir])
+    tables_line = expect_failure("analysis/make_tables.py", "--run", f"m={run_dir}", "--output-dir",
+                                 tmp_path / "tables", names=[f"dataset_index {index} is already recorded"],
+                                 kept=[run_dir])
+    assert regrade_line.split(": ", 1)[1] == tables_line.split(": ", 1)[1]
+
+
+def test_a_torn_shard_line_is_skipped_alike_and_a_torn_merged_file_refused(eval_run, tmp_path):
+    from medvlthinker.analysis import tables
+    from medvlthinker.inference.regrade import load_results
+
+    run_dir = _copy_run(eval_run["out"], tmp_path / "torn")
+    merged = run_dir / "eval_results.jsonl"
+    shard = next(run_dir.glob("shard-*.jsonl"))
+    with shard.open("a") as fh:
+        fh.write('{"dataset_name": "pmc_vqa", "dataset_in')
+    merged.rename(tmp_path / "merged.jsonl")
+    assert [r["dataset_index"] for r in load_results(run_dir)] == \
+        [r["dataset_index"] for r in tables.load_records(run_dir)] == sorted(r["dataset_index"] for r in data_rows(eval_run))
+    torn = tmp_path / "merged.jsonl"
+    with torn.open("a") as fh:
+        fh.write('{"dataset_name": "pmc_vqa", "dataset_in')
+    expect_failure("eval/regrade.py", torn, "--output_dir", tmp_path / "r2", names=["merged.jsonl:", "torn last line"])
+
+
+def data_rows(eval_run):
+    return [json.loads(line) for line in (eval_run["out"] / "eval_results.jsonl").read_text().splitlines()]

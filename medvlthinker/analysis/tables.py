@@ -38,7 +38,6 @@ from importlib import resources
 from typing import Any
 
 from medvlthinker import grading, stats
-from medvlthinker.inference.records import normalize_record
 from medvlthinker.inference.regrade import attach_options, eval_options
 
 GRADINGS = ("regrade", "strict", "recorded")
@@ -140,54 +139,18 @@ def expected_intervals_markdown(published: Mapping[str, Mapping[str, float]] | N
 # ---- loading eval output -----------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-    records = []
-    with open(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise AnalysisError(
-                    f"{path} line {line_no}: not JSON ({exc}); a run killed mid-write leaves a partial last line: "
-                    f"delete that line and resume the eval"
-                ) from None
-            try:
-                records.append(normalize_record(record))
-            except ValueError as exc:
-                raise AnalysisError(f"{path} line {line_no}: {exc}") from None
-    return records
-
-
 def load_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The eval records of one run directory, sorted by dataset_index.
+    """The eval records of one run directory (or JSONL file), sorted by dataset_index.
 
-    Reads ``eval_results.jsonl``; without it (an unfinished run), the union of the ``shard-*-of-*.jsonl`` files.
-    Records in the original recipe's layout (``parsed_outputs``, ``prompts``) are read as this project's.
+    The records reader every stage uses (:func:`medvlthinker.inference.records.read_run`): eval_results.jsonl,
+    else the union of the shard files of an unfinished run; the original recipe's field names are read too.
     """
-    run_dir = os.fspath(run_dir)
-    merged = os.path.join(run_dir, EVAL_RESULTS)
-    if os.path.isfile(merged):
-        paths = [merged]
-    else:
-        paths = sorted(glob.glob(os.path.join(run_dir, SHARD_GLOB)))
-        if not paths:
-            raise AnalysisError(
-                f"{run_dir}: neither {EVAL_RESULTS} nor {SHARD_GLOB} found; pass the --output_dir of "
-                f"eval/run_offline_inference.py"
-            )
-    by_index: dict[int, dict[str, Any]] = {}
-    for path in paths:
-        for record in _read_jsonl(path):
-            for key in ("dataset_name", "dataset_index", "rollouts"):
-                if key not in record:
-                    raise AnalysisError(
-                        f"{path}: record dataset_index={record.get('dataset_index')!r} has no {key!r}; "
-                        f"the file is not eval output (contract: eval_results.jsonl records)"
-                    )
-            by_index[int(record["dataset_index"])] = record  # a resumed shard may repeat a row; the last wins
-    return [by_index[i] for i in sorted(by_index)]
+    from medvlthinker.inference.records import read_run
+
+    try:
+        return read_run(run_dir, required=("dataset_name", "dataset_index", "rollouts"))
+    except (ValueError, FileNotFoundError) as exc:
+        raise AnalysisError(str(exc)) from None
 
 
 def regrade_records(

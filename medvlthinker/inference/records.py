@@ -132,6 +132,77 @@ def read_records(path: str | os.PathLike, *, repair: bool = False) -> list[dict[
     return [normalize_record(r) for r in records]
 
 
+REQUIRED_FIELDS = ("dataset_name", "dataset_index")
+
+
+class RecordsError(ValueError):
+    """Records that cannot be read as one run; the message names the file, the line and the fix."""
+
+
+def _strict_lines(path: Path, *, torn_ok: bool):
+    """``(line_number, record)`` of a JSONL file; a torn last line is skipped when ``torn_ok``, else an error."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines) and torn_ok:
+                continue  # a run killed mid-append; the runner writes that row again on resume
+            what = ("a torn last line: the merged file was not written whole" if number == len(lines)
+                    else "not a JSON record")
+            raise RecordsError(f"{path}:{number}: {what}; fix: rerun the same eval command (it resumes and merges "
+                               "again), or delete that line") from None
+        if not isinstance(record, dict):
+            raise RecordsError(f"{path}:{number}: a JSON {type(record).__name__}, not a record; fix: pass eval "
+                               "output (eval_results.jsonl or an --output_dir)")
+        yield number, record
+
+
+def run_files(path: str | os.PathLike) -> list[Path]:
+    """The record files of a run: ``path`` itself, or in an output directory its merged file, else its shards."""
+    path = Path(path)
+    if path.is_dir():
+        merged = path / RESULTS_FILE
+        files = [merged] if merged.is_file() else shard_files(path)
+    else:
+        files = [path] if path.is_file() else []
+    if not files:
+        raise FileNotFoundError(f"{path}: no eval records ({RESULTS_FILE} or shard-*-of-*.jsonl); fix: pass the "
+                                "--output_dir of eval/run_offline_inference.py or its eval_results.jsonl")
+    return files
+
+
+def read_run(path: str | os.PathLike, *, required: tuple[str, ...] = REQUIRED_FIELDS) -> list[dict[str, Any]]:
+    """The records of one run, sorted by dataset_index: the one reader behind merge, regrade, tables and curation.
+
+    ``path`` is an output directory (its eval_results.jsonl, else the union of its shards) or one JSONL file.
+    One rule everywhere: a torn last line is skipped in a shard (the run was killed while appending and redoes
+    the row) and is an error in any other file; a dataset_index recorded twice is an error naming both places;
+    the original recipe's field names are read as this project's (:func:`normalize_record`).
+    """
+    seen: dict[int, str] = {}
+    records: list[dict[str, Any]] = []
+    for file in run_files(path):
+        for number, raw in _strict_lines(file, torn_ok=bool(SHARD_RE.search(file.name))):
+            try:
+                record = normalize_record(raw)
+            except ValueError as exc:
+                raise RecordsError(f"{file}:{number}: {exc}") from None
+            missing = [k for k in dict.fromkeys((*REQUIRED_FIELDS, *required)) if k not in record]
+            if missing or not isinstance(record["dataset_index"], int):
+                raise RecordsError(f"{file}:{number}: record without {missing or ['an int dataset_index']}; fix: pass "
+                                   "eval output (docs/protocol.md contract 3)")
+            index = record["dataset_index"]
+            if index in seen:
+                raise RecordsError(f"{file}:{number}: dataset_index {index} is already recorded at {seen[index]}; "
+                                   "fix: remove the duplicate line (one record per row), or rerun with --overwrite")
+            seen[index] = f"{file}:{number}"
+            records.append(record)
+    return sorted(records, key=lambda r: r["dataset_index"])
+
+
 class ShardWriter:
     """Appends records to a shard file, one line each, flushed at once (a kill loses at most the line being
     written, which :func:`read_records` drops on resume)."""
@@ -161,12 +232,21 @@ def shard_files(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def collect_records(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every record of every shard in ``output_dir``, one per dataset_index (the first seen wins), sorted."""
-    seen: dict[int, dict[str, Any]] = {}
-    for path in shard_files(output_dir):
-        for record in read_records(path):
-            seen.setdefault(int(record["dataset_index"]), record)
-    return [seen[k] for k in sorted(seen)]
+    """Every record of every shard in ``output_dir``, sorted (:func:`read_run`'s rules; none when no shard)."""
+    files = shard_files(output_dir)
+    if not files:
+        return []
+    seen: dict[int, str] = {}
+    records = []
+    for file in files:
+        for record in read_run(file):
+            index = record["dataset_index"]
+            if index in seen:
+                raise RecordsError(f"{file}: dataset_index {index} is also recorded in {seen[index]}; fix: remove "
+                                   "the duplicate line (one record per row), or rerun with --overwrite")
+            seen[index] = str(file)
+            records.append(record)
+    return sorted(records, key=lambda r: r["dataset_index"])
 
 
 def accuracy_table(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medvlthinker.grading import grade_record
-from medvlthinker.inference.records import RESULTS_FILE, accuracy_table, collect_records, read_records, write_json, \
+from medvlthinker.inference.records import accuracy_table, read_run, write_json, \
     write_jsonl
 
 
@@ -57,17 +57,8 @@ def regrade_records(records: Iterable[Mapping[str, Any]], *, mode: str = "regrad
 
 
 def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records from an output directory (eval_results.jsonl, else its shards) or a JSONL file."""
-    path = Path(path)
-    if path.is_dir():
-        merged = path / RESULTS_FILE
-        records = read_records(merged) if merged.exists() else collect_records(path)
-    else:
-        records = read_records(path)
-    if not records:
-        raise FileNotFoundError(f"no eval records found at {path}; fix: point at an eval output directory or its "
-                                f"eval_results.jsonl")
-    return records
+    """Records from an output directory (eval_results.jsonl, else its shards) or a JSONL file (:func:`read_run`)."""
+    return read_run(path)
 
 
 def regrade(path: str | os.PathLike, output: str | os.PathLike | None = None, *, mode: str = "regrade",
