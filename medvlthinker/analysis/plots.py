@@ -24,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from medvlthinker import stats  # noqa: E402
 from medvlthinker.analysis.tables import AVG, BENCHMARKS, AnalysisError, PaperTable, regrade_records  # noqa: E402
@@ -317,6 +318,7 @@ def plot_reward_curve(
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     ax.plot(steps, rewards, marker="o", color=_COLOURS[0])
     ax.set_xlabel("training step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("mean reward")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
