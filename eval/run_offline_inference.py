@@ -3,6 +3,8 @@
     python eval/run_offline_inference.py --model Qwen/Qwen2.5-VL-3B-Instruct --dp_size 8 --output_dir runs/3b
     python eval/run_offline_inference.py --model M --dataset_name data/m23k --split train --n 16 \
         --temperature 1.0 --output_dir runs/pass_rate/m23k
+    OPENAI_API_KEY=... python eval/run_offline_inference.py --backend api --model gpt-4o-2024-11-20 \
+        --window 16 --output_dir runs/gpt-4o
     ray job submit --address http://HEAD:8265 --working-dir . -- \
         python eval/run_offline_inference.py --ray --dp_size 32 --model M --output_dir /shared/runs/M
 
@@ -16,15 +18,19 @@ import json
 
 import click
 
+from medvlthinker import cli
+from medvlthinker.inference.backends import BACKENDS
 from medvlthinker.inference.runner import DEFAULT_EVAL_DATASET, RunConfig, run
+from medvlthinker.prompts import INSTRUCTION_PROMPTS, PROMPT_MODES
 from medvlthinker.inference.settings import SamplingSettings
 from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
 
 
-@click.command(context_settings={"show_default": True})
+@cli.command(context_settings={"show_default": True})
 @click.option("--model", required=True, help="model directory or Hugging Face name")
-@click.option("--backend", type=click.Choice(["vllm", "hf"]), default="vllm",
-              help="vLLM offline (the paper) or transformers generate (models vLLM lacks)")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="vllm",
+              help="vLLM offline (the paper), transformers generate (models vLLM lacks), or an OpenAI-compatible "
+                   "API (--api_base; the key from --api_key_env)")
 @click.option("--dp_size", type=int, default=1,
               help="data-parallel engines, one per GPU slice: on this node, or on the whole cluster with --ray")
 @click.option("--tp_size", type=int, default=1, help="tensor-parallel GPUs per engine (32B: 4)")
@@ -51,13 +57,24 @@ from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
 @click.option("--max_pixels", type=int, default=MAX_PIXELS)
 @click.option("--chat_template", type=click.Path(exists=True, dir_okay=False), default=None,
               help="a .jinja chat template replacing the processor's")
+@click.option("--prompt_mode", type=click.Choice(PROMPT_MODES), default="qwen_chat",
+              help="qwen_chat: the chat template (the paper); raw_image_tokens: '<image>\\n' per image + user text; "
+                   "gemma3: Gemma 3 / MedGemma turn markers; the last two without qwen-vl-utils resizing")
+@click.option("--instruction_prompt", default=None,
+              help=f"the instruction: a name ({', '.join(INSTRUCTION_PROMPTS)}; step_by_step for LLaVA-Med and "
+                   "HuatuoGPT-Vision) or the text (default: the paper's)")
+@click.option("--api_base", default=None, help="api backend: endpoint URL (default: OPENAI_BASE_URL, else OpenAI)")
+@click.option("--api_key_env", default="OPENAI_API_KEY",
+              help="api backend: the environment variable holding the key (the key is never written)")
 @click.option("--batch_size", type=int, default=8, help="prompts per generate call (hf backend)")
 @click.option("--llava_med_rule", is_flag=True, help="also accept the answer text as a substring")
 @click.option("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
-@click.option("--engine_kwargs", default="{}", help="extra vLLM engine arguments as JSON")
+@click.option("--engine_kwargs", default="{}",
+              help="extra vLLM engine arguments as JSON; for the api backend max_retries, backoff, max_backoff, "
+                   "timeout")
 @click.option("--window", type=int, default=None,
               help="requests in flight per engine (default: the engine's batch capacity, vLLM max_num_seqs / n "
-                   "x 1.25; hf: --batch_size); memory grows with it, not with the rows")
+                   "x 1.25; hf: --batch_size; api: 8 concurrent requests); memory grows with it, not with the rows")
 @click.option("--ray", is_flag=True, help="run the engines as a Ray actor pool sharing one row queue (multi-node)")
 @click.option("--ray_address", default=None,
               help="Ray cluster to join (default: RAY_ADDRESS, as set by ray job submit; else a local cluster)")

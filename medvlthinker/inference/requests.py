@@ -1,10 +1,17 @@
-"""The request builder shared by both backends: one row -> the prompt text and the image inputs.
+"""The request builder shared by the backends: one row -> the prompt text and the image inputs.
 
-The prompt is the processor's (or tokenizer's) chat template applied to ``prompts.build_messages(row)`` with the
-generation prompt; images are decoded with ``medvlthinker.images.decode_image`` and resized by qwen-vl-utils'
-``fetch_image`` with ``min_pixels``/``max_pixels`` (the original's ``process_vision_info`` path). vLLM and
-transformers therefore see the same text and the same pixels; their own processors' resize is then a no-op
-(the sizes are already multiples of 28 inside the same bounds).
+Prompt modes (``prompts.PROMPT_MODES``):
+
+- ``qwen_chat`` (the paper's rows): the processor's (or tokenizer's) chat template applied to
+  ``prompts.build_messages(row)`` with the generation prompt; images are decoded with
+  ``medvlthinker.images.decode_image`` and resized by qwen-vl-utils' ``fetch_image`` with
+  ``min_pixels``/``max_pixels`` (the original's ``process_vision_info`` path). vLLM and transformers therefore see
+  the same text and the same pixels; their own processors' resize is then a no-op (the sizes are already
+  multiples of 28 inside the same bounds).
+- ``raw_image_tokens``, ``gemma3`` (the original's baseline models): ``prompts.build_raw_prompt``, no chat
+  template; images decoded to RGB and not resized (the model's own processor does what it does).
+- ``api`` (the api backend, :class:`ApiRequestBuilder`): the prompt is the user text, the images RGB and not
+  resized; the server applies its chat template, and reports the prompt's token count.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medvlthinker.images import ImageDecodeError, decode_image
-from medvlthinker.prompts import build_messages
+from medvlthinker.prompts import INSTRUCTION_PROMPT, PROMPT_MODES, build_messages, build_raw_prompt, user_text
 from medvlthinker.schema import SchemaError
 from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
 
@@ -56,7 +63,10 @@ class RequestBuilder:
     """Builds :class:`Request` objects from unified rows.
 
     ``processor`` is a transformers processor or tokenizer with a chat template; ``chat_template`` overrides it
-    (a template string). ``ignore_image`` drops the images (text-only ablation).
+    (a template string). ``ignore_image`` drops the images (text-only ablation). ``prompt_mode`` is one of
+    ``prompts.PROMPT_MODES`` and ``instruction`` replaces the paper's instruction (LLaVA-Med, HuatuoGPT-Vision).
+    In the modes without a chat template ``image_tokens`` is None (the model's processor expands the image
+    markers) and ``prompt_tokens`` counts the text as written.
     """
 
     def __init__(
@@ -67,7 +77,11 @@ class RequestBuilder:
         max_pixels: int = MAX_PIXELS,
         ignore_image: bool = False,
         chat_template: str | None = None,
+        prompt_mode: str = "qwen_chat",
+        instruction: str = INSTRUCTION_PROMPT,
     ) -> None:
+        if prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"unknown prompt mode {prompt_mode!r}; fix: --prompt_mode one of {PROMPT_MODES}")
         if min_pixels > max_pixels:
             raise ValueError(f"min_pixels {min_pixels} > max_pixels {max_pixels}; fix: --min_pixels <= --max_pixels")
         self.processor = processor
@@ -76,14 +90,19 @@ class RequestBuilder:
         self.max_pixels = max_pixels
         self.ignore_image = ignore_image
         self.chat_template = chat_template
-        if chat_template is None and not getattr(processor, "chat_template", None) \
+        self.prompt_mode = prompt_mode
+        self.instruction = instruction
+        if prompt_mode == "qwen_chat" and chat_template is None and not getattr(processor, "chat_template", None) \
                 and not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("the processor has no chat template; fix: pass --chat_template PATH (a .jinja file)")
 
     def render(self, row: Mapping[str, Any]) -> str:
         """The full prompt text: chat template over :func:`medvlthinker.prompts.build_messages`, generation
-        prompt appended."""
-        messages = build_messages(row, ignore_image=self.ignore_image)
+        prompt appended (``qwen_chat``); else :func:`medvlthinker.prompts.build_raw_prompt`."""
+        if self.prompt_mode != "qwen_chat":
+            return build_raw_prompt(row, self.prompt_mode, ignore_image=self.ignore_image,
+                                    instruction=self.instruction)
+        messages = build_messages(row, ignore_image=self.ignore_image, instruction=self.instruction)
         kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
         if self.chat_template is not None:
             kwargs["chat_template"] = self.chat_template
@@ -91,27 +110,23 @@ class RequestBuilder:
         return target.apply_chat_template(messages, **kwargs)
 
     def images(self, row: Mapping[str, Any]) -> list:
-        """The row's images, decoded and resized by qwen-vl-utils; a bad image raises SchemaError naming the row."""
-        if self.ignore_image:
-            return []
+        """The row's images, decoded (RGB) and, in ``qwen_chat`` mode, resized by qwen-vl-utils; a bad image
+        raises SchemaError naming the row."""
+        decoded = decoded_images(row, ignore_image=self.ignore_image)
+        if self.prompt_mode != "qwen_chat":
+            return decoded
         from qwen_vl_utils import fetch_image
 
-        out = []
-        stored = row.get("images") or []
-        for pos, image in enumerate(stored):
-            try:
-                decoded = decode_image(image)
-            except ImageDecodeError as exc:
-                raise SchemaError(
-                    f"image {pos} of {len(stored)} cannot be decoded ({exc})",
-                    fix="re-encode or replace the image, or drop the row",
-                ).for_row(row) from exc
-            out.append(fetch_image({"image": decoded, "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}))
-        return out
+        return [fetch_image({"image": img, "min_pixels": self.min_pixels, "max_pixels": self.max_pixels})
+                for img in decoded]
 
     def build(self, row: Mapping[str, Any]) -> Request:
         prompt = self.render(row)
         images = self.images(row)
+        if self.prompt_mode != "qwen_chat":
+            return Request(dataset_index=int(row["dataset_index"]), prompt=prompt, images=images,
+                           prompt_tokens=len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]),
+                           image_tokens=None, row=record_fields(row))
         image_tokens = sum(image_token_count(*img.size) for img in images)
         n_pad = prompt.count(IMAGE_PAD)
         if n_pad != len(images):
@@ -122,12 +137,48 @@ class RequestBuilder:
         text_tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         # each <|image_pad|> expands to the image's tokens in the model input
         prompt_tokens = text_tokens - n_pad + image_tokens
-        kept = {key: row.get(key) for key in RECORD_ROW_FIELDS}
         return Request(
             dataset_index=int(row["dataset_index"]),
             prompt=prompt,
             images=images,
             prompt_tokens=prompt_tokens,
             image_tokens=image_tokens,
-            row=kept,
+            row=record_fields(row),
         )
+
+
+def record_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a row its record keeps (no images)."""
+    return {key: row.get(key) for key in RECORD_ROW_FIELDS}
+
+
+def decoded_images(row: Mapping[str, Any], *, ignore_image: bool = False) -> list:
+    """The row's images as RGB PIL images, not resized; a bad image raises SchemaError naming the row."""
+    if ignore_image:
+        return []
+    out = []
+    stored = row.get("images") or []
+    for pos, image in enumerate(stored):
+        try:
+            out.append(decode_image(image))
+        except ImageDecodeError as exc:
+            raise SchemaError(
+                f"image {pos} of {len(stored)} cannot be decoded ({exc})",
+                fix="re-encode or replace the image, or drop the row",
+            ).for_row(row) from exc
+    return out
+
+
+class ApiRequestBuilder:
+    """Requests for the api backend: the prompt is the user text (the server renders the chat messages with its
+    own template), the images RGB and not resized (the original's API rows). ``prompt_tokens`` is filled in from
+    the server's usage report; ``image_tokens`` is None (the API does not report it)."""
+
+    def __init__(self, *, ignore_image: bool = False, instruction: str = INSTRUCTION_PROMPT) -> None:
+        self.ignore_image = ignore_image
+        self.instruction = instruction
+
+    def build(self, row: Mapping[str, Any]) -> Request:
+        return Request(dataset_index=int(row["dataset_index"]), prompt=user_text(row, self.instruction),
+                       images=decoded_images(row, ignore_image=self.ignore_image), image_tokens=None,
+                       row=record_fields(row))

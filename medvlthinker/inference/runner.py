@@ -72,6 +72,13 @@ class RunConfig:
     min_pixels: int = MIN_PIXELS
     max_pixels: int = MAX_PIXELS
     chat_template: str | None = None
+    # qwen_chat: the chat template (the paper); raw_image_tokens / gemma3: the baseline models' strings
+    prompt_mode: str = "qwen_chat"
+    # a name in prompts.INSTRUCTION_PROMPTS or the text; None: the paper's instruction
+    instruction_prompt: str | None = None
+    # the api backend: endpoint (None: OPENAI_BASE_URL, else OpenAI) and the variable holding the key
+    api_base: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
     batch_size: int = 8
     llava_med_rule: bool = False
     dtype: str | None = None
@@ -85,8 +92,17 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.backend not in ("vllm", "hf"):
-            raise ValueError(f"--backend must be vllm or hf, got {self.backend!r}")
+        from medvlthinker.inference.backends import BACKENDS
+        from medvlthinker.prompts import PROMPT_MODES, resolve_instruction
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"--prompt_mode must be one of {PROMPT_MODES}, got {self.prompt_mode!r}")
+        if self.backend == "api" and self.prompt_mode != "qwen_chat":
+            raise ValueError(f"--prompt_mode {self.prompt_mode} writes the model's tokens itself, the api backend "
+                             "sends chat messages; fix: drop --prompt_mode (the server applies its chat template)")
+        resolve_instruction(self.instruction_prompt)
         for name in ("dp_size", "tp_size", "node_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -173,14 +189,19 @@ def clear_outputs(output_dir: str | os.PathLike) -> None:
 
 
 def _make_builder(config: RunConfig):
-    from transformers import AutoProcessor
+    from medvlthinker.inference.requests import ApiRequestBuilder, RequestBuilder
+    from medvlthinker.prompts import resolve_instruction
 
-    from medvlthinker.inference.requests import RequestBuilder
+    instruction = resolve_instruction(config.instruction_prompt)
+    if config.backend == "api":
+        return ApiRequestBuilder(ignore_image=config.ignore_image, instruction=instruction)
+    from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(config.model)
     template = Path(config.chat_template).read_text() if config.chat_template else None
     return RequestBuilder(processor, min_pixels=config.min_pixels, max_pixels=config.max_pixels,
-                          ignore_image=config.ignore_image, chat_template=template)
+                          ignore_image=config.ignore_image, chat_template=template,
+                          prompt_mode=config.prompt_mode, instruction=instruction)
 
 
 def _make_backend(config: RunConfig, max_images: int):
@@ -192,6 +213,9 @@ def _make_backend(config: RunConfig, max_images: int):
                             gpu_memory_utilization=config.gpu_memory_utilization,
                             max_model_len=config.max_model_len, seed=config.seed, dtype=config.dtype,
                             limit_mm_per_prompt={"image": 0 if config.ignore_image else limit, "video": 0},
+                            **config.engine_kwargs)
+    if config.backend == "api":
+        return make_backend("api", config.model, base_url=config.api_base, api_key_env=config.api_key_env,
                             **config.engine_kwargs)
     return make_backend("hf", config.model, dtype=config.dtype, batch_size=config.batch_size)
 
