@@ -170,3 +170,50 @@ def test_prompt_structure_properties(question, texts, n):
     assert build_verl_prompt(r) == "<image>" * n + user_text
     content = build_messages(r)[0]["content"]
     assert len(content) == n + 1 and content[-1]["text"] == user_text
+
+
+STEP_BY_STEP_BYTES = (
+    b'You will solve a problem/request. First think step by step, and then answer with the option letter from the '
+    b'given choices directly after "Answer: "'
+)
+
+
+def test_step_by_step_instruction_is_byte_exact():
+    assert prompts.STEP_BY_STEP_INSTRUCTION_PROMPT.encode() == STEP_BY_STEP_BYTES
+    assert prompts.resolve_instruction("step_by_step") == STEP_BY_STEP_BYTES.decode()
+    assert prompts.resolve_instruction(None) == prompts.resolve_instruction("medvlthinker") == INSTRUCTION_PROMPT
+    assert prompts.resolve_instruction("Answer with a letter.") == "Answer with a letter."
+    with pytest.raises(ValueError, match="unknown instruction prompt 'step_by_stpe'.*fix: one of"):
+        prompts.resolve_instruction("step_by_stpe")
+
+
+def test_raw_image_tokens_prompt_byte_exact():
+    # "<image>\n" per image (a real newline), then the user text; no chat template, no system turn
+    assert prompts.build_raw_prompt(row(images=["i0", "i1"]), "raw_image_tokens") == (
+        "<image>\n<image>\n" + FOUR_TEXT)
+    assert prompts.build_raw_prompt(row(), "raw_image_tokens") == FOUR_TEXT
+    assert prompts.build_raw_prompt(row(images=["i0"]), "raw_image_tokens", ignore_image=True) == FOUR_TEXT
+    step = prompts.build_raw_prompt(row(images=["i0"]), "raw_image_tokens",
+                                    instruction=prompts.STEP_BY_STEP_INSTRUCTION_PROMPT)
+    assert step.encode() == (b'<image>\nYou will solve a problem/request. First think step by step, and then answer '
+                             b'with the option letter from the given choices directly after "Answer: "\n\nQuestion: '
+                             b'What imaging modality is shown?\n\nOptions:\n\nA. CT\n\nB. MRI\n\nC. X-ray\n\n'
+                             b'D. Ultrasound')
+
+
+def test_gemma3_prompt_byte_exact():
+    expected = (b"<bos><start_of_turn>user\n<start_of_image><start_of_image>" + INSTRUCTION_BYTES
+                + b"\n\nQuestion: What imaging modality is shown?\n\nOptions:\n\nA. CT\n\nB. MRI\n\nC. X-ray\n\n"
+                b"D. Ultrasound<end_of_turn>\n<start_of_turn>model\n")
+    assert prompts.build_raw_prompt(row(images=["i0", "i1"]), "gemma3").encode() == expected
+    assert prompts.build_raw_prompt(row(), "gemma3") == (
+        "<bos><start_of_turn>user\n" + FOUR_TEXT + "<end_of_turn>\n<start_of_turn>model\n")
+    with pytest.raises(ValueError, match="unknown prompt mode 'llava'.*fix: --prompt_mode one of"):
+        prompts.build_raw_prompt(row(), "llava")
+
+
+def test_instruction_replaces_only_the_instruction():
+    step = prompts.STEP_BY_STEP_INSTRUCTION_PROMPT
+    assert build_user_text("What imaging modality is shown?", FOUR, step) == step + FOUR_TEXT[len(INSTRUCTION_PROMPT):]
+    content = build_messages(row(images=["i0"]), instruction=step)[0]["content"]
+    assert content == [{"type": "image"}, {"type": "text", "text": step + FOUR_TEXT[len(INSTRUCTION_PROMPT):]}]

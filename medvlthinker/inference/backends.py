@@ -401,11 +401,12 @@ class ApiBackend:
                                  "and --model") from None
                 if exc.status_code not in RETRY_STATUSES and exc.status_code < 500:
                     raise
-            except openai.APIConnectionError:  # refused, reset, timed out: the server may come back
-                pass
+                error: Exception = exc
+            except openai.APIConnectionError as exc:  # refused, reset, timed out: the server may come back
+                error = exc
             attempt += 1
             if attempt > self.max_retries:
-                raise
+                raise error
             delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
             time.sleep(delay * random.uniform(0.5, 1.0))
 
