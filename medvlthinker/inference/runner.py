@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medvlthinker.inference.records import (
-    ACCURACY_FILE,
     ARGS_FILE,
-    RESULTS_FILE,
     ShardWriter,
     collect_records,
     make_record,
@@ -175,14 +173,6 @@ def write_args(config: RunConfig, num_rows: int) -> Path:
         "versions": library_versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
-
-
-def clear_outputs(output_dir: str | os.PathLike) -> None:
-    """Remove this runner's files (shards, merged results, accuracy, args) from ``output_dir``; nothing else."""
-    for path in shard_files(output_dir):
-        path.unlink()
-    for name in (RESULTS_FILE, ACCURACY_FILE, ARGS_FILE):
-        (Path(output_dir) / name).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- one rank
@@ -339,18 +329,37 @@ def _rank_entry(config_dict: dict[str, Any], rank: int, devices: list[str], max_
 def run(config: RunConfig) -> dict[str, Any] | None:
     """Validate, run this node's ``dp_size`` ranks (or the Ray pool), and merge when every row has a record.
 
-    Returns the accuracy table, or None when other nodes still have rows to write.
+    Returns the accuracy table, or None when other nodes still have rows to write. A rerun into a directory
+    holding another run's records stops (:mod:`medvlthinker.inference.run_state`); ``overwrite`` sets the old
+    outputs aside once the data set has passed validation and restores them if this run fails.
     """
-    from medvlthinker.inference.backends import visible_devices
+    from medvlthinker.inference import run_state
 
     out = Path(config.output_dir)
-    if config.overwrite and config.node_rank == 0:
-        clear_outputs(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # the whole set, every image decoded and discarded: nothing starts on bad data, and nothing is kept
+    # the whole set, every image decoded and discarded: nothing starts on bad data, nothing is kept, and nothing
+    # already in the output directory is touched before this passes
     ds = load_rows(config, check_images=True)
     num_rows = len(ds)
     max_images = max_images_per_row(ds)
+    aside = None
+    if config.overwrite and config.node_rank == 0:
+        aside = run_state.set_aside(out)
+    elif not config.overwrite:
+        run_state.check_same_run(out, run_state.fingerprint(asdict(config), num_rows=num_rows,
+                                                            model_config_sha256=model_config_hash(config.model)))
+    try:
+        result = _run_validated(config, out, ds, num_rows, max_images)
+    except BaseException:
+        run_state.restore(out, aside)  # a failed --overwrite run leaves the previous results as they were
+        raise
+    run_state.discard(aside)
+    return result
+
+
+def _run_validated(config: RunConfig, out: Path, ds, num_rows: int, max_images: int) -> dict[str, Any] | None:
+    from medvlthinker.inference.backends import visible_devices
+
+    out.mkdir(parents=True, exist_ok=True)
     if config.node_rank == 0:
         write_args(config, num_rows)
     first = config.node_rank * config.dp_size
