@@ -21,8 +21,8 @@ import click
 from medvlthinker import cli
 from medvlthinker.inference.backends import BACKENDS
 from medvlthinker.inference.runner import DEFAULT_EVAL_DATASET, RunConfig, run
-from medvlthinker.prompts import INSTRUCTION_PROMPTS, PROMPT_MODES
 from medvlthinker.inference.settings import SamplingSettings
+from medvlthinker.prompts import INSTRUCTION_PROMPTS, PROMPT_MODES
 from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
 
 

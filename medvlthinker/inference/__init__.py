@@ -1,9 +1,10 @@
-"""Inference for evaluation and pass-rate estimation: one request builder, two backends, a resumable runner.
+"""Inference for evaluation and pass-rate estimation: one request builder, three backends, a resumable runner.
 
 - :class:`SamplingSettings` (``settings``): temperature, top_p, max_tokens, n, seed -> vLLM or transformers.
 - :class:`RequestBuilder` (``requests``): row -> chat-templated prompt + qwen-vl-utils image inputs.
-- :class:`VllmBackend`, :class:`HfBackend` (``backends``): ``generate(requests, settings, window=W)`` streams
-  lazily built requests through the engine, at most W in flight, and yields finished rows.
+- :class:`VllmBackend`, :class:`HfBackend`, :class:`ApiBackend` (``backends``): ``generate(requests, settings,
+  window=W)`` streams lazily built requests through the engine (or an OpenAI-compatible API), at most W in
+  flight, and yields finished rows.
 - :func:`run`, :class:`RunConfig` (``runner``): validate, assign rows to ranks (``assign``: interleaved), generate,
   append, resume, merge; ``ray_pool``: the same on a Ray actor pool sharing one row queue.
 - ``records``: the contract-3 files (shards, eval_results.jsonl, accuracy.json); ``regrade``: regrade mode;
