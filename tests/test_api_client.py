@@ -138,6 +138,8 @@ def test_missing_key_and_bad_settings_are_one_line_errors(monkeypatch, tmp_path)
     monkeypatch.delenv("MY_KEY", raising=False)
     with pytest.raises(ValueError, match="environment variable MY_KEY is not set; fix: export MY_KEY=..."):
         ApiBackend("m", api_key_env="MY_KEY")
+    with pytest.raises(ValueError, match=r"--engine_kwargs \['max_retry'\] are not settings of the api backend"):
+        ApiBackend("m", api_key_env="HOME", max_retry=3)
     with pytest.raises(ValueError, match="--prompt_mode gemma3 .* the api backend sends chat messages; fix"):
         RunConfig(model="m", output_dir=str(tmp_path), backend="api", prompt_mode="gemma3")
     with pytest.raises(ValueError, match="--prompt_mode must be one of"):

@@ -351,7 +351,10 @@ class ApiBackend:
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = API_KEY_ENV,
                  max_retries: int = 8, backoff: float = 1.0, max_backoff: float = 60.0, timeout: float = 600.0,
-                 window: int = API_WINDOW, **_: Any) -> None:
+                 window: int = API_WINDOW, **unknown: Any) -> None:
+        if unknown:
+            raise ValueError(f"--engine_kwargs {sorted(unknown)} are not settings of the api backend; fix: use "
+                             "max_retries, backoff, max_backoff, timeout")
         key = os.environ.get(api_key_env)
         if not key:
             raise ValueError(f"environment variable {api_key_env} is not set; fix: export {api_key_env}=... (any "
