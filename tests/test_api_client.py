@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from medvlthinker import synthetic
+from medvlthinker.cli import UserError
 from medvlthinker.inference.backends import ApiBackend, ApiRowsFailed, reply_text
 from medvlthinker.inference.records import read_run
 from medvlthinker.inference.runner import RunConfig, run
@@ -92,9 +93,10 @@ def test_retries_report_and_resume(endpoint, tmp_path, rows):
     endpoint.limited.add("limited: which shape?")
     with pytest.raises(ApiRowsFailed) as failed:
         run(config(endpoint, tmp_path, rows))
-    assert failed.value.failed.keys() == {4}
+    assert failed.value.failed.keys() == {4} and isinstance(failed.value, UserError)
     message = str(failed.value)
-    assert "1 row(s) still failing (up to 4 attempts each), dataset_index 4 (last error: RateLimitError" in message
+    assert message.startswith("api: 1 row(s) still failing (up to 4 attempts each), dataset_index 4 (4: "
+                              "RateLimitError")
     assert message.endswith("fix: rerun the same command to retry them (every other row is kept), or raise "
                             "--engine_kwargs max_retries")
     out = tmp_path / "out"
@@ -159,3 +161,27 @@ def test_reasoning_fields_of_real_reply_messages():
     assert reply_text(message(content="C", reasoning="newer vLLM name")) == "<think>newer vLLM name</think>C"
     assert reply_text(message(content="D")) == "D"
     assert reply_text(message(content=None, reasoning_content="cut off")) == "<think>cut off</think>"
+
+
+def test_the_command_line_reports_failures_in_one_line(endpoint, tmp_path, rows, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    script = Path(__file__).resolve().parent.parent / "eval" / "run_offline_inference.py"
+    spec = importlib.util.spec_from_file_location("run_offline_inference", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = config(endpoint, tmp_path, rows)
+    argv = ["--backend", "api", "--model", "m", "--api_base", endpoint.url, "--dataset_name", cfg.dataset_name,
+            "--output_dir", cfg.output_dir, "--engine_kwargs", json.dumps(cfg.engine_kwargs)]
+    endpoint.limited.add("limited: which shape?")
+    failed = CliRunner().invoke(module.main, argv)
+    assert failed.exit_code == 1
+    [line] = [x for x in failed.output.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: api: 1 row(s) still failing") and "fix: rerun the same command" in line
+    monkeypatch.delenv("OPENAI_API_KEY")
+    missing = CliRunner().invoke(module.main, argv)
+    assert missing.exit_code == 1
+    assert "error: environment variable OPENAI_API_KEY is not set; fix: export OPENAI_API_KEY=..." in missing.output

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from medvlthinker.cli import UserError
 from medvlthinker.inference.requests import Request
 from medvlthinker.inference.settings import SamplingSettings
 
@@ -279,18 +280,18 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 FATAL_STATUSES = frozenset({401, 403, 404})
 
 
-class ApiRowsFailed(RuntimeError):
-    """Rows the API still failed after every retry; their records are not written, so a rerun asks again."""
+class ApiRowsFailed(UserError):
+    """Rows the API still failed after every retry; their records are not written, so a rerun asks again (a user
+    error: the command line prints it as one line)."""
 
     def __init__(self, failed: dict[int, str], attempts: int) -> None:
         self.failed = dict(sorted(failed.items()))
         indices = ", ".join(str(i) for i in self.failed)
-        last = next(reversed(self.failed.values()))
-        super().__init__(
-            f"api: {len(self.failed)} row(s) still failing (up to {attempts} attempts each), dataset_index {indices} "
-            f"(last error: {last}); their records are not written; fix: rerun the same command to retry them "
-            f"(every other row is kept), or raise --engine_kwargs max_retries"
-        )
+        index, error = next(reversed(self.failed.items()))
+        super().__init__("api", f"{len(self.failed)} row(s) still failing (up to {attempts} attempts each), "
+                         f"dataset_index {indices} ({index}: {error}); their records are not written",
+                         fix="rerun the same command to retry them (every other row is kept), or raise "
+                             "--engine_kwargs max_retries")
 
 
 def image_data_url(image: Any) -> str:
