@@ -98,9 +98,8 @@ def dataset_dir(tmp_path_factory, rows):
 def server(tmp_path_factory, tiny_model_dir, rows):
     srv = LocalServer(tiny_model_dir, tmp_path_factory.mktemp("server"),
                       max(len(r["images"] or []) for r in rows))
-    srv.start()
+    srv.start()  # not waited for here: the offline reference runs while the server starts
     try:
-        srv.wait_ready()
         yield srv
     finally:
         srv.kill()
@@ -125,19 +124,26 @@ def api_config(server, dataset_dir, out, **kwargs):
 @pytest.fixture(scope="module")
 def api_records(server, api_env, dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("api_run")
+    server.wait_ready()
     run(api_config(server, dataset_dir, out))
     return out, read_run(out)
 
 
-def test_api_records_equal_the_offline_backend_greedy(tmp_path, tiny_model_dir, tiny_processor, server, rows,
-                                                      dataset_dir, api_records):
+@pytest.fixture(scope="module")
+def hf_records(server, tiny_model_dir, dataset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf_run")
+    run(RunConfig(model=str(tiny_model_dir), output_dir=str(out), backend="hf", dataset_name=str(dataset_dir),
+                  max_tokens=MAX_TOKENS, progress=False))
+    return read_run(out)
+
+
+def test_api_records_equal_the_offline_backend_greedy(tiny_model_dir, tiny_processor, server, rows, hf_records,
+                                                      api_records):
     import torch
     from transformers import AutoModelForImageTextToText
 
     out, api = api_records
-    run(RunConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "hf"), backend="hf",
-                  dataset_name=str(dataset_dir), max_tokens=MAX_TOKENS, progress=False))
-    hf = read_run(tmp_path / "hf")
+    hf = hf_records
     assert [r["dataset_index"] for r in api] == list(range(len(rows)))
     # everything but the prompt text (the api record keeps the user text; the server renders the template) and
     # image_tokens (the API does not report it)
@@ -182,6 +188,7 @@ def _lines(out: Path) -> int:
 
 
 def test_server_killed_mid_run_rows_reported_then_resumed(tmp_path, server, dataset_dir, rows, api_records):
+    server.wait_ready()
     out = tmp_path / "killed"
     # one request at a time, and few retries: rows in flight when the server dies fail fast and are reported
     config = api_config(server, dataset_dir, out, window=1,
