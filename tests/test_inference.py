@@ -179,7 +179,11 @@ def test_rerun_with_another_dp_size_skips_finished_rows(tmp_path, tiny_model_dir
 
     common = dict(model=str(tiny_model_dir), backend="hf", dataset_name=str(eval_dataset_dir),
                   output_dir=str(tmp_path), max_tokens=2, progress=False, max_pixels=64 * 28 * 28)
-    # rank 0 of a dp_size 2 run finishes (interleaved: the even rows), rank 1 never runs
+    # rank 0 of a dp_size 2 run finishes (interleaved: the even rows), rank 1 never runs; args.json is written
+    # first, as run() does, so the rerun can tell it is the same run
+    from medvlthinker.inference.runner import write_args
+
+    write_args(RunConfig(dp_size=2, **common), 24)
     run_rank(RunConfig(dp_size=2, **common), 0, backend=HfBackend(str(tiny_model_dir)))
     first = [r["dataset_index"] for r in read_records(tmp_path / "shard-000-of-002.jsonl")]
     assert first == list(range(0, 24, 2))
