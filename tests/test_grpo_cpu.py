@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from medvlthinker import synthetic
+from medvlthinker.analysis.demo_summary import step_metrics
 from medvlthinker.compat import verl_cpu
 from medvlthinker.converters.verl_format import convert_to_verl, write_verl_parquet
 
@@ -27,25 +28,6 @@ PAPER_CONFIG = ROOT / "configs" / "rl" / "qwen2.5-vl-3b_rl_pmc.yaml"
 OVERLAY = ROOT / "configs" / "rl" / "overlays" / "cpu.yaml"
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
-
-
-def step_metrics(log: str) -> dict[int, dict[str, float]]:
-    """verl's console logger lines ``step:N - key:value - ...`` as numbers."""
-    steps = {}
-    for line in log.splitlines():
-        m = re.search(r"step:(\d+) - (.*)$", line)
-        if not m:
-            continue
-        metrics = {}
-        for item in m.group(2).split(" - "):
-            key, _, value = item.partition(":")
-            value = re.sub(r"^np\.\w+\((.*)\)$", r"\1", value.strip())
-            try:
-                metrics[key.strip()] = float(value)
-            except ValueError:
-                continue
-        steps[int(m.group(1))] = metrics
-    return steps
 
 
 def installed_by_process(log: str) -> dict[str, set[str]]:
