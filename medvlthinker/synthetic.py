@@ -4,7 +4,7 @@ The questions are answerable from the picture (colour and shape of drawn figures
 question itself (small arithmetic), so a model can in principle learn them; each row carries a short reasoning so
 the SFT converter has targets. The same seed always gives the same rows, images included (PNG bytes are stable).
 
-The benchmark names and option counts mirror the real evaluation set (docs/protocol.md section 5): PMC-VQA has 4
+The benchmark names and shapes mirror the real evaluation set (:mod:`medvlthinker.benchmarks`): PMC-VQA has 4
 options, MedXpertQA-MM 5, the closed PathVQA/SLAKE/VQA-RAD questions are yes/no, MMMU and MedXpertQA have
 multi-image rows, and SLAKE/VQA-RAD/PathVQA reuse one image for several questions (``misc.image_id``).
 """
@@ -18,6 +18,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from medvlthinker.benchmarks import BENCHMARKS
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -28,14 +30,9 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle")
 LETTERS = "ABCDE"
 
-# dataset_name -> (number of options, images per row, rows sharing one image)
+# dataset_name -> (number of options, images per row, rows sharing one image), from the registry
 EVAL_BENCHMARKS: dict[str, tuple[int, int, int]] = {
-    "pmc_vqa": (4, 1, 1),
-    "MMMU-medical": (4, 2, 1),
-    "MedXpertQA-MM": (5, 2, 1),
-    "pathvqa_closed": (2, 1, 2),
-    "slake_closed": (2, 1, 2),
-    "vqa_rad_closed": (2, 1, 2),
+    b.dataset_name: (b.num_options, b.images_per_row, b.rows_per_image) for b in BENCHMARKS
 }
 
 
