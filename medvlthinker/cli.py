@@ -4,8 +4,8 @@ A script declares its command with :func:`command` instead of ``click.command``.
 traceback instead), and any :data:`USER_ERRORS` raised inside, or a command-line usage error, is printed to stderr
 as ``error: <file/row/key>: <problem>; fix: <what to do>`` with exit code 1.
 
-The package's own errors (:class:`UserError` and the ``ValueError`` subclasses ``SchemaError``, ``ConfigError``,
-``PrepareError``, ``CurationError``, ``AnalysisError``) already say where and what; an ``OSError`` names its file.
+The package's own errors all derive from :class:`UserError` (:mod:`medvlthinker.errors`) and already say where
+and what; an ``OSError`` names its file.
 Library errors on bad input are translated where the library is called, into one of these.
 
 >>> str(UserError("data/x.jsonl", "the file is empty", fix="point --results at the run's eval_results.jsonl"))
@@ -20,22 +20,7 @@ from typing import Any
 
 import click
 
-
-class UserError(ValueError):
-    """An error the user can fix: ``where`` (a file, a row, a key), the ``problem`` and the ``fix``."""
-
-    def __init__(self, where: str | None, problem: str, *, fix: str | None = None) -> None:
-        self.where, self.problem, self.fix = where, problem, fix
-        head = f"{where}: " if where else ""
-        super().__init__(f"{head}{problem}" + (f"; fix: {fix}" if fix else ""))
-
-    def __reduce__(self):  # multiprocessing workers send exceptions back pickled
-        return (_rebuild, (self.where, self.problem, self.fix))
-
-
-def _rebuild(where, problem, fix):
-    return UserError(where, problem, fix=fix)
-
+from medvlthinker.errors import UserError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, UserError)
 """Errors that end as one line. Bugs raise other types (TypeError, KeyError, AttributeError, ...) and keep their

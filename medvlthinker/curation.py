@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from medvlthinker.errors import UserError
+
 NO_RESULT = -1
 """pass_count of a row that has no pass-rate record."""
 
@@ -39,7 +41,7 @@ RESULTS_FILE = "eval_results.jsonl"
 SHARD_GLOB = "shard-*-of-*.jsonl"
 
 
-class CurationError(ValueError):
+class CurationError(UserError):
     """Pass-rate records that cannot be joined to the rows; the message names the record or row and the fix."""
 
 

@@ -13,13 +13,20 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from medvlthinker.errors import UserError
+
 # PMC-VQA training images (docs/protocol.md section 7): a side under 28 px -> the short side goes to 28; else a side
 # over 1024 px -> the long side goes to 1024; bilinear, aspect ratio kept. 28 is one merged Qwen2-VL patch.
 PMC_MIN_SIDE = 28
 PMC_MAX_SIDE = 1024
 
+# qwen-vl-utils' resize bounds of every image a Qwen2.5-VL model sees (docs/protocol.md section 2), also the
+# image processor settings of the released checkpoints: 4 and 16384 merged 28 x 28 patches.
+MIN_PIXELS = 4 * 28 * 28
+MAX_PIXELS = 16384 * 28 * 28
 
-class ImageDecodeError(ValueError):
+
+class ImageDecodeError(UserError):
     """An image that cannot be decoded; the message says which source and why."""
 
 

@@ -20,6 +20,8 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from medvlthinker.errors import UserError
+
 COLUMNS: tuple[str, ...] = (
     "images",
     "question",
@@ -50,7 +52,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in REQUIRE
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError):
     """A row breaks the unified schema. The message names the row, the problem and the fix.
 
     >>> str(SchemaError("answer_label 'E' is not a key of options", dataset_name="pmc_vqa", dataset_index=7,

@@ -38,6 +38,7 @@ from importlib import resources
 from typing import Any
 
 from medvlthinker import grading, stats
+from medvlthinker.errors import UserError
 from medvlthinker.inference.regrade import attach_options, eval_options
 
 GRADINGS = ("regrade", "strict", "recorded")
@@ -69,7 +70,7 @@ EVAL_RESULTS = "eval_results.jsonl"
 SHARD_GLOB = "shard-*-of-*.jsonl"
 
 
-class AnalysisError(ValueError):
+class AnalysisError(UserError):
     """Input that cannot be tabulated; the message names the file or row and the fix."""
 
 

@@ -457,7 +457,7 @@ class ApiBackend:
         self.client.close()
 
 
-class _Fatal(ValueError):
+class _Fatal(UserError):
     """A failure of the account or endpoint, not of one row: the run stops."""
 
 

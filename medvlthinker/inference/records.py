@@ -18,11 +18,15 @@ import json
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from medvlthinker.errors import UserError
 from medvlthinker.grading import grade_rollout, is_conversion_failure, row_accuracy
+from medvlthinker.staging import write_json, write_jsonl, write_text
+
+__all__ = ["write_json", "write_jsonl"]  # re-exported: the runner and older callers import them from here
 
 SHARD_RE = re.compile(r"shard-(\d{3,})-of-(\d{3,})\.jsonl$")
 RESULTS_FILE = "eval_results.jsonl"
@@ -102,62 +106,68 @@ def normalize_record(record: dict[str, Any]) -> dict[str, Any]:
     return {ORIGINAL_FIELD_NAMES.get(key, key): value for key, value in record.items()}
 
 
-def read_records(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
-    """Records of a JSONL file, in this project's layout (:func:`normalize_record`). A run killed mid-write
-    leaves a torn last line: it is skipped, and with ``repair`` the file is rewritten without it (so appending
-    continues on a clean line)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records, torn = [], False
-    with path.open(encoding="utf-8") as fh:
-        lines = fh.readlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if lineno != len(lines):
-                raise ValueError(
-                    f"{path}:{lineno} is not a JSON record (and not the last line, so not a torn write); fix: "
-                    f"delete that line or rerun with --overwrite"
-                ) from None
-            torn = True
-    if torn or (lines and not lines[-1].endswith("\n")):
-        if repair:
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-            os.replace(tmp, path)
-    return [normalize_record(r) for r in records]
-
-
 REQUIRED_FIELDS = ("dataset_name", "dataset_index")
 
 
-class RecordsError(ValueError):
+class RecordsError(UserError):
     """Records that cannot be read as one run; the message names the file, the line and the fix."""
 
 
-def _strict_lines(path: Path, *, torn_ok: bool):
-    """``(line_number, record)`` of a JSONL file; a torn last line is skipped when ``torn_ok``, else an error."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if number == len(lines) and torn_ok:
-                continue  # a run killed mid-append; the runner writes that row again on resume
-            what = ("a torn last line: the merged file was not written whole" if number == len(lines)
-                    else "not a JSON record")
-            raise RecordsError(f"{path}:{number}: {what}; fix: rerun the same eval command (it resumes and merges "
-                               "again), or delete that line") from None
-        if not isinstance(record, dict):
-            raise RecordsError(f"{path}:{number}: a JSON {type(record).__name__}, not a record; fix: pass eval "
-                               "output (eval_results.jsonl or an --output_dir)")
-        yield number, record
+def _numbered_lines(fh: Iterable[str]) -> Iterator[tuple[int, str, bool]]:
+    """``(line_number, line, is_last)``, streamed (a pass-rate run's file can be larger than memory allows)."""
+    number, pending = 0, None
+    for line in fh:
+        if pending is not None:
+            yield number, pending, False
+        number, pending = number + 1, line
+    if pending is not None:
+        yield number, pending, True
+
+
+def _scan(path: Path, *, torn_ok: bool) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(line_number, line, record)`` of a JSONL file, records in this project's layout. A torn last line is
+    skipped when ``torn_ok`` (a shard: the run was killed while appending and redoes the row), else an error."""
+    with path.open(encoding="utf-8") as fh:
+        for number, line, last in _numbered_lines(fh):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if last and torn_ok:
+                    continue
+                what = "a torn last line: the merged file was not written whole" if last else "not a JSON record"
+                raise RecordsError(f"{path}:{number}: {what}; fix: rerun the same eval command (it resumes and "
+                                   "merges again), or delete that line") from None
+            if not isinstance(record, dict):
+                raise RecordsError(f"{path}:{number}: a JSON {type(record).__name__}, not a record; fix: pass eval "
+                                   "output (eval_results.jsonl or an --output_dir)")
+            try:
+                yield number, line, normalize_record(record)
+            except ValueError as exc:
+                raise RecordsError(f"{path}:{number}: {exc}") from None
+
+
+def _ends_cleanly(path: Path) -> bool:
+    """Whether appending to ``path`` starts a new line (empty, or its last byte is a newline)."""
+    with path.open("rb") as fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            return True
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
+def read_records(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Records of one JSONL file in file order (none when it does not exist), read by the shard rule: a torn
+    last line, left by a run killed mid-write, is skipped. With ``repair`` the file is rewritten without it, so
+    appending continues on a clean line (the runner's resume)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    scanned = list(_scan(path, torn_ok=True))
+    if repair and not _ends_cleanly(path):
+        write_text(path, "".join(line if line.endswith("\n") else line + "\n" for _, line, _ in scanned))
+    return [record for _, _, record in scanned]
 
 
 def run_files(path: str | os.PathLike) -> list[Path]:
@@ -174,22 +184,12 @@ def run_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def read_run(path: str | os.PathLike, *, required: tuple[str, ...] = REQUIRED_FIELDS) -> list[dict[str, Any]]:
-    """The records of one run, sorted by dataset_index: the one reader behind merge, regrade, tables and curation.
-
-    ``path`` is an output directory (its eval_results.jsonl, else the union of its shards) or one JSONL file.
-    One rule everywhere: a torn last line is skipped in a shard (the run was killed while appending and redoes
-    the row) and is an error in any other file; a dataset_index recorded twice is an error naming both places;
-    the original recipe's field names are read as this project's (:func:`normalize_record`).
-    """
+def _read_files(files: Iterable[Path], required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The records of ``files`` as one run, sorted by dataset_index (the rules of :func:`read_run`)."""
     seen: dict[int, str] = {}
     records: list[dict[str, Any]] = []
-    for file in run_files(path):
-        for number, raw in _strict_lines(file, torn_ok=bool(SHARD_RE.search(file.name))):
-            try:
-                record = normalize_record(raw)
-            except ValueError as exc:
-                raise RecordsError(f"{file}:{number}: {exc}") from None
+    for file in files:
+        for number, _, record in _scan(file, torn_ok=bool(SHARD_RE.search(file.name))):
             missing = [k for k in dict.fromkeys((*REQUIRED_FIELDS, *required)) if k not in record]
             if missing or not isinstance(record["dataset_index"], int):
                 raise RecordsError(f"{file}:{number}: record without {missing or ['an int dataset_index']}; fix: pass "
@@ -201,6 +201,18 @@ def read_run(path: str | os.PathLike, *, required: tuple[str, ...] = REQUIRED_FI
             seen[index] = f"{file}:{number}"
             records.append(record)
     return sorted(records, key=lambda r: r["dataset_index"])
+
+
+def read_run(path: str | os.PathLike, *, required: tuple[str, ...] = REQUIRED_FIELDS) -> list[dict[str, Any]]:
+    """The records of one run, sorted by dataset_index: the one reader behind resume, merge, regrade, tables,
+    curation and the reasoning merge.
+
+    ``path`` is an output directory (its eval_results.jsonl, else the union of its shards) or one JSONL file.
+    One rule everywhere: a torn last line is skipped in a shard (the run was killed while appending and redoes
+    the row) and is an error in any other file; a dataset_index recorded twice is an error naming both places;
+    the original recipe's field names are read as this project's (:func:`normalize_record`).
+    """
+    return _read_files(run_files(path), required)
 
 
 class ShardWriter:
@@ -233,20 +245,7 @@ def shard_files(output_dir: str | os.PathLike) -> list[Path]:
 
 def collect_records(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every record of every shard in ``output_dir``, sorted (:func:`read_run`'s rules; none when no shard)."""
-    files = shard_files(output_dir)
-    if not files:
-        return []
-    seen: dict[int, str] = {}
-    records = []
-    for file in files:
-        for record in read_run(file):
-            index = record["dataset_index"]
-            if index in seen:
-                raise RecordsError(f"{file}: dataset_index {index} is also recorded in {seen[index]}; fix: remove "
-                                   "the duplicate line (one record per row), or rerun with --overwrite")
-            seen[index] = str(file)
-            records.append(record)
-    return sorted(records, key=lambda r: r["dataset_index"])
+    return _read_files(shard_files(output_dir), REQUIRED_FIELDS)
 
 
 def accuracy_table(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -276,24 +275,6 @@ def accuracy_table(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     benchmarks = [v["accuracy"] for v in table.values()]
     table["_average"] = {"accuracy": sum(benchmarks) / len(benchmarks) if benchmarks else 0.0}
     return table
-
-
-def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def merge_results(output_dir: str | os.PathLike, *, expected_rows: int | None = None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medvlthinker.errors import UserError
 from medvlthinker.inference.records import ACCURACY_FILE, ARGS_FILE, RESULTS_FILE, shard_files
 
 EXECUTION_SETTINGS = frozenset({
@@ -32,7 +33,7 @@ EXECUTION_SETTINGS = frozenset({
 ASIDE_PREFIX = ".replaced-"
 
 
-class RunMismatch(ValueError):
+class RunMismatch(UserError):
     """The output directory holds records of another run; the message names the settings and the fix."""
 
 

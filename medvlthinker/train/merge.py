@@ -25,10 +25,11 @@ from pathlib import Path
 
 import click
 
+from medvlthinker.errors import UserError
 from medvlthinker.staging import staged
 
 
-class MergeError(RuntimeError):
+class MergeError(UserError, RuntimeError):
     """A checkpoint that cannot be merged, or a merged model that fails its check; the message says what to do."""
 
 

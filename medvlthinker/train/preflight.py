@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from medvlthinker.compat import verl_position_ids
+from medvlthinker.errors import UserError
 
 
-class PreflightError(RuntimeError):
+class PreflightError(UserError, RuntimeError):
     """A problem that would stop or silently spoil the RL run; the message says where and what to do."""
 
 

@@ -15,10 +15,12 @@ import os
 import sys
 from pathlib import Path
 
+from medvlthinker.errors import UserError
+
 OVERLAY_GROUP = "overlays"
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """A launcher argument that cannot work; the message names it and the fix."""
 
 

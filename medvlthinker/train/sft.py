@@ -23,8 +23,10 @@ from typing import Any
 
 import yaml
 
+from medvlthinker.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config that cannot run; the message names the file, the key and the fix."""
 
 
