@@ -1,17 +1,30 @@
-"""Outputs that appear whole or not at all.
+"""Outputs that appear whole or not at all: the one place that writes a temporary sibling and renames it.
 
-A data set, parquet file or model directory is written beside its target (``.NAME.partial``) and renamed into place
-only when complete, so an interrupted run never leaves a half-written output that a later stage would read, and an
-existing output is kept until its replacement is complete.
+A data set, parquet file, model directory, JSON or JSONL file is written beside its target (``.NAME.partial``) and
+renamed into place only when complete, so an interrupted run never leaves a half-written output that a later stage
+would read, and an existing output is kept until its replacement is complete.
+
+>>> import tempfile
+>>> out = Path(tempfile.mkdtemp()) / "accuracy.json"
+>>> _ = write_json(out, {"PMC": 50.0})
+>>> print(out.read_text(), end="")
+{
+  "PMC": 50.0
+}
+>>> sorted(p.name for p in out.parent.iterdir())  # no temporary file is left behind
+['accuracy.json']
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 
 def _remove(path: Path) -> None:
@@ -30,14 +43,18 @@ def check_writable(target: str | os.PathLike, overwrite: bool) -> Path:
 
 
 @contextlib.contextmanager
-def staged(target: str | os.PathLike, *, overwrite: bool = False, directory: bool = False) -> Iterator[Path]:
+def staged(target: str | os.PathLike, *, overwrite: bool = False, directory: bool = False,
+           private: bool = False) -> Iterator[Path]:
     """Yield the temporary sibling path to write; on success it replaces ``target``, on error it is removed.
 
     ``directory=True`` creates the temporary directory (for callers that copy files into it); writers that create
-    their own output (``save_to_disk``, ``to_parquet``) get a path that does not exist yet.
+    their own output (``save_to_disk``, ``to_parquet``) get a path that does not exist yet. ``private`` gives each
+    process and thread its own temporary name, for a target that several writers may produce at once (the last
+    complete one wins).
     """
     target = check_writable(target, overwrite)
-    tmp = target.with_name(f".{target.name}.partial")
+    owner = f".{os.getpid()}-{threading.get_ident()}" if private else ""
+    tmp = target.with_name(f".{target.name}{owner}.partial")
     _remove(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
     if directory:
@@ -47,5 +64,26 @@ def staged(target: str | os.PathLike, *, overwrite: bool = False, directory: boo
     except BaseException:
         _remove(tmp)
         raise
-    _remove(target)
+    if tmp.is_dir() or target.is_dir():
+        _remove(target)  # a file replaces a file in one step; a directory must make room first
     os.replace(tmp, target)
+
+
+def write_text(path: str | os.PathLike, text: str, *, private: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` whole or not at all, replacing an earlier file."""
+    with staged(path, overwrite=True, private=private) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """``obj`` as indented JSON (non-ASCII kept), whole or not at all."""
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
+    """One JSON record per line (non-ASCII kept), whole or not at all; ``records`` is streamed."""
+    with staged(path, overwrite=True) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return Path(path)

@@ -12,9 +12,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from medvlthinker.errors import UserError
 from medvlthinker.grading import grade_record
-from medvlthinker.inference.records import accuracy_table, read_run, write_json, \
-    write_jsonl
+from medvlthinker.inference.records import RecordsError, accuracy_table, read_run
+from medvlthinker.staging import write_json, write_jsonl
 
 
 def eval_options(eval_data: str | os.PathLike | Any, split: str | None = None) -> dict[int, Any]:
@@ -38,7 +39,7 @@ def attach_options(records: Iterable[Mapping[str, Any]], options: Mapping[int, A
         if record.get("options") is None:
             index = int(record["dataset_index"])
             if index not in options:
-                raise KeyError(
+                raise RecordsError(
                     f"record dataset_name={record.get('dataset_name')!r}, dataset_index={index} has no options and "
                     f"the eval set has no such row; fix: pass the eval set the run was made on"
                 )
@@ -47,13 +48,42 @@ def attach_options(records: Iterable[Mapping[str, Any]], options: Mapping[int, A
     return out
 
 
-def regrade_records(records: Iterable[Mapping[str, Any]], *, mode: str = "regrade",
-                    llava_med_rule: bool = False, options: Mapping[int, Any] | None = None) -> list[dict[str, Any]]:
-    """Every record with its rollouts re-graded from output_text (pred_letter, is_correct, num_correct);
-    ``options`` (:func:`eval_options`) fills in records written without them."""
+GRADINGS = ("regrade", "strict", "recorded")
+"""``regrade``: the published table's grader; ``strict``: the pass-rate grader; ``recorded``: the grades as written
+at generation (docs/protocol.md section 3)."""
+
+
+def regrade_records(records: Iterable[Mapping[str, Any]], mode: str = "regrade",
+                    options: Mapping[int, Any] | None = None, *, llava_med_rule: bool = False) -> list[dict[str, Any]]:
+    """Every record graded as ``mode`` asks: its rollouts re-graded from output_text (pred_letter, is_correct,
+    num_correct), or, with ``"recorded"``, kept as written (num_rollouts/num_correct filled in when missing).
+
+    ``options`` (:func:`eval_options`) fills in records written without them (the original recipe's result files);
+    re-grading a record that has none is an error naming the record.
+    """
+    if mode not in GRADINGS:
+        raise UserError(None, f"unknown grading {mode!r}", fix=f"use one of {GRADINGS}")
     if options is not None:
         records = attach_options(records, options)
-    return [grade_record(record, mode=mode, llava_med_rule=llava_med_rule) for record in records]
+    if mode == "recorded":
+        out = []
+        for record in records:
+            record = dict(record)
+            record.setdefault("num_rollouts", len(record["rollouts"]))
+            record.setdefault("num_correct", sum(1 for r in record["rollouts"] if r["is_correct"]))
+            out.append(record)
+        return out
+    out = []
+    for record in records:
+        if record.get("options") is None:
+            raise RecordsError(
+                f"record dataset_name={record.get('dataset_name')!r}, dataset_index={record.get('dataset_index')!r} "
+                "has no options (a result file of the original recipe); fix: pass the eval set the run was made on "
+                "(--eval_data of eval/regrade.py, --eval-data of analysis/, e.g. UCSC-VLAA/MedVLThinker-Eval) to "
+                "join them, or grade with 'recorded'"
+            )
+        out.append(grade_record(record, mode=mode, llava_med_rule=llava_med_rule))
+    return out
 
 
 def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -70,7 +100,7 @@ def regrade(path: str | os.PathLike, output: str | os.PathLike | None = None, *,
     ``eval_data`` joins the options of records written without them (the original recipe's result files)."""
     path = Path(path)
     options = eval_options(eval_data, eval_split) if eval_data is not None else None
-    records = regrade_records(load_results(path), mode=mode, llava_med_rule=llava_med_rule, options=options)
+    records = regrade_records(read_run(path), mode, options, llava_med_rule=llava_med_rule)
     out_dir = Path(output) if output else (path if path.is_dir() else path.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = mode + ("-llava" if llava_med_rule else "")
