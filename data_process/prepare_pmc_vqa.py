@@ -5,7 +5,7 @@
 
 By default (--compat original) the rows and dataset_index values are those of the original recipe's script, so the
 output joins with the released UCSC-VLAA/MedVLThinker-pmc_vqa (and its pass-rate and reasoning files) on
-dataset_index; --compat lenient keeps more rows and indexes by CSV position (medvlthinker.prepare.COMPAT).
+dataset_index; --compat lenient keeps more rows and indexes by CSV position (medvlthinker.prepare.pmc_vqa.COMPAT).
 Malformed rows (bad Answer_label, a choice without its prefix, missing or undecodable image) are counted and shown
 with examples, and skipped (--on_error skip, the default) or fatal (--on_error fail). Finished chunks are kept in
 <output>.chunks/, so an interrupted run resumes; a chunk is rebuilt when a figure it read was added, fixed or

@@ -7,6 +7,7 @@
 from medvlthinker.data.loading import (
     disk_view,
     load_disk_dataset,
+    load_table,
     load_unified,
     save_unified,
     source_kind,
@@ -18,6 +19,7 @@ from medvlthinker.data.loading import (
 __all__ = [
     "disk_view",
     "load_disk_dataset",
+    "load_table",
     "check_dataset_images",
     "load_unified",
     "save_unified",

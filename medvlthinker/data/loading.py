@@ -296,6 +296,48 @@ def check_dataset_images(ds, *, source: str = "the data set", progress: bool = T
             ) from exc
 
 
+def _load_hub(name: str, split: str | None, num_proc: int | None = None):
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split, num_proc=num_proc)
+    except Exception as exc:  # offline, unknown name, missing split: all say the same thing to the user
+        raise FileNotFoundError(
+            f"cannot load {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); fix: check the name "
+            f"and split, connect to the Hub (HF_HUB_OFFLINE unset), or pass a local path (save_to_disk "
+            f"directory, .parquet or .jsonl file)"
+        ) from exc
+
+
+_TABLE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+def load_table(source: str | os.PathLike, split: str | None = "train"):
+    """A source table as it is, before its conversion to the unified schema (the raw input of data_process/).
+
+    Any source :func:`load_unified` reads, plus a ``.csv`` file; no column is added, cast or validated. A local file
+    is read as one table whatever ``split`` says; ``split`` picks a split of a Hub data set or a saved
+    ``DatasetDict``.
+    """
+    import datasets
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        builder = _TABLE_BUILDERS.get(path.suffix)
+        if builder is None:
+            raise ValueError(f"{source}: unknown file type {path.suffix!r}; fix: pass a .parquet, .jsonl, .json or "
+                             ".csv file, a save_to_disk directory or a Hugging Face dataset name")
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    kind, name = source_kind(source), str(source)
+    if kind == "disk":
+        loaded = load_disk_dataset(path, name)
+    elif kind == "parquet_dir":
+        loaded = datasets.Dataset.from_parquet(sorted(str(p) for p in path.rglob("*.parquet")))
+    else:
+        loaded = _load_hub(name, split)
+    return _pick_split(loaded, split, name) if isinstance(loaded, datasets.DatasetDict) else loaded
+
+
 def load_unified(
     source: str | os.PathLike,
     split: str | None = None,
@@ -349,14 +391,7 @@ def load_unified(
             check_dataset_images(ds, source=name)
         return ds
     else:
-        try:
-            loaded = datasets.load_dataset(name, split=split, num_proc=num_proc)
-        except Exception as exc:  # offline, unknown name, missing split: all say the same thing to the user
-            raise FileNotFoundError(
-                f"cannot load {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); fix: check the name "
-                f"and split, connect to the Hub (HF_HUB_OFFLINE unset), or pass a local path (save_to_disk "
-                f"directory, .parquet or .jsonl file)"
-            ) from exc
+        loaded = _load_hub(name, split, num_proc)
         ds = _pick_split(loaded, split, name) if isinstance(loaded, datasets.DatasetDict) else loaded
 
     ds = _normalize(ds, name)
