@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from medvlthinker import cli, curation
+from medvlthinker.inference.settings import CURATION
 
 
 @cli.command()
@@ -26,13 +27,19 @@ from medvlthinker import cli, curation
 @click.option(
     "--results_jsonl_path",
     required=True,
-    help="eval_results.jsonl of the pass-rate run (n=16, temperature 1.0), or its output directory.",
+    help="eval_results.jsonl of the pass-rate run (eval/run_offline_inference.py --preset pass_rate), or its output "
+         "directory.",
 )
-@click.option("--remove_pass_count_below", type=int, default=1, show_default=True, help="Drop rows with pass_count below this (paper: 1; -1 = no result).")
-@click.option("--remove_pass_count_above", type=int, default=7, show_default=True, help="Drop rows with pass_count above this (paper: 7).")
-@click.option("--order_type", type=click.Choice(curation.ORDERS), default="easy_to_hard", show_default=True, help="Row order of the output.")
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the shuffle before the stable sort (paper: 42).")
-@click.option("--num_rollouts", type=int, default=16, show_default=True, help="Rollouts per record expected in the results (0: do not check).")
+@click.option("--remove_pass_count_below", type=int, default=CURATION.remove_pass_count_below, show_default=True,
+              help="Drop rows with pass_count below this (the default is the paper's; -1 = no result).")
+@click.option("--remove_pass_count_above", type=int, default=CURATION.remove_pass_count_above, show_default=True,
+              help="Drop rows with pass_count above this (the default is the paper's).")
+@click.option("--order_type", type=click.Choice(curation.ORDERS), default=CURATION.order, show_default=True,
+              help="Row order of the output.")
+@click.option("--seed", type=int, default=CURATION.seed, show_default=True,
+              help="Seed of the shuffle before the stable sort (the default is the paper's).")
+@click.option("--num_rollouts", type=int, default=CURATION.rollouts, show_default=True,
+              help="Rollouts per record expected in the results (0: do not check).")
 @click.option("--save_to_disk_path", required=True, help="Output: a save_to_disk directory, or a .parquet file.")
 @click.option("--report_dir", default=None, help="Where the distribution table, plots and report go [default: <output>_curation].")
 @click.option("--plot_format", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True)
@@ -49,7 +56,7 @@ def main(dataset_name, split, results_jsonl_path, remove_pass_count_below, remov
         remove_pass_count_above=remove_pass_count_above,
         order=order_type,
         seed=seed,
-        max_count=max(16, num_rollouts),
+        max_count=max(CURATION.rollouts, num_rollouts),
     )
     curation.save_curated(curated, save_to_disk_path, report)
     out = Path(save_to_disk_path)

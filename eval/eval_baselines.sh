@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The comparison rows of the published table (docs/reproduction.md): the API models and the baseline models with
-# their own prompts, on the six benchmarks, greedy (temperature 0, top_p 1, 4096 tokens, seed 42), then the regrade.
+# their own prompts, on the six benchmarks, with the eval preset (greedy, 4096 tokens, seed 42), then the regrade.
 # - API (need OPENAI_API_KEY; OPENAI_BASE_URL or API_BASE for another endpoint): GPT-4o and GPT-4o-mini, the user
 #   text of the Qwen rows, one run each (the original ran them once).
 # - Baselines (GPUs; vLLM offline, three repeats): LLaVA-Med and HuatuoGPT-Vision with the step-by-step instruction
@@ -26,7 +26,7 @@ google/medgemma-27b-it
 "
 MODELS=${MODELS:-$DEFAULT_MODELS}
 HERE=$(cd "$(dirname "$0")" && pwd)
-SAMPLING=(--temperature 0.0 --top_p 1.0 --max_tokens 4096 --n 1 --seed 42)
+SAMPLING=(--preset eval)
 
 for model in $MODELS; do
   grade=()

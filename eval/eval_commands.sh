@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The published table (docs/protocol.md sections 5 and 10): every released model and base model on the six benchmarks,
-# vLLM offline, bf16, greedy (temperature 0, top_p 1, 4096 tokens, seed 42), three repeats, then the regrade.
+# vLLM offline, bf16, the eval preset (greedy, 4096 tokens, seed 42: medvlthinker/inference/settings.py), three
+# repeats, then the regrade.
 # 3B/7B: one engine per GPU over 8 GPUs; 32B: tensor parallel 4, so 2 engines on 8 GPUs.
 # Usage: bash eval/eval_commands.sh [OUT_ROOT]   (MODELS="a b" to run a subset; DP/TP/REPEATS override)
 # The UCSC-VLAA checkpoint names below follow the paper's table rows; confirm them on the Hub before a run.
@@ -35,7 +36,7 @@ for model in $MODELS; do
     out="$OUT_ROOT/${model//\//__}/run$repeat"
     python "$HERE/run_offline_inference.py" --model "$model" --backend vllm \
       --dataset_name "$DATASET" --split test --dp_size "$dp" --tp_size "$tp" \
-      --temperature 0.0 --top_p 1.0 --max_tokens 4096 --n 1 --seed 42 \
+      --preset eval \
       --gpu_memory_utilization 0.9 --output_dir "$out"
     python "$HERE/regrade.py" "$out"
   done

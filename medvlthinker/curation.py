@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from medvlthinker.errors import UserError
+from medvlthinker.inference.settings import CURATION
 
 NO_RESULT = -1
 """pass_count of a row that has no pass-rate record."""
@@ -86,7 +87,7 @@ def read_pass_rate_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def pass_counts_from_records(
-    records: Iterable[Mapping[str, Any]], *, expected_rollouts: int | None = 16
+    records: Iterable[Mapping[str, Any]], *, expected_rollouts: int | None = CURATION.rollouts
 ) -> dict[int, tuple[str | None, int]]:
     """``{dataset_index: (dataset_name, num_correct)}`` from pass-rate records (contract 3).
 
@@ -118,7 +119,8 @@ def pass_counts_from_records(
     return counts
 
 
-def load_pass_counts(path: str | os.PathLike, *, expected_rollouts: int | None = 16) -> dict[int, tuple[str | None, int]]:
+def load_pass_counts(path: str | os.PathLike, *,
+                     expected_rollouts: int | None = CURATION.rollouts) -> dict[int, tuple[str | None, int]]:
     """:func:`pass_counts_from_records` over :func:`read_pass_rate_records`."""
     return pass_counts_from_records(read_pass_rate_records(path), expected_rollouts=expected_rollouts)
 
@@ -208,7 +210,8 @@ class CurationReport:
         )
 
 
-def keep_band(counts: list[int], below: int = 1, above: int = 7) -> tuple[list[int], dict[str, int]]:
+def keep_band(counts: list[int], below: int = CURATION.remove_pass_count_below,
+              above: int = CURATION.remove_pass_count_above) -> tuple[list[int], dict[str, int]]:
     """Positions whose pass_count lies in ``[below, above]``, and how many each filter removed."""
     if below > above:
         raise ValueError(f"remove_pass_count_below ({below}) > remove_pass_count_above ({above}) keeps nothing")
@@ -225,7 +228,7 @@ def keep_band(counts: list[int], below: int = 1, above: int = 7) -> tuple[list[i
     return keep, removed
 
 
-def order_positions(counts: list[int], order: str = "easy_to_hard", seed: int = 42) -> list[int]:
+def order_positions(counts: list[int], order: str = CURATION.order, seed: int = CURATION.seed) -> list[int]:
     """The positions of ``counts`` in curriculum order.
 
     The shuffle is numpy's ``default_rng(seed).permutation``, the permutation ``datasets.Dataset.shuffle(seed)``
@@ -246,11 +249,11 @@ def curate(
     ds,
     pass_counts: Mapping[int, Any] | None = None,
     *,
-    remove_pass_count_below: int = 1,
-    remove_pass_count_above: int = 7,
-    order: str = "easy_to_hard",
-    seed: int = 42,
-    max_count: int = 16,
+    remove_pass_count_below: int = CURATION.remove_pass_count_below,
+    remove_pass_count_above: int = CURATION.remove_pass_count_above,
+    order: str = CURATION.order,
+    seed: int = CURATION.seed,
+    max_count: int = CURATION.rollouts,
 ):
     """Attach pass_count (unless ``pass_counts`` is None and ``ds`` has it), keep the band, order the rows.
 
@@ -284,7 +287,7 @@ def curate(
 
 
 # ------------------------------------------------------------------------------------------------ distribution
-def pass_count_distribution(counts: Iterable[int], max_count: int = 16) -> dict[int, int]:
+def pass_count_distribution(counts: Iterable[int], max_count: int = CURATION.rollouts) -> dict[int, int]:
     """``{pass_count: rows}`` for 0..max_count (zeros included), plus -1 when some rows have no result."""
     tally = Counter(int(c) for c in counts)
     for value in tally:

@@ -20,6 +20,8 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from medvlthinker.images import MAX_PIXELS, MIN_PIXELS
+
 # The Qwen2 pre-tokenizer split pattern (digits one at a time).
 QWEN2_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -36,9 +38,6 @@ QWEN_ADDED_TOKENS: list[tuple[str, bool]] = [
 ]
 VOCAB_SIZE = 151936  # the embedding size of every Qwen2.5-VL checkpoint (padded past the 151,665 tokens)
 
-# Image processor settings of the released checkpoints (docs/protocol.md section 2).
-MIN_PIXELS = 4 * 28 * 28
-MAX_PIXELS = 16384 * 28 * 28
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 

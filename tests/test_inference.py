@@ -265,3 +265,68 @@ def test_kill_midway_and_resume(tmp_path, cli_env):
     assert sorted(indices) == list(range(30)) and len(indices) == len(set(indices))
     assert shard.read_text().startswith(partial)  # the records written before the kill were kept as they were
     assert [r["dataset_index"] for r in read_records(out / "eval_results.jsonl")] == list(range(30))
+
+
+# ---------------------------------------------------------------- the command line: flags from RunConfig, presets
+
+
+def _parsed(*argv: str) -> RunConfig:
+    """The RunConfig eval/run_offline_inference.py would run for ``argv`` (parsed by the real command, not run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_offline_inference", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    params = dict(module.main.make_context("run_offline_inference.py", ["--model", "m", "--output_dir", "o", *argv])
+                  .params)
+    params.pop("debug", None)
+    subset, engine_kwargs = params.pop("subset"), params.pop("engine_kwargs")
+    return RunConfig(subset=list(subset) or None, engine_kwargs=json.loads(engine_kwargs), **params)
+
+
+def test_every_runconfig_field_is_a_flag_with_its_help():
+    import dataclasses
+
+    from medvlthinker.options import cli_options
+
+    options = {o.name: o for o in cli_options(RunConfig)}
+    hidden = {f.name for f in dataclasses.fields(RunConfig) if not f.metadata.get("cli", True)}
+    assert hidden == {"ignore_eos", "progress"}
+    assert set(options) == {f.name for f in dataclasses.fields(RunConfig)} - hidden
+    assert all(o.help for o in options.values())
+    assert options["n"].help == dataclasses.fields(SamplingSettings)[3].metadata["help"]  # declared once
+    assert options["model"].required and options["subset"].multiple
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("eval", (0.0, 1.0, 4096, 1, 42)),
+    ("pass_rate", (1.0, 1.0, 4096, 16, 42)),
+    ("metrics_at_n", (0.5, 1.0, 4096, 5, 42)),
+    ("pass_at_k", (0.5, 0.95, 4096, 64, 42)),
+])
+def test_presets_set_the_papers_sampling(preset, expected):
+    from medvlthinker.inference.settings import PRESETS
+
+    config = _parsed("--preset", preset)
+    assert (config.temperature, config.top_p, config.max_tokens, config.n, config.seed) == expected
+    assert config.sampling == PRESETS[preset]
+
+
+def test_no_preset_is_the_eval_preset_and_explicit_flags_win():
+    from medvlthinker.inference.settings import EVAL_GREEDY
+
+    assert _parsed().sampling == EVAL_GREEDY
+    # before or after --preset, a typed flag overrides the preset's value and leaves the others
+    for argv in (["--preset", "pass_rate", "--n", "4"], ["--n", "4", "--preset", "pass_rate"]):
+        config = _parsed(*argv)
+        assert (config.temperature, config.n) == (1.0, 4)
+    assert _parsed("--preset", "pass_rate", "--temperature", "0").temperature == 0.0
+
+
+def test_unknown_preset_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", "m", "--output_dir", str(tmp_path / "o"),
+                           "--preset", "greedy"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and not proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "'greedy' is not one of" in lines[0]
+    assert "pass_rate" in lines[0] and "Traceback" not in proc.stderr

@@ -23,7 +23,7 @@ from typing import Any
 from medvlthinker.images import ImageDecodeError, decode_image
 from medvlthinker.prompts import INSTRUCTION_PROMPT, PROMPT_MODES, build_messages, build_raw_prompt, user_text
 from medvlthinker.schema import SchemaError
-from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
+from medvlthinker.images import MAX_PIXELS, MIN_PIXELS
 
 PATCH_SIZE = 14
 MERGE_SIZE = 2

@@ -23,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import click
+
 from medvlthinker.inference.records import (
     ARGS_FILE,
     ShardWriter,
@@ -34,60 +36,90 @@ from medvlthinker.inference.records import (
     shard_name,
     write_json,
 )
-from medvlthinker.inference.settings import SamplingSettings
-from medvlthinker.tiny import MAX_PIXELS, MIN_PIXELS
+from medvlthinker.images import MAX_PIXELS, MIN_PIXELS
+from medvlthinker.inference.settings import SAMPLING_FIELDS, SamplingSettings
+from medvlthinker.options import copy_field, option
 
 DEFAULT_EVAL_DATASET = "UCSC-VLAA/MedVLThinker-Eval"
 
 
+def _backends() -> list[str]:
+    from medvlthinker.inference.backends import BACKENDS
+
+    return list(BACKENDS)
+
+
+def _prompt_modes() -> list[str]:
+    from medvlthinker.prompts import PROMPT_MODES
+
+    return list(PROMPT_MODES)
+
+
+def _instruction_names() -> str:
+    from medvlthinker.prompts import INSTRUCTION_PROMPTS
+
+    return ", ".join(INSTRUCTION_PROMPTS)
+
+
 @dataclass
 class RunConfig:
-    """Every setting of one inference run (the CLI flags of eval/run_offline_inference.py)."""
+    """Every setting of one inference run; eval/run_offline_inference.py derives its flags and their help from these
+    fields (:mod:`medvlthinker.options`)."""
 
-    model: str
-    output_dir: str
-    backend: str = "vllm"
-    dataset_name: str = DEFAULT_EVAL_DATASET
-    split: str | None = "test"
-    subset: list[str] | None = None
-    dataset_size: int | None = None
-    # the sampling defaults are SamplingSettings' (the paper's eval settings), not restated here
-    temperature: float = SamplingSettings.temperature
-    top_p: float = SamplingSettings.top_p
-    max_tokens: int = SamplingSettings.max_tokens
-    n: int = SamplingSettings.n
-    seed: int = SamplingSettings.seed
-    ignore_eos: bool = SamplingSettings.ignore_eos
-    dp_size: int = 1
-    tp_size: int = 1
-    node_size: int = 1
-    node_rank: int = 0
-    overwrite: bool = False
-    ignore_image: bool = False
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None
-    limit_mm_per_prompt: int | None = None
-    min_pixels: int = MIN_PIXELS
-    max_pixels: int = MAX_PIXELS
-    chat_template: str | None = None
-    # qwen_chat: the chat template (the paper); raw_image_tokens / gemma3: the baseline models' strings
-    prompt_mode: str = "qwen_chat"
-    # a name in prompts.INSTRUCTION_PROMPTS or the text; None: the paper's instruction
-    instruction_prompt: str | None = None
-    # the api backend: endpoint (None: OPENAI_BASE_URL, else OpenAI) and the variable holding the key
-    api_base: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    batch_size: int = 8
-    llava_med_rule: bool = False
-    dtype: str | None = None
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    # requests in flight per engine; None: the engine's batch capacity (vLLM max_num_seqs / n, with headroom;
-    # the hf backend's batch_size)
-    window: int | None = None
-    # a Ray actor pool (one engine per dp_size, tp_size GPUs each) on the cluster at ray_address
-    ray: bool = False
-    ray_address: str | None = None
-    progress: bool = True
+    model: str = option(help="model directory or Hugging Face name")
+    output_dir: str = option(help="the run's directory: shard files, eval_results.jsonl, accuracy.json, args.json",
+                             type=click.Path(file_okay=False))
+    backend: str = option("vllm", "vLLM offline (the paper), transformers generate (models vLLM lacks), or an "
+                          "OpenAI-compatible API (--api_base; the key from --api_key_env)",
+                          type=click.Choice(_backends()))
+    dataset_name: str = option(DEFAULT_EVAL_DATASET,
+                               "Hugging Face name or local path (save_to_disk dir, .parquet, .jsonl)")
+    split: str | None = option("test", "the split of a Hub data set")
+    subset: list[str] | None = option(None, "keep these dataset_name values (repeat or comma-separate)",
+                                      multiple=True)
+    dataset_size: int | None = option(None, "keep the first N rows")
+    # the sampling settings are SamplingSettings' fields (the paper's eval settings and their help), not restated
+    temperature: float = copy_field(SamplingSettings, "temperature")
+    top_p: float = copy_field(SamplingSettings, "top_p")
+    max_tokens: int = copy_field(SamplingSettings, "max_tokens")
+    n: int = copy_field(SamplingSettings, "n")
+    seed: int = copy_field(SamplingSettings, "seed")
+    ignore_eos: bool = copy_field(SamplingSettings, "ignore_eos")
+    dp_size: int = option(1, "data-parallel engines, one per GPU slice: on this node, or on the whole cluster "
+                          "with --ray")
+    tp_size: int = option(1, "tensor-parallel GPUs per engine (32B: 4)")
+    node_size: int = option(1, "nodes sharing the run")
+    node_rank: int = option(0, "this node's rank")
+    overwrite: bool = option(False, "delete this run's previous records instead of resuming")
+    ignore_image: bool = option(False, "text-only ablation: drop the images")
+    gpu_memory_utilization: float = option(0.9, "share of each GPU's memory vLLM may take")
+    max_model_len: int | None = option(None, "vLLM's context length (default: the model's)")
+    limit_mm_per_prompt: int | None = option(None, "images per prompt the engine reserves for (default: the most "
+                                             "any row has)")
+    min_pixels: int = option(MIN_PIXELS, "qwen-vl-utils' lower bound on an image's pixels")
+    max_pixels: int = option(MAX_PIXELS, "qwen-vl-utils' upper bound on an image's pixels")
+    chat_template: str | None = option(None, "a .jinja chat template replacing the processor's",
+                                       type=click.Path(exists=True, dir_okay=False))
+    prompt_mode: str = option("qwen_chat", "qwen_chat: the chat template (the paper); raw_image_tokens: "
+                              "'<image>\\n' per image + user text; gemma3: Gemma 3 / MedGemma turn markers; the last "
+                              "two without qwen-vl-utils resizing", type=click.Choice(_prompt_modes()))
+    instruction_prompt: str | None = option(None, f"the instruction: a name ({_instruction_names()}; step_by_step "
+                                            "for LLaVA-Med and HuatuoGPT-Vision) or the text (default: the paper's)")
+    api_base: str | None = option(None, "api backend: endpoint URL (default: OPENAI_BASE_URL, else OpenAI)")
+    api_key_env: str = option("OPENAI_API_KEY", "api backend: the environment variable holding the key (the key "
+                              "is never written)")
+    batch_size: int = option(8, "prompts per generate call (hf backend)")
+    llava_med_rule: bool = option(False, "also accept the answer text as a substring")
+    dtype: str | None = option(None, "default: bfloat16 on GPU, float32 on CPU")
+    engine_kwargs: dict[str, Any] = option(default_factory=dict, help="extra vLLM engine arguments as JSON; for the "
+                                           "api backend max_retries, backoff, max_backoff, timeout", cli_default="{}")
+    window: int | None = option(None, "requests in flight per engine (default: the engine's batch capacity, vLLM "
+                                "max_num_seqs / n x 1.25; hf: --batch_size; api: 8 concurrent requests); memory "
+                                "grows with it, not with the rows")
+    ray: bool = option(False, "run the engines as a Ray actor pool sharing one row queue (multi-node)")
+    ray_address: str | None = option(None, "Ray cluster to join (default: RAY_ADDRESS, as set by ray job submit; "
+                                     "else a local cluster)")
+    progress: bool = option(True, "show progress bars", cli=False)
 
     def __post_init__(self) -> None:
         from medvlthinker.inference.backends import BACKENDS
@@ -114,8 +146,7 @@ class RunConfig:
 
     @property
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-                                n=self.n, seed=self.seed, ignore_eos=self.ignore_eos)
+        return SamplingSettings(**{name: getattr(self, name) for name in SAMPLING_FIELDS})
 
     @property
     def world_size(self) -> int:

@@ -1,13 +1,20 @@
 """One object for the sampling settings, converted to vLLM ``SamplingParams`` or transformers ``generate`` kwargs.
 
-The paper's settings (docs/protocol.md sections 5 and 6) are the two presets: :data:`EVAL_GREEDY` for the table and
-:data:`PASS_RATE` for the n=16 curation samples.
+The paper's settings are the presets (:data:`PRESETS`, ``--preset`` of eval/run_offline_inference.py):
+:data:`EVAL_GREEDY` for the table (docs/protocol.md section 5), :data:`PASS_RATE` for the curation samples
+(section 6), :data:`METRICS_AT_N` and :data:`PASS_AT_K` for the sampling analyses (section 10). The curation band
+that reads the pass-rate samples, :data:`CURATION`, lives beside them. Every other module imports these numbers.
+
+>>> PRESETS["pass_rate"].n, CURATION.rollouts, (CURATION.remove_pass_count_below, CURATION.remove_pass_count_above)
+(16, 16, (1, 7))
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+
+from medvlthinker.options import option
 
 
 @dataclass(frozen=True)
@@ -18,12 +25,14 @@ class SamplingSettings:
     or torch before transformers generates. ``ignore_eos`` forces ``max_tokens`` new tokens (benchmarks only).
     """
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 4096
-    n: int = 1
-    seed: int = 42
-    ignore_eos: bool = False
+    # the defaults are the paper's eval settings (docs/protocol.md section 5): EVAL_GREEDY below is this default
+    temperature: float = option(0.0, "0 = greedy (the table); 1.0 for pass rates")
+    top_p: float = option(1.0, "nucleus sampling mass (1.0: off)")
+    max_tokens: int = option(4096, "new tokens per rollout at most")
+    n: int = option(1, "rollouts per row")
+    seed: int = option(42, "the engine's seed (vLLM LLM(seed=...), as the original; torch for the hf backend)")
+    ignore_eos: bool = option(False, "generate max_tokens tokens whatever the model says (benchmarks only)",
+                              cli=False)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -81,8 +90,37 @@ class SamplingSettings:
         return kwargs
 
 
-EVAL_GREEDY = SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=4096, n=1, seed=42)
+SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingSettings))
+"""The names of the sampling settings (RunConfig carries them as flat fields)."""
+
+EVAL_GREEDY = SamplingSettings()
 """The published table: greedy, 4096 new tokens, seed 42 (docs/protocol.md section 5)."""
 
-PASS_RATE = SamplingSettings(temperature=1.0, top_p=1.0, max_tokens=4096, n=16, seed=42)
+PASS_RATE = EVAL_GREEDY.replace(temperature=1.0, n=16)
 """Pass-rate curation: 16 samples at temperature 1.0 (docs/protocol.md section 6)."""
+
+METRICS_AT_N = EVAL_GREEDY.replace(temperature=0.5, n=5)
+"""metrics@5 (mean accuracy, majority vote, pass@5): 5 samples at temperature 0.5 (docs/protocol.md section 10)."""
+
+PASS_AT_K = EVAL_GREEDY.replace(temperature=0.5, top_p=0.95, n=64)
+"""pass@k curves, k = 1..64: 64 samples at temperature 0.5, top_p 0.95 (docs/protocol.md section 10)."""
+
+PRESETS: dict[str, SamplingSettings] = {
+    "eval": EVAL_GREEDY, "pass_rate": PASS_RATE, "metrics_at_n": METRICS_AT_N, "pass_at_k": PASS_AT_K,
+}
+"""``--preset NAME`` of the eval command: the paper's sampling settings of each experiment."""
+
+
+@dataclass(frozen=True)
+class CurationSettings:
+    """Which pass-rate samples a curated training set keeps, and in what order (docs/protocol.md section 6)."""
+
+    rollouts: int = PASS_RATE.n
+    remove_pass_count_below: int = 1
+    remove_pass_count_above: int = 7
+    seed: int = 42
+    order: str = "easy_to_hard"
+
+
+CURATION = CurationSettings()
+"""The paper's curation: keep 1 <= pass_count <= 7 of 16 rollouts, shuffle with seed 42, then easy to hard."""
