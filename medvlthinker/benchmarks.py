@@ -52,6 +52,9 @@ AVG = "Avg."
 AVERAGE_HALF_WIDTH = 1.8
 """95% half-width in points of Avg. over the whole evaluation set (docs/protocol.md section 11)."""
 
+COLUMNS: tuple[str, ...] = tuple(b.label for b in BENCHMARKS) + (AVG,)
+"""The paper table's columns, in order."""
+
 EVAL_SET_ROWS = sum(b.rows for b in BENCHMARKS)
 """Rows of ``UCSC-VLAA/MedVLThinker-Eval`` (dataset_index 0..8219)."""
 

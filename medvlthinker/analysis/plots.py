@@ -27,7 +27,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from medvlthinker import stats  # noqa: E402
-from medvlthinker.analysis.tables import AVG, BENCHMARKS, AnalysisError, PaperTable, regrade_records  # noqa: E402
+from medvlthinker.analysis import AnalysisError  # noqa: E402
+from medvlthinker.analysis.paper_table import PaperTable  # noqa: E402
+from medvlthinker.analysis.runs import graded  # noqa: E402
+from medvlthinker.benchmarks import AVG, BENCHMARKS  # noqa: E402
+from medvlthinker.inference.settings import PASS_RATE  # noqa: E402
 
 FORMATS = ("png", "pdf")
 ALL = "All"
@@ -82,7 +86,7 @@ def plot_pass_counts(
     pass_rate_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    expected_rollouts: int | None = 16,
+    expected_rollouts: int | None = PASS_RATE.n,
     stem: str = "pass_count_distribution",
     title: str | None = None,
 ) -> list[str]:
@@ -298,8 +302,8 @@ def sampling_figures(
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[int, float]]]]:
     """The numbers of a sampled run's two figures, each graded as the original graded it: ``(metrics@n, pass@k
     curves)``. The original's metrics@n come from its regraded file, its pass@k curves from the generation file."""
-    metrics = metrics_at_n(regrade_records(records, metrics_grading, options), drop_unconverted=drop_unconverted)
-    curves = pass_at_k_curves(regrade_records(records, pass_at_k_grading, options))
+    metrics = metrics_at_n(graded(records, metrics_grading, options), drop_unconverted=drop_unconverted)
+    curves = pass_at_k_curves(graded(records, pass_at_k_grading, options))
     return metrics, curves
 
 
@@ -337,7 +341,7 @@ def make_plots(
     published: Mapping[str, Mapping[str, float]] | None = None,
     sampling_runs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     pass_rate_dir: str | os.PathLike | None = None,
-    pass_rate_rollouts: int | None = 16,
+    pass_rate_rollouts: int | None = PASS_RATE.n,
     metrics_grading: str = "regrade",
     pass_at_k_grading: str = PASS_AT_K_GRADING,
     drop_unconverted: bool = False,
@@ -351,7 +355,7 @@ def make_plots(
     ``sampling_runs`` maps a model name to its records as loaded (n > 1 rollouts per row). The metrics@n bars grade
     them with ``metrics_grading`` (the original: regrade) and the pass@k curves with ``pass_at_k_grading`` (the
     original: the strict grades recorded at generation; ``"regrade"`` is the opt-in that grades both figures
-    alike). ``options`` fills in records without options (:func:`medvlthinker.analysis.tables.regrade_records`).
+    alike). ``options`` fills in records without options (:func:`medvlthinker.inference.regrade.regrade_records`).
     """
     written: dict[str, list[str]] = {}
     radar: dict[str, dict[str, float]] = {}

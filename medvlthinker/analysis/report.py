@@ -25,7 +25,9 @@ from typing import Any
 from medvlthinker import grading
 from medvlthinker.analysis import plots, tables
 from medvlthinker.analysis.tables import AVG, BENCHMARKS, COLUMNS, LABEL_OF, AnalysisError, ModelRuns
+from medvlthinker.inference.settings import PASS_RATE
 from medvlthinker.schema import parse_options
+from medvlthinker.staging import write_text
 
 STATUSES = ("correct", "wrong", "unparsed")
 FIGURE_CAPTIONS = {
@@ -295,7 +297,7 @@ def make_report(
     eval_split: str | None = None,
     sampling_runs: Sequence[str] = (),
     pass_rate_dir: str | os.PathLike | None = None,
-    pass_rate_rollouts: int | None = 16,
+    pass_rate_rollouts: int | None = PASS_RATE.n,
     published_models: Sequence[str] = (),
     compare: Sequence[str] = (),
     paired: tuple[str, str] | None = None,
@@ -320,13 +322,9 @@ def make_report(
     )
     table_paths = tables.write_tables(result.table, os.path.join(output_dir, "tables"), result.comparison,
                                       result.paired)
-    published = tables.load_published()
-    unknown = [m for m in published_models if m not in published]
-    if unknown:
-        raise AnalysisError(f"--published-model {unknown[0]!r}: not a published row; use one of {list(published)}")
-    sampling = {name: tables.load_records(path) for name, path in tables.parse_run_specs(sampling_runs)}
+    sampling = tables.load_sampling_runs(sampling_runs)
     written = plots.make_plots(
-        os.path.join(output_dir, "plots"), table=result.table, published={m: published[m] for m in published_models},
+        os.path.join(output_dir, "plots"), table=result.table, published=tables.published_rows(published_models),
         sampling_runs=sampling, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
         metrics_grading=grading_mode, pass_at_k_grading=pass_at_k_grading, drop_unconverted=drop_unconverted,
         options=options, reward_curve=_reward_curve(rl_log) if rl_log is not None else None,
@@ -336,8 +334,5 @@ def make_report(
     )
     html = render_report(result, samples, figures_from(written), title=title)
     path = os.path.join(output_dir, "report.html")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(html)
-    os.replace(tmp, path)
+    write_text(path, html)
     return {"report": path, "tables": table_paths, "plots": written}
