@@ -15,6 +15,7 @@ Library errors on bad input are translated where the library is called, into one
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any
 
@@ -53,7 +54,8 @@ class Command(click.Command):
         except click.exceptions.Abort:
             fail("interrupted")
         except click.ClickException as exc:
-            name = prog_name or self.name or "the command"
+            # a script run as ``python data_process/x.py`` is named by its file, not by its function (``main``)
+            name = prog_name or (os.path.basename(sys.argv[0]) if args is None and sys.argv[0] else self.name)
             message = " ".join(exc.format_message().split())
             fix = "" if "fix:" in message else f"; fix: see {name} --help"
             fail(f"{message}{fix}")

@@ -163,3 +163,50 @@ def benchmark_model(model: str | None, on_gpu: bool, tmp: str | os.PathLike) -> 
     from medvlthinker.tiny import tiny_model_path
 
     return str(tiny_model_path()), "auto"
+
+
+def runner_arm(base: Any, tmp: str | os.PathLike, backend: Any, builder: Any) -> Callable[[], float]:
+    """The runner arm of a throughput benchmark: ``run_rank`` on a fresh output directory under ``tmp`` per call,
+    returning output tokens/s (the work any run does: load, stream, grade, append records); ``arm.last`` is the
+    output directory of the last call."""
+    from dataclasses import replace
+
+    from medvlthinker.inference.records import read_records, shard_name
+    from medvlthinker.inference.runner import run_rank
+
+    runs = iter(range(10**6))
+
+    def arm() -> float:
+        config = replace(base, output_dir=str(Path(tmp) / f"out-{next(runs)}"))
+        t0 = time.perf_counter()
+        run_rank(config, 0, validated=True, backend=backend, builder=builder)
+        seconds = time.perf_counter() - t0
+        records = read_records(Path(config.output_dir) / shard_name(0, 1))
+        arm.last = config.output_dir
+        return sum(r["output_tokens"] for rec in records for r in rec["rollouts"]) / seconds
+
+    return arm
+
+
+def arms_report(results: dict[str, list[float]], repeats: int, *, ratio: str, medians: dict[str, str],
+                summary: str) -> list[str]:
+    """The lines a two-arm benchmark prints: per repetition each arm's tokens/s and the second over the first
+    (``ratio``), then each arm's median (labelled by ``medians``) and the median ratio (``summary``).
+
+    >>> print("\\n".join(arms_report({"raw": [10.0, 20.0], "runner": [11.0, 19.0]}, 2, ratio="ratio",
+    ...                              medians={"raw": "raw:", "runner": "runner (run_rank):"}, summary="ratio")))
+    repetition 0: raw 10.0 tokens/s, runner 11.0 tokens/s, ratio 1.100
+    repetition 1: raw 20.0 tokens/s, runner 19.0 tokens/s, ratio 0.950
+    median raw:               15.0 output tokens/s
+    median runner (run_rank): 15.0 output tokens/s
+    median ratio over 2 interleaved repetitions: 1.025
+    """
+    (first, base), (second, other) = results.items()
+    ratios = [b / a for a, b in zip(base, other)]
+    lines = [f"repetition {rep}: {first} {a:.1f} tokens/s, {second} {b:.1f} tokens/s, {ratio} {r:.3f}"
+             for rep, (a, b, r) in enumerate(zip(base, other, ratios))]
+    width = max(len(label) for label in medians.values())
+    lines += [f"median {medians[name].ljust(width)} {median_of(values):.1f} output tokens/s"
+              for name, values in results.items()]
+    lines.append(f"median {summary} over {repeats} interleaved repetitions: {median_of(ratios):.3f}")
+    return lines

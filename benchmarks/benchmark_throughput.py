@@ -4,8 +4,8 @@ GPU (the reference workload): the Qwen2.5-VL-3B architecture with dummy weights 
 the Qwen2.5 tokenizer in a temporary copy), 256 requests, one 448x448 image each, 512 output tokens (ignore_eos),
 temperature 1.0. CPU (vLLM's CPU build): the tiny test model, 64 requests, 32 output tokens, 56x56 images.
 
-    python eval/benchmark_throughput.py                  # picks GPU or CPU defaults
-    python eval/benchmark_throughput.py --num_requests 64 --max_tokens 128 --repeats 5
+    python benchmarks/benchmark_throughput.py                  # picks GPU or CPU defaults
+    python benchmarks/benchmark_throughput.py --num_requests 64 --max_tokens 128 --repeats 5
 
 Both arms start from the same rows and do the work any run must: render the prompts and resize the images
 (the runner's RequestBuilder, shared), then generate. The raw arm builds every input first and calls
@@ -19,16 +19,17 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import click
+
+from medvlthinker import cli
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-@click.command(context_settings={"show_default": True})
+@cli.command(context_settings={"show_default": True})
 @click.option("--model", default=None, help="default: 3B dummy weights on GPU, the tiny model on CPU")
 @click.option("--num_requests", type=int, default=None, help="default: 256 on GPU, 64 on CPU")
 @click.option("--max_tokens", type=int, default=None, help="default: 512 on GPU, 32 on CPU")
@@ -44,10 +45,9 @@ def main(model, num_requests, max_tokens, image_size, repeats, window, gpu_memor
 
     from medvlthinker import synthetic
     from medvlthinker.inference.backends import VllmBackend
-    from medvlthinker.inference.records import read_records, shard_name
     from medvlthinker.inference.requests import RequestBuilder
-    from medvlthinker.inference.runner import RunConfig, run_rank
-    from medvlthinker.inference.workloads import benchmark_model, interleaved_repeats, median_of
+    from medvlthinker.inference.runner import RunConfig
+    from medvlthinker.inference.workloads import arms_report, benchmark_model, interleaved_repeats, runner_arm
 
     on_gpu = torch.cuda.is_available()
     num_requests = num_requests or (256 if on_gpu else 64)
@@ -68,7 +68,6 @@ def main(model, num_requests, max_tokens, image_size, repeats, window, gpu_memor
         params = base.sampling.to_vllm()
         warm = [builder.build(row).vllm_input() for row in rows[: min(8, len(rows))]]
         llm.generate(warm, params, use_tqdm=False)  # warm-up, not timed
-        runs = iter(range(10**6))
 
         def raw() -> float:
             t0 = time.perf_counter()
@@ -77,27 +76,16 @@ def main(model, num_requests, max_tokens, image_size, repeats, window, gpu_memor
             outputs = llm.generate(inputs, params, use_tqdm=False)
             return sum(len(c.token_ids) for o in outputs for c in o.outputs) / (time.perf_counter() - t0)
 
-        def runner() -> float:
-            config = replace(base, output_dir=str(tmp / f"out-{next(runs)}"))
-            t0 = time.perf_counter()
-            run_rank(config, 0, validated=True, backend=backend, builder=builder)
-            seconds = time.perf_counter() - t0
-            records = read_records(Path(config.output_dir) / shard_name(0, 1))
-            return sum(r["output_tokens"] for rec in records for r in rec["rollouts"]) / seconds
-
-        results = interleaved_repeats({"raw": raw, "runner": runner}, repeats)
+        results = interleaved_repeats({"raw": raw, "runner": runner_arm(base, tmp, backend, builder)}, repeats)
         capacity = backend.default_window(base.sampling)
 
     device = torch.cuda.get_device_name(0) if on_gpu else "CPU (vLLM CPU build)"
     click.echo(f"device: {device}; model: {model_dir if model else ('3B dummy' if on_gpu else 'tiny')}")
     click.echo(f"workload: {num_requests} requests, one {image_size}x{image_size} image, {max_tokens} output tokens; "
                f"runner window {window or capacity}")
-    ratios = [b / a for a, b in zip(results["raw"], results["runner"])]
-    for rep, (a, b, r) in enumerate(zip(results["raw"], results["runner"], ratios)):
-        click.echo(f"repetition {rep}: raw {a:.1f} tokens/s, runner {b:.1f} tokens/s, ratio {r:.3f}")
-    click.echo(f"median raw vLLM LLM.generate: {median_of(results['raw']):.1f} output tokens/s")
-    click.echo(f"median runner (run_rank):     {median_of(results['runner']):.1f} output tokens/s")
-    click.echo(f"median ratio runner/raw over {repeats} interleaved repetitions: {median_of(ratios):.3f}")
+    medians = {"raw": "raw vLLM LLM.generate:", "runner": "runner (run_rank):"}
+    for line in arms_report(results, repeats, ratio="ratio", medians=medians, summary="ratio runner/raw"):
+        click.echo(line)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Throughput of the verl RL converter on synthetic image rows: rows/s for num_proc 1 and 2, and whether the cost
 grows linearly with the number of rows (time per row at N/4 rows vs N rows).
 
-    python data_process/benchmark_convert.py --rows 10000
+    python benchmarks/benchmark_convert.py --rows 10000
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from medvlthinker import cli
+
 
 def _time_convert(ds, num_proc: int, out: Path) -> float:
     from medvlthinker.converters.verl_format import convert_to_verl, write_verl_parquet
@@ -21,10 +23,10 @@ def _time_convert(ds, num_proc: int, out: Path) -> float:
     return time.perf_counter() - start
 
 
-@click.command()
+@cli.command()
 @click.option("--rows", type=int, default=10_000, show_default=True, help="Synthetic image rows to convert.")
-@click.option("--num-proc", "num_procs", type=int, multiple=True, default=(1, 2), show_default=True)
-@click.option("--image-size", type=int, default=64, show_default=True, help="Side of the synthetic PNGs.")
+@click.option("--num_proc", "num_procs", type=int, multiple=True, default=(1, 2), show_default=True)
+@click.option("--image_size", type=int, default=64, show_default=True, help="Side of the synthetic PNGs.")
 def main(rows, num_procs, image_size):
     """Print rows/s of unified -> verl parquet conversion (images kept as stored bytes)."""
     import datasets

@@ -8,9 +8,9 @@ rows with the same builder, on one engine:
 - chunked: 256 rows at a time, ``LLM.generate`` on the chunk, wait for its longest answer, next chunk;
 - runner: ``run_rank`` (window: the engine's capacity), records appended as they finish.
 
-    python eval/benchmark_variable_length.py                       # CPU: 512 rows, lengths x 0.1
-    python eval/benchmark_variable_length.py --num_rows 2048 --scale 1.0 --model M   # GPU
-    python eval/benchmark_variable_length.py --keep_records runs/varlen   # then: eval/benchmark_balance.py runs/varlen
+    python benchmarks/benchmark_variable_length.py                       # CPU: 512 rows, lengths x 0.1
+    python benchmarks/benchmark_variable_length.py --num_rows 2048 --scale 1.0 --model M   # GPU
+    python benchmarks/benchmark_variable_length.py --keep_records runs/varlen   # then: benchmarks/benchmark_balance.py runs/varlen
 
 Prints output tokens/s of each arm per repetition and the median speed-up over ``--repeats`` interleaved
 repetitions.
@@ -22,10 +22,11 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import click
+
+from medvlthinker import cli
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -33,7 +34,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 CHUNK = 256  # the original recipe's blocking chunk
 
 
-@click.command(context_settings={"show_default": True})
+@cli.command(context_settings={"show_default": True})
 @click.option("--model", default=None, help="default: the tiny test model (CPU) / 3B dummy weights (GPU)")
 @click.option("--num_rows", type=int, default=None, help="default: 512 on CPU, 2048 on GPU")
 @click.option("--scale", type=float, default=None, help="answer lengths x this; default 0.1 on CPU, 1.0 on GPU")
@@ -43,7 +44,7 @@ CHUNK = 256  # the original recipe's blocking chunk
 @click.option("--seed", type=int, default=0, help="seed of the answer lengths")
 @click.option("--max_model_len", type=int, default=4096)
 @click.option("--keep_records", type=click.Path(file_okay=False), default=None,
-              help="copy the last runner repetition's records here (input for eval/benchmark_balance.py)")
+              help="copy the last runner repetition's records here (input for benchmarks/benchmark_balance.py)")
 def main(model, num_rows, scale, image_size, repeats, window, seed, max_model_len, keep_records):
     import datasets
     import torch
@@ -51,15 +52,16 @@ def main(model, num_rows, scale, image_size, repeats, window, seed, max_model_le
 
     from medvlthinker import synthetic
     from medvlthinker.inference.backends import VllmBackend
-    from medvlthinker.inference.records import merge_results, read_records, shard_name
-    from medvlthinker.inference.runner import RunConfig, run_rank
+    from medvlthinker.inference.records import merge_results, shard_name
+    from medvlthinker.inference.runner import RunConfig
     from medvlthinker.inference.workloads import (
+        arms_report,
         benchmark_model,
         eval_set_lengths,
         eval_set_rows,
         fixed_length_builder,
         interleaved_repeats,
-        median_of,
+        runner_arm,
     )
 
     on_gpu = torch.cuda.is_available()
@@ -87,7 +89,6 @@ def main(model, num_rows, scale, image_size, repeats, window, seed, max_model_le
 
         warm = [builder.build(row) for row in rows[:8]]
         llm.generate([r.vllm_input() for r in warm], [per_request(r) for r in warm], use_tqdm=False)
-        runs = iter(range(10**6))
 
         def chunked() -> float:
             t0 = time.perf_counter()
@@ -100,15 +101,7 @@ def main(model, num_rows, scale, image_size, repeats, window, seed, max_model_le
                 tokens += sum(len(c.token_ids) for o in outputs for c in o.outputs)
             return tokens / (time.perf_counter() - t0)
 
-        def runner() -> float:
-            config = replace(base, output_dir=str(tmp / f"out-{next(runs)}"))
-            t0 = time.perf_counter()
-            run_rank(config, 0, validated=True, backend=backend, builder=builder)
-            seconds = time.perf_counter() - t0
-            records = read_records(Path(config.output_dir) / shard_name(0, 1))
-            runner.last = config.output_dir
-            return sum(r["output_tokens"] for rec in records for r in rec["rollouts"]) / seconds
-
+        runner = runner_arm(base, tmp, backend, builder)
         results = interleaved_repeats({"chunked": chunked, "runner": runner}, repeats)
         capacity = backend.default_window(base.sampling)
         if keep_records:
@@ -119,12 +112,9 @@ def main(model, num_rows, scale, image_size, repeats, window, seed, max_model_le
     click.echo(f"workload: {num_rows} rows in the eval set's benchmark order, answer lengths exponential around "
                f"the benchmark means x {scale} (mean {sum(lengths) / len(lengths):.1f}, max {max(lengths)} tokens); "
                f"engine max_num_seqs {backend.max_num_seqs}, runner window {window or capacity}, chunks of {CHUNK}")
-    speedups = [b / a for a, b in zip(results["chunked"], results["runner"])]
-    for rep, (a, b, r) in enumerate(zip(results["chunked"], results["runner"], speedups)):
-        click.echo(f"repetition {rep}: chunked {a:.1f} tokens/s, runner {b:.1f} tokens/s, runner/chunked {r:.3f}")
-    click.echo(f"median chunks of {CHUNK}: {median_of(results['chunked']):.1f} output tokens/s")
-    click.echo(f"median runner:        {median_of(results['runner']):.1f} output tokens/s")
-    click.echo(f"median speed-up runner/chunked over {repeats} interleaved repetitions: {median_of(speedups):.3f}")
+    medians = {"chunked": f"chunks of {CHUNK}:", "runner": "runner:"}
+    for line in arms_report(results, repeats, ratio="runner/chunked", medians=medians, summary="speed-up runner/chunked"):
+        click.echo(line)
     if keep_records:
         click.echo(f"records of the last runner repetition: {keep_records}")
 

@@ -1,9 +1,9 @@
 """SFT training throughput (tokens/s) and MFU of one device.
 
-CPU (the tiny model, a few steps):  python train/benchmark_sft.py
+CPU (the tiny model, a few steps):  python benchmarks/benchmark_sft.py
 GPU (the 3B architecture, random weights, the paper's 1 example per device):
-    python train/benchmark_sft.py --model configs/models/qwen2.5-vl-3b --random-weights --seq-len 4096
-MFU uses the dense bf16 peak of the GPU (H100/H200 989 TFLOPS); on CPU pass --peak-tflops to get one.
+    python benchmarks/benchmark_sft.py --model configs/models/qwen2.5-vl-3b --random_weights --seq_len 4096
+MFU uses the dense bf16 peak of the GPU (H100/H200 989 TFLOPS); on CPU pass --peak_tflops to get one.
 """
 
 from __future__ import annotations
@@ -12,19 +12,21 @@ import json
 
 import click
 
+from medvlthinker import cli
 
-@click.command()
+
+@cli.command()
 @click.option("--model", "model_dir", default=None,
               help="Model directory (default: the tiny random model on CPU, configs/models/qwen2.5-vl-3b on GPU).")
-@click.option("--random-weights/--pretrained-weights", default=None,
+@click.option("--random_weights/--pretrained_weights", default=None,
               help="Build from config.json alone (default: on for the configs/models dirs).")
-@click.option("--seq-len", type=int, default=None, help="Tokens per example (default 256 on CPU, 4096 on GPU).")
-@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--seq_len", type=int, default=None, help="Tokens per example (default 256 on CPU, 4096 on GPU).")
+@click.option("--batch_size", type=int, default=1, show_default=True)
 @click.option("--steps", type=int, default=None, help="Timed steps (default 3 on CPU, 10 on GPU).")
 @click.option("--warmup", type=int, default=1, show_default=True)
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
-@click.option("--peak-tflops", type=float, default=None, help="Device peak for MFU when it is not known.")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the figures here.")
+@click.option("--gradient_checkpointing/--no_gradient_checkpointing", default=True, show_default=True)
+@click.option("--peak_tflops", type=float, default=None, help="Device peak for MFU when it is not known.")
+@click.option("--json_out", type=click.Path(dir_okay=False), default=None, help="Also write the figures here.")
 def main(model_dir, random_weights, seq_len, batch_size, steps, warmup, gradient_checkpointing, peak_tflops,
          json_out):
     """Print tokens/s and MFU of full SFT training steps."""

@@ -7,8 +7,8 @@ balanced one: every other rank waits for the slowest. Columns: contiguous shards
 ranks (the spawn path), and a shared queue (the Ray pool; simulated: each row goes to the rank with the least
 work so far).
 
-    python eval/benchmark_balance.py runs/M --dp_size 4,8,16,32
-    python eval/benchmark_balance.py --eval_set_means
+    python benchmarks/benchmark_balance.py runs/M --dp_size 4,8,16,32
+    python benchmarks/benchmark_balance.py --eval_set_means
 
 For a Ray run the shard files are the workers' (rows taken dynamically from one queue): their measured shares are
 printed too.
@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import click
 
+from medvlthinker import cli
 
-@click.command(context_settings={"show_default": True})
+
+@cli.command(context_settings={"show_default": True})
 @click.argument("run_dir", required=False, type=click.Path(exists=True))
 @click.option("--dp_size", default="2,4,8,16,32", help="comma-separated rank counts")
 @click.option("--eval_set_means", is_flag=True, help="the eval set's row order at the benchmark mean lengths")

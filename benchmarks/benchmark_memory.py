@@ -6,10 +6,10 @@ size (``ru_maxrss``) and the peak of its anonymous part (heap and tensors, sampl
 memory-mapped data set, which the kernel may drop). The sizes alternate order over ``--repeats`` repetitions and
 the medians are printed. With the window bounding the requests in flight, 16N rows must stay within 15% of N.
 
-    python eval/benchmark_memory.py                                   # vLLM CPU build, N=8, window 4
-    python eval/benchmark_memory.py --rows 64 --window 32 --image_size 1000
-    python eval/benchmark_memory.py --window 100000                   # no bound: every row in flight at once
-    python eval/benchmark_memory.py --backend hf --rows 4 --window 2 --max_pixels 200704   # quick, on CPU
+    python benchmarks/benchmark_memory.py                                   # vLLM CPU build, N=8, window 4
+    python benchmarks/benchmark_memory.py --rows 64 --window 32 --image_size 1000
+    python benchmarks/benchmark_memory.py --window 100000                   # no bound: every row in flight at once
+    python benchmarks/benchmark_memory.py --backend hf --rows 4 --window 2 --max_pixels 200704   # quick, on CPU
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 import click
+
+from medvlthinker import cli
 
 from medvlthinker.tiny import MAX_PIXELS
 
@@ -46,7 +48,7 @@ def _child(data: str, rows: int, backend: str, window: int, model: str, out: str
     print(MARK + json.dumps({"rows": rows, "maxrss": maxrss, "peak_anon": peak.peak_anon}), flush=True)
 
 
-@click.command(context_settings={"show_default": True})
+@cli.command(context_settings={"show_default": True})
 @click.option("--rows", "base_rows", type=int, default=8, help="N: the runs have N, 4N and 16N rows")
 @click.option("--window", type=int, default=4, help="requests in flight (the runner's --window)")
 @click.option("--image_size", type=int, default=1000, help="square image side of every row")
