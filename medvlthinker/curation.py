@@ -38,44 +38,26 @@ ORDERS = ("easy_to_hard", "hard_to_easy", "random", "none")
 """``easy_to_hard``: most-solved first (the paper's curriculum); ``hard_to_easy``: the reverse; ``random``: the
 seeded shuffle alone; ``none``: the input order (the trainer shuffles)."""
 
-RESULTS_FILE = "eval_results.jsonl"
-SHARD_GLOB = "shard-*-of-*.jsonl"
-
-
 class CurationError(UserError):
     """Pass-rate records that cannot be joined to the rows; the message names the record or row and the fix."""
 
 
 # --------------------------------------------------------------------------------------------------- pass counts
-def _result_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        merged = path / RESULTS_FILE
-        if merged.is_file():
-            return [merged]
-        shards = sorted(path.glob(SHARD_GLOB))
-        if shards:
-            return shards
-    raise CurationError(
-        f"no pass-rate results at {path}; fix: pass the eval_results.jsonl written by eval/run_offline_inference.py "
-        f"(n=16, temperature 1.0) or its --output_dir (holding {RESULTS_FILE} or {SHARD_GLOB})"
-    )
-
-
 def read_pass_rate_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a pass-rate run: a jsonl file, or an output directory (merged file, else its shards).
 
     The records reader every stage uses (:func:`medvlthinker.inference.records.read_run`): a half-written last
     line of a shard (a run killed mid-write) is skipped; any other bad line, and a row recorded twice, is an error.
     """
-    from medvlthinker.inference.records import read_run
+    from medvlthinker.inference.records import RESULTS_FILE, read_run
 
     try:
         records = read_run(path)
     except FileNotFoundError:
-        _result_files(Path(path))  # raises the pass-rate message
-        raise
+        raise CurationError(
+            f"no pass-rate results at {path}; fix: pass the {RESULTS_FILE} written by eval/run_offline_inference.py "
+            f"--preset pass_rate or its --output_dir (holding {RESULTS_FILE} or shard-*-of-*.jsonl)"
+        ) from None
     except ValueError as exc:
         raise CurationError(str(exc)) from None
     if not records:
