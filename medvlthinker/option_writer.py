@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from medvlthinker.cli import UserError
+from medvlthinker.staging import write_text
 
 Completer = Callable[[list[dict[str, str]]], str]
 
@@ -167,12 +168,9 @@ class OptionCache:
         return options
 
     def put(self, key: str, question: str, answer: str, options: list[str], **meta: Any) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.path(key)
-        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
         entry = {"question": question, "answer": answer, "options": options, **meta}
-        tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        # worker threads may answer the same row at once: each writes its own temporary file
+        write_text(self.path(key), json.dumps(entry, ensure_ascii=False), private=True)
 
 
 def write_options(question: str, answer: str, complete: Completer, *, max_tries: int = MAX_TRIES) -> OptionResult:
