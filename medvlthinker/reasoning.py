@@ -204,8 +204,7 @@ def build_reasoning_set(train_set: str, records_path: str | os.PathLike, output:
     """Load, merge, validate and write the SFT(PMC) set to ``output`` (save_to_disk directory or ``.parquet``),
     with the report in ``<output>.report.json``. Nothing is written when no row keeps a reasoning."""
     from medvlthinker.data import load_unified, save_unified, validate_dataset
-    from medvlthinker.staging import write_json
-    from medvlthinker.staging import check_writable, staged
+    from medvlthinker.staging import check_writable, staged, write_json
 
     check_writable(output, overwrite)
     ds = load_unified(train_set, split)
