@@ -65,6 +65,8 @@ def chat_template() -> str:
     return resources.files("medvlthinker").joinpath("resources/qwen2_5_vl_chat_template.jinja").read_text()
 
 
+# Not staging.staged, which replaces the target: test workers build the same model at once, and the first complete
+# copy must win, since another worker may already be reading it.
 def _atomic_dir(target: Path):
     """A temporary sibling directory renamed onto ``target`` when the build succeeds (safe under concurrency)."""
     target.parent.mkdir(parents=True, exist_ok=True)
