@@ -32,3 +32,43 @@ def test_existing_output_needs_overwrite_and_survives_a_failure(tmp_path):
     with staged(target, overwrite=True, directory=True) as tmp:
         (tmp / "weights").write_text("new")
     assert (target / "weights").read_text() == "new"
+
+
+def test_text_json_and_jsonl_writes_are_whole_and_keep_the_old_file_on_failure(tmp_path):
+    from medvlthinker.staging import write_json, write_jsonl, write_text
+
+    target = tmp_path / "eval_results.jsonl"
+    write_jsonl(target, [{"dataset_index": 0, "answer": "é"}])
+    assert target.read_text(encoding="utf-8") == '{"dataset_index": 0, "answer": "é"}\n'
+
+    def broken():
+        yield {"dataset_index": 1}
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_jsonl(target, broken())
+    assert target.read_text(encoding="utf-8") == '{"dataset_index": 0, "answer": "é"}\n'
+    write_json(tmp_path / "accuracy.json", {"PMC": 1.0})
+    write_text(tmp_path / "entry.json", "{}", private=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.json", "entry.json", "eval_results.jsonl"]
+
+
+def test_private_temporary_names_differ_per_thread(tmp_path):
+    import threading
+
+    names = []
+    both_inside = threading.Barrier(2)  # both threads alive at once, so their idents differ
+
+    def stage():
+        with staged(tmp_path / "entry.json", overwrite=True, private=True) as tmp:
+            names.append(tmp.name)
+            tmp.write_text("{}")
+            both_inside.wait(timeout=10)
+
+    threads = [threading.Thread(target=stage) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(names)) == 2 and all(n.startswith(".entry.json.") and n.endswith(".partial") for n in names)
+    assert (tmp_path / "entry.json").read_text() == "{}"
