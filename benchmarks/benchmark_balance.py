@@ -29,13 +29,12 @@ def main(run_dir, dp_size, eval_set_means):
     from pathlib import Path
 
     from medvlthinker.inference.assign import recorded_work, slowest_share
-    from medvlthinker.inference.records import SHARD_RE, read_records, shard_files
-    from medvlthinker.inference.regrade import load_results
+    from medvlthinker.inference.records import SHARD_RE, read_records, read_run, shard_files
     from medvlthinker.inference.workloads import eval_set_lengths
 
     if eval_set_means == bool(run_dir):
         raise click.UsageError("pass a recorded run directory or --eval_set_means (one of the two)")
-    work = eval_set_lengths() if eval_set_means else recorded_work(load_results(run_dir))
+    work = eval_set_lengths() if eval_set_means else recorded_work(read_run(run_dir))
     source = "eval set at the benchmark means" if eval_set_means else run_dir
     click.echo(f"{source}: {len(work)} rows, {sum(work)} generated tokens")
     click.echo(f"{'dp_size':>8} {'contiguous':>11} {'interleaved':>12} {'shared queue':>13}   "
