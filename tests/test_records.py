@@ -136,3 +136,15 @@ def test_make_plots_prints_one_line_errors(tmp_path):
                               capture_output=True, text=True, cwd=ROOT)
         assert done.returncode == 1 and done.stderr.startswith(message), done.stderr
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_merge_writes_the_shards_union_and_a_short_run_is_a_user_error(tmp_path):
+    run = tmp_path / "run"
+    _write(run / records.shard_name(0, 2), [_line(_record(1)), '{"torn'])
+    _write(run / records.shard_name(1, 2), [_line(_record(0, "slake_closed"))])
+    with pytest.raises(records.RecordsError, match=r"holds 2 of 3 records; fix: rerun the same command"):
+        records.merge_results(run, expected_rows=3)
+    table = records.merge_results(run, expected_rows=2)
+    assert (run / records.RESULTS_FILE).read_text() == _line(_record(0, "slake_closed")) + _line(_record(1))
+    assert table["_average"]["accuracy"] == 100.0
+    assert json.loads((run / records.ACCURACY_FILE).read_text()) == table

@@ -286,7 +286,7 @@ def merge_results(output_dir: str | os.PathLike, *, expected_rows: int | None = 
     if not records:
         raise FileNotFoundError(f"no shard-*-of-*.jsonl records in {output_dir}; fix: run eval/run_offline_inference.py first")
     if expected_rows is not None and len(records) < expected_rows:
-        raise RuntimeError(
+        raise RecordsError(
             f"{output_dir} holds {len(records)} of {expected_rows} records; fix: rerun the same command to resume "
             f"the unfinished shards, then merge"
         )
