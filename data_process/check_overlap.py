@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import click
 
+from medvlthinker import cli
 from medvlthinker.data import load_unified
 from medvlthinker.overlap import find_overlap, write_overlap
 
 
-@click.command()
+@cli.command()
 @click.option("--train", "train_source", required=True, help="Training set: Hub name or local path (unified schema).")
 @click.option("--train_split", default="train", show_default=True)
 @click.option("--eval", "eval_source", default="UCSC-VLAA/MedVLThinker-Eval", show_default=True, help="Evaluation set.")

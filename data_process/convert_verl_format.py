@@ -6,7 +6,7 @@ RL(PMC):
     python data_process/convert_verl_format.py data/curated/pmc_vqa_easy_to_hard data/verl/pmc_vqa/train.parquet
 Validation file (PMC-VQA part of the evaluation set):
     python data_process/convert_verl_format.py UCSC-VLAA/MedVLThinker-Eval data/verl/eval_pmc_vqa/test.parquet \
-        --split test --subset pmc_vqa --rl-split test
+        --split test --subset pmc_vqa --rl_split test
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from medvlthinker import cli
 @click.option("--split", default=None, help="Split of a Hub data set (e.g. train).")
 @click.option("--subset", multiple=True, help="Keep only these dataset_name values (repeatable).")
 @click.option("--size", type=int, default=None, help="Keep the first N rows (smoke runs).")
-@click.option("--rl-split", default="train", show_default=True, help="Written to extra_info.split.")
-@click.option("--resize-pmc/--no-resize-pmc", default=False, show_default=True,
+@click.option("--rl_split", default="train", show_default=True, help="Written to extra_info.split.")
+@click.option("--resize_pmc/--no_resize_pmc", default=False, show_default=True,
               help="Apply the PMC-VQA training-image resize rule (the released sets are already resized).")
-@click.option("--num-proc", type=int, default=None, help="Worker processes for the conversion.")
+@click.option("--num_proc", type=int, default=None, help="Worker processes for the conversion.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT_PARQUET.")
 def main(source, out_parquet, split, subset, size, rl_split, resize_pmc, num_proc, overwrite):
     """Convert SOURCE (Hub name, save_to_disk dir, .parquet or .jsonl in the unified schema) into OUT_PARQUET.

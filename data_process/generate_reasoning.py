@@ -13,19 +13,19 @@ teacher's. The output directory is the runner's (shard files, eval_results.jsonl
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
+from medvlthinker import cli
 from medvlthinker.reasoning import teacher_runner_args
 
 RUNNER = Path(__file__).resolve().parents[1] / "eval" / "run_offline_inference.py"
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli.entry_point
+def main(args: list[str]) -> None:
     spec = importlib.util.spec_from_file_location("run_offline_inference", RUNNER)
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
-    args = list(sys.argv[1:] if argv is None else argv)
     runner.main.main(args=args if "--help" in args else teacher_runner_args(args), prog_name=Path(__file__).name)
 
 

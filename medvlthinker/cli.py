@@ -44,8 +44,8 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-class Command(click.Command):
-    """A ``click.Command`` whose usage errors and user errors end as one line with exit code 1."""
+class _OneLineErrors:
+    """The ``main`` of :class:`Command` and :class:`Group`: usage and user errors end as one line, exit code 1."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra: Any):
         argv = list(sys.argv[1:] if args is None else args)
@@ -65,6 +65,14 @@ class Command(click.Command):
             fail(one_line(exc))
 
 
+class Command(_OneLineErrors, click.Command):
+    """A ``click.Command`` whose usage errors and user errors end as one line with exit code 1."""
+
+
+class Group(_OneLineErrors, click.Group):
+    """A ``click.Group`` (a script with subcommands) whose errors end as one line with exit code 1."""
+
+
 def command(*args: Any, **kwargs: Any):
     """``click.command`` with ``--debug`` and one-line errors (see the module docstring)."""
     kwargs.setdefault("cls", Command)
@@ -78,3 +86,22 @@ def command(*args: Any, **kwargs: Any):
         return click.command(*args, **kwargs)(callback)
 
     return decorate
+
+
+def entry_point(func):
+    """The one-line errors of :func:`command` for a script that parses its own arguments (no click command of
+    its own): ``func(argv)`` runs with ``sys.argv[1:]`` by default, and ``--debug`` among them shows the traceback
+    instead (it is removed before ``func`` sees them)."""
+
+    @functools.wraps(func)
+    def run(argv: list[str] | None = None) -> Any:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in argv
+        try:
+            return func([a for a in argv if a != "--debug"])
+        except USER_ERRORS as exc:
+            if debug:
+                raise
+            fail(one_line(exc))
+
+    return run

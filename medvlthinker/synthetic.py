@@ -212,8 +212,8 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("out_dir")
-    ap.add_argument("--rows-per-benchmark", type=int, default=8)
-    ap.add_argument("--train-rows", type=int, default=24)
+    ap.add_argument("--rows_per_benchmark", type=int, default=8)
+    ap.add_argument("--train_rows", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     for name, path in write_demo_data(args.out_dir, args.rows_per_benchmark, args.train_rows, args.seed).items():

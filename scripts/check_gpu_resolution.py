@@ -1,7 +1,7 @@
 """Resolve the `gpu` extra for a CUDA Linux machine (pip's resolver, dry run, no GPU needed) and check that the
 resolved TRL gives verl's actor build the class it imports.
 
-    .venv/bin/python scripts/check_gpu_resolution.py [--python-version 3.11] [--platform manylinux_2_28_x86_64]
+    .venv/bin/python scripts/check_gpu_resolution.py [--python_version 3.11] [--platform manylinux_2_28_x86_64]
 
 It prints the resolved versions of the stack, downloads the resolved TRL wheel alone and runs verl's
 ``apply_monkey_patch`` (the code path of every actor build, which imports TRL's value-head class when TRL is
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from medvlthinker import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 STACK = ("torch", "vllm", "verl", "transformers", "trl", "accelerate", "ray", "tensordict", "datasets")
 
@@ -34,8 +36,8 @@ def gpu_requirements(python_version: str) -> list[str]:
     return [str(r).split(";")[0].strip() for r in reqs if r.marker is None or r.marker.evaluate(env)]
 
 
-@click.command()
-@click.option("--python-version", default="3.11", show_default=True)
+@cli.command()
+@click.option("--python_version", default="3.11", show_default=True)
 @click.option("--platform", "platforms", multiple=True, show_default=True,
               default=[f"manylinux_2_{n}_x86_64" for n in range(5, 40)] + ["manylinux2014_x86_64", "linux_x86_64"])
 def main(python_version, platforms):
@@ -47,15 +49,21 @@ def main(python_version, platforms):
            *gpu_requirements(python_version)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
-        sys.exit(f"the gpu extra does not resolve for Python {python_version}:\n{proc.stderr[-3000:]}")
+        errors = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("ERROR")]
+        raise cli.UserError("pyproject.toml [gpu]", f"the gpu extra does not resolve for Python {python_version} "
+                            f"({' '.join(errors[-2:]) or proc.stderr.strip()[-300:]})",
+                            fix="relax or pin the conflicting requirements of the extra")
     installed = {i["metadata"]["name"].lower(): i for i in json.loads(report.read_text())["install"]}
     click.echo(f"gpu extra, Python {python_version}: {len(installed)} packages")
     for name in STACK:
         click.echo(f"  {name:13s} {installed[name]['metadata']['version'] if name in installed else '-'}")
     trl = installed["trl"]["metadata"]["version"]
     wheel_dir = work / "trl"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(wheel_dir),
-                    f"trl=={trl}"], check=True)
+    fetched = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                              str(wheel_dir), f"trl=={trl}"], capture_output=True, text=True)
+    if fetched.returncode:
+        raise cli.UserError(f"trl=={trl}", f"the wheel cannot be downloaded ({_last_line(fetched.stderr)})",
+                            fix="check the connection to PyPI")
     from medvlthinker.tiny import tiny_model_path
 
     code = (
@@ -68,8 +76,14 @@ def main(python_version, platforms):
     )
     check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={**__import__("os").environ, "PYTHONPATH": str(wheel_dir)})
-    click.echo((check.stdout.strip().splitlines() or [""])[-1] if check.returncode == 0 else check.stderr[-2000:])
-    sys.exit(check.returncode)
+    if check.returncode:
+        raise cli.UserError(f"trl {trl}", f"verl's actor build does not import with it ({_last_line(check.stderr)})",
+                            fix="pin trl in the gpu extra to a version whose value-head class verl imports")
+    click.echo(_last_line(check.stdout))
+
+
+def _last_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[-1]
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def data(tmp_path_factory):
 # ---------------------------------------------------------------- class 4: corrupt images never reach training
 def test_verl_converter_names_the_row_of_a_corrupt_image_and_keeps_the_old_file(data):
     expect_failure("data_process/convert_verl_format.py", data["bad_image"], data["verl"], "--overwrite",
-                   "--num-proc", "2", names=["dataset_index=5", "cannot be decoded"], kept=[data["verl"]])
+                   "--num_proc", "2", names=["dataset_index=5", "cannot be decoded"], kept=[data["verl"]])
 
 
 def test_sft_converter_names_the_row_of_a_corrupt_image_and_keeps_the_old_set(data):
@@ -133,7 +133,7 @@ def test_converters_and_loading_leave_the_input_folder_untouched(data, tmp_path)
 
     before = digest(data["good"])
     code, output = run("data_process/convert_verl_format.py", data["good"], tmp_path / "v.parquet",
-                       "--subset", "pmc_vqa", "--num-proc", "2")
+                       "--subset", "pmc_vqa", "--num_proc", "2")
     assert code == 0, output
     assert run("data_process/convert_sft_format.py", data["good"], tmp_path / "s", "--subset", "pmc_vqa")[0] == 0
     ds = load_unified(str(data["good"]), subset=["pmc_vqa"], check_images=True)

@@ -74,7 +74,7 @@ def test_cli_reports_and_fails_cleanly(tiny_overrides):
     spec = importlib.util.spec_from_file_location("rl_preflight_cli", ROOT / "train" / "rl" / "preflight.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    ok = CliRunner().invoke(cli.main, [str(ONE), *tiny_overrides, "--sample-rows", "2"])
+    ok = CliRunner().invoke(cli.main, [str(ONE), *tiny_overrides, "--sample_rows", "2"])
     assert ok.exit_code == 0, ok.output
     assert "preflight passed" in ok.output and "prompt tokens (images included)" in ok.output
     bad = CliRunner().invoke(cli.main, [str(ONE), *tiny_overrides, "reward.custom_reward_function.path=null"])
@@ -155,7 +155,7 @@ def test_cli_takes_an_overlay_file(tiny_overrides, tmp_path):
     spec.loader.exec_module(cli)
     rest = [o for o in tiny_overrides if not o.startswith("+overlays")]
     overlay = ROOT / "configs" / "rl" / "overlays" / "cpu.yaml"
-    ok = CliRunner().invoke(cli.main, [str(ONE), str(overlay), *rest, "--sample-rows", "1"])
+    ok = CliRunner().invoke(cli.main, [str(ONE), str(overlay), *rest, "--sample_rows", "1"])
     assert ok.exit_code == 0, ok.output
     assert "CPU profile" in ok.output
     stray = tmp_path / "cpu.yaml"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import click
 
+from medvlthinker.cli import Group
 from medvlthinker.errors import UserError
 from medvlthinker.staging import staged
 
@@ -187,7 +188,7 @@ def check_merged_model(model_dir: str | os.PathLike, *, max_new_tokens: int = 8)
 # ---------------------------------------------------------------- CLI
 
 
-@click.group()
+@click.group(cls=Group)
 def cli():
     """Merge training checkpoints into Hugging Face model directories, then check that they load and generate."""
 
@@ -195,15 +196,12 @@ def cli():
 @cli.command("verl")
 @click.argument("actor_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("target_dir", type=click.Path(file_okay=False))
-@click.option("--no-check", is_flag=True, help="Skip the load-and-generate check.")
+@click.option("--no_check", is_flag=True, help="Skip the load-and-generate check.")
 def verl_command(actor_dir, target_dir, no_check):
     """ACTOR_DIR (<run>/global_step_N/actor) -> TARGET_DIR with verl's model merger."""
-    try:
-        merge_verl_checkpoint(actor_dir, target_dir, check=False)
-        if not no_check:
-            click.echo(f"check: generated {check_merged_model(target_dir)!r}")
-    except MergeError as exc:
-        raise click.ClickException(str(exc)) from None
+    merge_verl_checkpoint(actor_dir, target_dir, check=False)
+    if not no_check:
+        click.echo(f"check: generated {check_merged_model(target_dir)!r}")
     click.echo(f"merged model: {target_dir}")
 
 
@@ -212,15 +210,12 @@ def verl_command(actor_dir, target_dir, no_check):
 @click.argument("base_model")
 @click.argument("target_dir", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace an existing TARGET_DIR.")
-@click.option("--no-check", is_flag=True, help="Skip the load-and-generate check.")
+@click.option("--no_check", is_flag=True, help="Skip the load-and-generate check.")
 def sft_command(checkpoint_dir, base_model, target_dir, overwrite, no_check):
     """CHECKPOINT_DIR (an SFT checkpoint-N) + BASE_MODEL's config/tokenizer/processor -> TARGET_DIR."""
-    try:
-        merge_sft_checkpoint(checkpoint_dir, base_model, target_dir, check=False, overwrite=overwrite)
-        if not no_check:
-            click.echo(f"check: generated {check_merged_model(target_dir)!r}")
-    except MergeError as exc:
-        raise click.ClickException(str(exc)) from None
+    merge_sft_checkpoint(checkpoint_dir, base_model, target_dir, check=False, overwrite=overwrite)
+    if not no_check:
+        click.echo(f"check: generated {check_merged_model(target_dir)!r}")
     click.echo(f"merged model: {target_dir}")
 
 

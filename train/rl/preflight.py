@@ -11,15 +11,15 @@ Exit status 0 when every check passes, 1 with the first problem (what, where, th
 
 from __future__ import annotations
 
-import sys
-
 import click
 
+from medvlthinker import cli
 
-@click.command(context_settings={"ignore_unknown_options": True})
+
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-@click.option("--sample-rows", type=int, default=64, show_default=True,
+@click.option("--sample_rows", type=int, default=64, show_default=True,
               help="Rows per data file loaded through RLHFDataset and measured.")
 def main(config, overrides, sample_rows):
     """Preflight CONFIG with overlay files and Hydra OVERRIDES (key=value), as for train/rl/train.sh."""
@@ -29,8 +29,7 @@ def main(config, overrides, sample_rows):
     try:
         report = run_preflight(config, split_arguments(config, list(overrides)), sample_rows=sample_rows)
     except (PreflightError, LaunchError) as exc:
-        click.echo(f"preflight FAILED for {config}:\n  {exc}", err=True)
-        sys.exit(1)
+        raise cli.UserError(config, f"preflight FAILED: {exc}") from exc
     click.echo(report.text())
     click.echo("preflight passed")
 

@@ -31,7 +31,7 @@ export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-true}
 export VLLM_USE_V1=${VLLM_USE_V1:-1}
 
 if [[ "${SKIP_PREFLIGHT:-0}" != "1" ]]; then
-    "$PYTHON" train/rl/preflight.py "$@" --sample-rows "${PREFLIGHT_ROWS:-64}"
+    "$PYTHON" train/rl/preflight.py "$@" --sample_rows "${PREFLIGHT_ROWS:-64}"
 fi
 
 exec "$PYTHON" -m medvlthinker.train.rl "$@"
