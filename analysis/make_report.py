@@ -1,11 +1,11 @@
 """One self-contained HTML report (table, figures, sample browser) plus the tables and figures it shows.
 
-    python analysis/make_report.py --runs-root outputs/eval --eval-data UCSC-VLAA/MedVLThinker-Eval \\
-        --compare base=Qwen2.5-VL-3B-Instruct --published-model Qwen2.5-VL-3B-Instruct --output-dir outputs/report
+    python analysis/make_report.py --runs_root outputs/eval --eval_data UCSC-VLAA/MedVLThinker-Eval \\
+        --compare base=Qwen2.5-VL-3B-Instruct --published_model Qwen2.5-VL-3B-Instruct --output_dir outputs/report
 
 Writes OUTPUT_DIR/report.html, OUTPUT_DIR/tables/table.{md,tex,tsv,json} and OUTPUT_DIR/plots/*.{png,pdf}.
-Runs are grouped by model as in make_tables.py (--run MODEL=DIR repeated per greedy repeat, or --runs-root
-ROOT/MODEL/REPEAT/). --eval-data (any source load_unified reads) supplies the image thumbnails.
+Runs are grouped by model as in make_tables.py (--run MODEL=DIR repeated per greedy repeat, or --runs_root
+ROOT/MODEL/REPEAT/). --eval_data (any source load_unified reads) supplies the image thumbnails.
 """
 
 from __future__ import annotations
@@ -14,23 +14,20 @@ import click
 
 from medvlthinker import cli
 from medvlthinker.analysis import report
-from medvlthinker.analysis.cli_options import figure_options
+from medvlthinker.analysis.cli_options import COMPARISON_OPTIONS, FIGURE_OPTIONS, RUN_OPTIONS, flag, with_options
 
 
 @cli.command(context_settings={"show_default": True})
-@figure_options
-@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="Where everything goes.")
-@click.option("--compare", multiple=True, metavar="MODEL=PUBLISHED", help="Compare MODEL with a published row.")
-@click.option("--paired", nargs=2, metavar="A B", default=None, help="Paired comparison A - B.")
-@click.option("--n-resamples", default=2000, help="Bootstrap resamples per interval.")
-@click.option("--seed", default=0, help="Seed of the bootstrap and of the sample choice.")
-@click.option("--samples-per-benchmark", default=8, help="Rows per benchmark and model in the sample browser.")
-@click.option("--rl-log", type=click.Path(exists=True, dir_okay=False),
-              help="verl's console log of an RL run: adds the mean-reward curve.")
-@click.option("--title", default="MedVLThinker evaluation report", help="Report title.")
-def main(runs, runs_root, published_model, sampling_run, pass_rate_dir, pass_rate_rollouts, grading,
-         pass_at_k_grading, majority_drops_unconverted, eval_data, eval_split, output_dir, compare, paired,
-         n_resamples, seed, samples_per_benchmark, rl_log, title):
+@with_options(RUN_OPTIONS, FIGURE_OPTIONS, COMPARISON_OPTIONS)
+@flag("output_dir", required=True, type=click.Path(file_okay=False), help="Where everything goes.")
+@flag("seed", default=0, help="Seed of the bootstrap and of the sample choice.")
+@flag("samples_per_benchmark", default=8, help="Rows per benchmark and model in the sample browser.")
+@flag("rl_log", type=click.Path(exists=True, dir_okay=False),
+      help="verl's console log of an RL run: adds the mean-reward curve.")
+@flag("title", default="MedVLThinker evaluation report", help="Report title.")
+def main(runs, runs_root, grading, eval_data, eval_split, published_model, sampling_run, pass_rate_dir,
+         pass_rate_rollouts, pass_at_k_grading, majority_drops_unconverted, compare, paired, n_resamples, output_dir,
+         seed, samples_per_benchmark, rl_log, title):
     out = report.make_report(
         output_dir, run_specs=runs, runs_root=runs_root, eval_data=eval_data, eval_split=eval_split,
         sampling_runs=sampling_run, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,

@@ -94,8 +94,8 @@ def test_make_plots_cli(tmp_path, rows):
     out = tmp_path / "plots"
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "analysis", "make_plots.py"), "--run", f"base={greedy}",
-         "--published-model", "Qwen2.5-VL-3B-Instruct", "--sampling-run", f"base={sampling}",
-         "--pass-rate-dir", pass_rate, "--output-dir", str(out)],
+         "--published_model", "Qwen2.5-VL-3B-Instruct", "--sampling_run", f"base={sampling}",
+         "--pass_rate_dir", pass_rate, "--output_dir", str(out)],
         capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stderr

@@ -128,8 +128,8 @@ def test_the_benchmarks_registry_feeds_eval_synthetic_data_and_analysis():
 
 def test_make_plots_prints_one_line_errors(tmp_path):
     for args, message in [
-        (["--output-dir", str(tmp_path)], "error: nothing to plot"),
-        (["--published-model", "nope", "--output-dir", str(tmp_path)], "error: --published-model 'nope': not a "
+        (["--output_dir", str(tmp_path)], "error: nothing to plot"),
+        (["--published_model", "nope", "--output_dir", str(tmp_path)], "error: --published_model 'nope': not a "
                                                                        "published row"),
     ]:
         done = subprocess.run([sys.executable, str(ROOT / "analysis" / "make_plots.py"), *args],

@@ -264,7 +264,7 @@ def test_make_tables_cli(runs_root, tmp_path):
          "--run", f"base={runs_root / 'base' / 'r0'}", "--run", f"base={runs_root / 'base' / 'r1'}",
          "--run", f"tuned={runs_root / 'tuned' / 'r0'}",
          "--compare", "base=Qwen2.5-VL-3B-Instruct", "--paired", "tuned", "base",
-         "--n-resamples", "100", "--output-dir", str(out)],
+         "--n_resamples", "100", "--output_dir", str(out)],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -275,7 +275,7 @@ def test_make_tables_cli(runs_root, tmp_path):
     assert data["paired"]["a"] == "tuned" and "Avg." in data["paired"]["results"]
     assert "| Model | PMC |" in result.stdout
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "analysis", "make_tables.py"),
-                          "--run", f"x={tmp_path / 'nowhere'}", "--output-dir", str(out)],
+                          "--run", f"x={tmp_path / 'nowhere'}", "--output_dir", str(out)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "no eval records" in bad.stderr
 
@@ -319,7 +319,7 @@ def test_original_result_files_are_read_by_the_table_and_the_regrade(tmp_path, r
     joined = tables.make_tables([f"m={theirs}"], n_resamples=20, compare_published_names=False,
                                 cluster_by_image=False, eval_data=eval_set).table
     assert joined.row("m").cells == expected.row("m").cells
-    with pytest.raises(AnalysisError, match=r"has no options .*--eval-data"):
+    with pytest.raises(AnalysisError, match=r"has no options .*--eval_data"):
         tables.make_tables([f"m={theirs}"], n_resamples=20, compare_published_names=False)
     recorded = tables.make_tables([f"m={theirs}"], grading_mode="recorded", n_resamples=20,
                                   compare_published_names=False).table

@@ -83,5 +83,5 @@ def published_rows(names: Sequence[str], published: Mapping[str, Mapping[str, fl
     published = published if published is not None else load_published()
     unknown = [m for m in names if m not in published]
     if unknown:
-        raise AnalysisError(f"--published-model {unknown[0]!r}: not a published row; use one of {list(published)}")
+        raise AnalysisError(f"--published_model {unknown[0]!r}: not a published row; use one of {list(published)}")
     return {m: dict(published[m]) for m in names}

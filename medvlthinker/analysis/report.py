@@ -285,7 +285,7 @@ def _reward_curve(rl_log: str | os.PathLike) -> list[tuple[int, float]]:
     try:
         return reward_curve(open(rl_log, encoding="utf-8", errors="replace").read())
     except OSError as exc:
-        raise AnalysisError(f"--rl-log {rl_log}: {exc.strerror}; fix: pass the log file of the RL run") from None
+        raise AnalysisError(f"--rl_log {rl_log}: {exc.strerror}; fix: pass the log file of the RL run") from None
 
 
 def make_report(

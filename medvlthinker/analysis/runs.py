@@ -70,7 +70,7 @@ def discover_runs(root: str | os.PathLike) -> list[tuple[str, str]]:
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise AnalysisError(f"--runs-root {root}: not a directory")
+        raise AnalysisError(f"--runs_root {root}: not a directory")
     pairs = []
     for model in sorted(os.listdir(root)):
         model_dir = os.path.join(root, model)
@@ -84,7 +84,7 @@ def discover_runs(root: str | os.PathLike) -> list[tuple[str, str]]:
             if os.path.isdir(repeat_dir) and _is_run_dir(repeat_dir):
                 pairs.append((model, repeat_dir))
     if not pairs:
-        raise AnalysisError(f"--runs-root {root}: no MODEL/REPEAT/{RESULTS_FILE} found below it")
+        raise AnalysisError(f"--runs_root {root}: no MODEL/REPEAT/{RESULTS_FILE} found below it")
     return pairs
 
 

@@ -114,7 +114,7 @@ def make_tables(
     if runs_root is not None:
         pairs += discover_runs(runs_root)
     if not pairs:
-        raise AnalysisError("no runs given; pass --run MODEL=DIR (repeatable) or --runs-root ROOT")
+        raise AnalysisError("no runs given; pass --run MODEL=DIR (repeatable) or --runs_root ROOT")
     if options is None and eval_data is not None:
         options = eval_options(eval_data, eval_split)
     models = load_runs(pairs, grading_mode, options)

@@ -79,8 +79,7 @@ def regrade_records(records: Iterable[Mapping[str, Any]], mode: str = "regrade",
             raise RecordsError(
                 f"record dataset_name={record.get('dataset_name')!r}, dataset_index={record.get('dataset_index')!r} "
                 "has no options (a result file of the original recipe); fix: pass the eval set the run was made on "
-                "(--eval_data of eval/regrade.py, --eval-data of analysis/, e.g. UCSC-VLAA/MedVLThinker-Eval) to "
-                "join them, or grade with 'recorded'"
+                "with --eval_data (e.g. UCSC-VLAA/MedVLThinker-Eval) to join them, or grade with 'recorded'"
             )
         out.append(grade_record(record, mode=mode, llava_med_rule=llava_med_rule))
     return out
