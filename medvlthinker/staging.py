@@ -5,13 +5,13 @@ renamed into place only when complete, so an interrupted run never leaves a half
 would read, and an existing output is kept until its replacement is complete.
 
 >>> import tempfile
->>> out = Path(tempfile.mkdtemp()) / "accuracy.json"
->>> _ = write_json(out, {"PMC": 50.0})
->>> print(out.read_text(), end="")
+>>> with tempfile.TemporaryDirectory() as folder:
+...     out = write_json(Path(folder) / "accuracy.json", {"PMC": 50.0})
+...     print(out.read_text(), end="")
+...     print(sorted(p.name for p in out.parent.iterdir()))  # no temporary file is left behind
 {
   "PMC": 50.0
 }
->>> sorted(p.name for p in out.parent.iterdir())  # no temporary file is left behind
 ['accuracy.json']
 """
 
