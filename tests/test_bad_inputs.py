@@ -423,7 +423,7 @@ def test_a_duplicated_record_is_refused_by_regrade_and_tables_alike(eval_run, tm
 
 def test_a_torn_shard_line_is_skipped_alike_and_a_torn_merged_file_refused(eval_run, tmp_path):
     from medvlthinker.analysis import tables
-    from medvlthinker.inference.regrade import load_results
+    from medvlthinker.inference.records import read_run
 
     run_dir = _copy_run(eval_run["out"], tmp_path / "torn")
     merged = run_dir / "eval_results.jsonl"
@@ -431,7 +431,7 @@ def test_a_torn_shard_line_is_skipped_alike_and_a_torn_merged_file_refused(eval_
     with shard.open("a") as fh:
         fh.write('{"dataset_name": "pmc_vqa", "dataset_in')
     merged.rename(tmp_path / "merged.jsonl")
-    assert [r["dataset_index"] for r in load_results(run_dir)] == \
+    assert [r["dataset_index"] for r in read_run(run_dir)] == \
         [r["dataset_index"] for r in tables.load_records(run_dir)] == sorted(r["dataset_index"] for r in data_rows(eval_run))
     torn = tmp_path / "merged.jsonl"
     with torn.open("a") as fh:

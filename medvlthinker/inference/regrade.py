@@ -85,11 +85,6 @@ def regrade_records(records: Iterable[Mapping[str, Any]], mode: str = "regrade",
     return out
 
 
-def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records from an output directory (eval_results.jsonl, else its shards) or a JSONL file (:func:`read_run`)."""
-    return read_run(path)
-
-
 def regrade(path: str | os.PathLike, output: str | os.PathLike | None = None, *, mode: str = "regrade",
             llava_med_rule: bool = False, eval_data: str | os.PathLike | None = None,
             eval_split: str | None = None) -> dict[str, Any]:
