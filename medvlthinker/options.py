@@ -100,7 +100,8 @@ def add_options(options: list[click.Option]):
     return decorate
 
 
-def preset_option(presets: dict[str, Any], names: Iterable[str], *, help: str) -> tuple[click.Option, dict[str, Callable]]:
+def preset_option(presets: dict[str, Any], names: Iterable[str], *,
+                  help: str) -> tuple[click.Option, dict[str, Callable]]:
     """``--preset NAME`` setting the options ``names`` to the attributes of ``presets[NAME]``, and the callbacks
     those options need (pass them to :func:`cli_options`).
 

@@ -1,7 +1,7 @@
 """Each paper number lives on one line of code, in its home module; everything else imports it.
 
 The home of the sampling and curation settings is medvlthinker/inference/settings.py, of the image bounds
-medvlthinker/images.py. A number re-typed as a setting's default elsewhere (``n=16``, ``--num_rollouts`` default 16,
+medvlthinker/images.py, of the SFT hyperparameters medvlthinker/train/sft_config.py. A number re-typed as a setting's default elsewhere (``n=16``, ``--num_rollouts`` default 16,
 ``below=1``, ``12845056`` or ``16384 * 28 * 28``) fails here, naming the file and line.
 """
 
@@ -16,8 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = "medvlthinker/inference/settings.py"
 IMAGES = "medvlthinker/images.py"
+SFT = "medvlthinker/train/sft_config.py"
 CODE = sorted(
-    p for folder in ("medvlthinker", "eval", "data_process", "analysis", "train", "scripts")
+    p for folder in ("medvlthinker", "eval", "data_process", "analysis", "train", "scripts", "benchmarks")
     for p in (ROOT / folder).rglob("*.py")
 )
 
@@ -26,6 +27,9 @@ SETTINGS_FACTS = [
     (r"(^|_)(rollouts|max_count)$", 16, SETTINGS),
     (r"(^|_)below$", 1, SETTINGS),
     (r"(^|_)above$", 7, SETTINGS),
+    (r"^(lr|learning_rate)$", 1e-5, SFT),
+    (r"^weight_decay$", 1e-4, SFT),
+    (r"^adam_beta2$", 0.95, SFT),
 ]
 PIXEL_BOUNDS = {3136: "min_pixels", 12845056: "max_pixels"}
 
@@ -91,7 +95,8 @@ def test_no_paper_number_is_retyped(path):
 def test_the_check_finds_a_retyped_number(tmp_path, monkeypatch):
     monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
     bad = tmp_path / "bad.py"
-    bad.write_text("def f(x, expected_rollouts=16, below=1):\n    return g(n=16, temperature=1.0, max_pixels=16384 * 28 * 28)\n"
+    bad.write_text("def f(x, expected_rollouts=16, below=1):\n"
+                   "    return g(n=16, temperature=1.0, max_pixels=16384 * 28 * 28)\n"
                    "@click.option('--num-rollouts', default=16)\ndef h(): pass\n")
     found = "\n".join(_retyped(bad))
     for needle in ("bad.py:1: expected_rollouts=16", "bad.py:1: below=1", "bad.py:2: rollouts=16",

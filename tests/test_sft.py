@@ -17,6 +17,11 @@ from medvlthinker.train import sft
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_CONFIGS = sorted((ROOT / "configs" / "sft").glob("qwen2.5-vl-*_sft_*.yaml"))
 TINY_CONFIG = ROOT / "configs" / "sft" / "tiny_cpu.yaml"
+# The config is transformers' TrainingArguments, which refuses bf16 on a machine without a GPU unless told.
+CPU = ["use_cpu=true"]
+# The trainer arguments every config resolved to before the config became a trl.SFTConfig (on CPU, per world size;
+# only the fields that differ from SFTConfig's defaults).
+RESOLVED = ROOT / "tests" / "data" / "sft_trainer_arguments.json"
 
 
 def _load_script(relpath: str):
@@ -35,14 +40,16 @@ def test_paper_configs_carry_the_protocol_hyperparameters():
         f"qwen2.5-vl-{size}_sft_{data}.yaml" for size in ("3b", "7b") for data in ("m23k", "pmc_vqa")
     }
     for path in PAPER_CONFIGS:
-        cfg = sft.load_config(path)
-        assert (cfg.learning_rate, cfg.lr_scheduler_type, cfg.warmup_ratio, cfg.weight_decay) == (
+        cfg = sft.load_config(path, CPU)
+        # warmup_ratio reaches transformers 5 as the fractional warmup_steps it reads as a ratio
+        assert (cfg.learning_rate, cfg.lr_scheduler_type, cfg.warmup_steps, cfg.weight_decay) == (
             1e-5, "cosine", 0.05, 1e-4), path
         assert (cfg.adam_beta1, cfg.adam_beta2, cfg.num_train_epochs, cfg.save_strategy) == (
             0.9, 0.95, 5.0, "epoch"), path
         assert cfg.bf16 and cfg.global_batch_size == 16 and cfg.per_device_train_batch_size == 1
         # 1 per device x 8 GPUs x 2 accumulation steps; on 2 nodes x 8 GPUs accumulation drops to 1.
-        assert cfg.gradient_accumulation_steps(8) == 2 and cfg.gradient_accumulation_steps(16) == 1
+        assert sft.build_sft_config(cfg, n_processes=8).gradient_accumulation_steps == 2
+        assert sft.build_sft_config(cfg, n_processes=16).gradient_accumulation_steps == 1
         size = "3B" if "3b" in path.name else "7B"
         assert cfg.model_name_or_path == f"Qwen/Qwen2.5-VL-{size}-Instruct"
         assert cfg.train_data.endswith("m23k" if "m23k" in path.name else "pmc_vqa_reasoning")
@@ -51,12 +58,12 @@ def test_paper_configs_carry_the_protocol_hyperparameters():
 def test_weights_load_in_float32_as_the_original(tiny_model_dir):
     """The original calls from_pretrained without a dtype (fp32 weights; bf16 only as mixed-precision compute)."""
     for path in PAPER_CONFIGS:
-        assert sft.load_config(path).dtype == "float32", path
-    cfg = sft.load_config(PAPER_CONFIGS[0], [f"model_name_or_path={tiny_model_dir}"])
+        assert sft.load_config(path, CPU).dtype == "float32", path
+    cfg = sft.load_config(PAPER_CONFIGS[0], [*CPU, f"model_name_or_path={tiny_model_dir}"])
     model, _ = sft.load_model_and_processor(cfg)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert cfg.bf16  # the compute stays bf16 mixed precision
-    bf16 = sft.load_config(PAPER_CONFIGS[0], [f"model_name_or_path={tiny_model_dir}", "dtype=bfloat16"])
+    bf16 = sft.load_config(PAPER_CONFIGS[0], [*CPU, f"model_name_or_path={tiny_model_dir}", "dtype=bfloat16"])
     assert {p.dtype for p in sft.load_model_and_processor(bf16)[0].parameters()} == {torch.bfloat16}
 
 
@@ -92,14 +99,51 @@ def test_unknown_key_is_rejected_naming_key_and_file(tmp_path):
 )
 def test_bad_values_and_overrides_are_rejected(override, message):
     with pytest.raises(sft.ConfigError, match=message):
-        cfg = sft.load_config(TINY_CONFIG, override)
-        cfg.gradient_accumulation_steps(1)
+        sft.load_config(TINY_CONFIG, override)
 
 
 def test_overrides_parse_as_yaml_and_nest():
     cfg = sft.load_config(TINY_CONFIG, ["learning_rate=2e-5", "max_length=512", "trainer_args.save_only_model=true"])
     assert cfg.learning_rate == 2e-5 and cfg.max_length == 512
-    assert cfg.trainer_args == {"use_cpu": True, "disable_tqdm": True, "save_only_model": True}
+    assert cfg.use_cpu and cfg.disable_tqdm and cfg.save_only_model  # trainer_args.* are SFTConfig's own keys
+
+
+def test_every_config_gives_the_recorded_trainer_arguments():
+    """Every YAML under configs/sft/ loads unchanged and resolves to the arguments it gave before."""
+    import json
+
+    from trl import SFTConfig
+
+    def differing(args) -> dict:
+        resolved = json.loads(json.dumps(args.to_dict(), default=str))
+        return {k: v for k, v in resolved.items() if k in base and k != "logging_dir" and base[k] != v}
+
+    base = json.loads(json.dumps(SFTConfig(output_dir="base", use_cpu=True).to_dict(), default=str))
+    recorded = json.loads(RESOLVED.read_text())
+    configs = sorted((ROOT / "configs" / "sft").glob("*.yaml"))
+    assert {key.split("@")[0] for key in recorded} == {str(p.relative_to(ROOT)) for p in configs}
+    for path in configs:
+        cfg = sft.load_config(path, CPU if yaml.safe_load(path.read_text()).get("bf16", True) else [])
+        for n in (1, 2, 8, 16):
+            key = f"{path.relative_to(ROOT)}@{n}"
+            try:
+                got = differing(sft.build_sft_config(cfg, n_processes=n))
+            except sft.ConfigError as exc:
+                got = f"ERROR {exc}"
+            assert got == recorded[key], key
+
+
+def test_unknown_key_names_the_nearest_key_and_help_lists_every_key():
+    from click.testing import CliRunner
+
+    with pytest.raises(sft.ConfigError, match=r"unknown key\(s\) \['lerning_rate'\] \(did you mean learning_rate\?\)"):
+        sft.load_config(TINY_CONFIG, ["lerning_rate=1e-5"])
+    with pytest.raises(sft.ConfigError, match=r"gradient_accumulation_steps is set by this project; fix: .*global_"):
+        sft.load_config(TINY_CONFIG, ["gradient_accumulation_steps=4"])
+    text = CliRunner().invoke(_load_script("train/sft/train_sft.py").main, ["--help"]).output
+    for key, help_text in (("global_batch_size", "Examples per optimizer step"), ("train_data", "SFT data set"),
+                           ("adam_epsilon", "Epsilon value")):  # the project's fields and TRL's, with their help
+        assert f"--{key}" in text and help_text in text, key
 
 
 def test_missing_train_data_names_the_path_and_the_fix(tmp_path):
