@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` (the whole pipeline on the tiny model and bundled synthetic data)
-# and `make test`. Both create the CPU virtual environment on first use.
+# and `make test` (the tests and the package's doctests). Both create the CPU virtual environment on first use.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -22,10 +22,10 @@ demo: setup
 	PYTHON=$(CURDIR)/$(PY) bash scripts/demo.sh
 
 test: setup
-	$(PY) -m pytest tests -q --timeout=900 -x --durations=15
+	$(PY) -m pytest tests medvlthinker -q --timeout=900 -x --durations=15
 
 test-fast: setup
-	$(PY) -m pytest tests -q -m "not vllm and not slow"
+	$(PY) -m pytest tests medvlthinker -q -m "not vllm and not slow"
 
 clean-cache:
 	rm -rf .cache
