@@ -9,6 +9,11 @@ Layout of an output directory:
 - ``args.json``: the run's arguments, library versions, model config hash and sampling settings.
 
 ``num_rollouts`` in accuracy.json is the number of rollouts per row (the run's n; the largest when rows differ).
+
+Every stage reads records here, by one rule: :func:`read_run` (a run directory or one file: merge, regrade, tables,
+curation, the reasoning merge), :func:`collect_records` (the shards alone: merge) and :func:`read_records` (one
+shard: the runner's resume, which repairs a torn last line). Files are written whole through
+:mod:`medvlthinker.staging`; shards are appended line by line (:class:`ShardWriter`).
 """
 
 from __future__ import annotations
