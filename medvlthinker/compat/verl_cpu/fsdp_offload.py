@@ -8,7 +8,7 @@ on a CPU needs no pinned staging buffer: where pinning is impossible the policy 
 
 from __future__ import annotations
 
-_state: dict = {"original": None}
+from medvlthinker.compat.verl_cpu._hooks import Wrap
 
 
 def pinning_works() -> bool:
@@ -25,31 +25,19 @@ def needed() -> bool:
     return not pinning_works()
 
 
-def is_active() -> bool:
-    return _state["original"] is not None
-
-
-def install() -> bool:
-    if is_active():
-        return True
-    if not needed():
-        return False
+def _policy():
     from torch.distributed.fsdp import CPUOffloadPolicy
 
-    original = CPUOffloadPolicy.__init__
+    return CPUOffloadPolicy
 
+
+def _unpinned(original):
     def __init__(self, *args, **kwargs):
         original(self, *args, **kwargs)
         self.pin_memory = False
 
-    CPUOffloadPolicy.__init__ = __init__
-    _state["original"] = original
-    return True
+    return __init__
 
 
-def uninstall() -> None:
-    if _state["original"] is not None:
-        from torch.distributed.fsdp import CPUOffloadPolicy
-
-        CPUOffloadPolicy.__init__ = _state["original"]
-        _state["original"] = None
+_wrap = Wrap(_policy, "__init__", _unpinned, needed)
+is_active, install, uninstall = _wrap.is_active, _wrap.install, _wrap.uninstall

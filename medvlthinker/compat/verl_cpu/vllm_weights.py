@@ -11,6 +11,8 @@ own weight, read at call time; the probe checks that behaviour on a real layer.
 
 from __future__ import annotations
 
+from medvlthinker.compat.verl_cpu._hooks import install_after_import
+
 TARGET = "vllm.model_executor.layers.utils"
 _state: dict = {"original": None, "probe": None}
 
@@ -74,13 +76,7 @@ def is_active() -> bool:
 
 def install() -> bool:
     """Patch vLLM once it is imported (vLLM is heavy: nothing is imported here before then)."""
-    from medvlthinker.compat.verl_cpu import cpu_profile
-    from medvlthinker.compat.verl_cpu._hooks import after_import
-
-    if not cpu_profile():
-        return False
-    after_import(TARGET, _patch)
-    return is_active()  # False while the target is not imported yet: the patch logs itself when it lands
+    return install_after_import(TARGET, _patch, is_active)
 
 
 def uninstall() -> None:
