@@ -26,7 +26,7 @@ import click
 
 from medvlthinker import cli
 
-from medvlthinker.tiny import MAX_PIXELS
+from medvlthinker.images import MAX_PIXELS
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
