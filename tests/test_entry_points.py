@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_bad_inputs import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING = "/nonexistent/medvlthinker-input"
@@ -52,14 +53,6 @@ def _load(relpath: str):
     return module
 
 
-def _one_error_line(output: str) -> str:
-    assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, output
-    assert "fix:" in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.fixture
 def keep_environ():
     # the benchmark scripts set vLLM's environment variables when imported; other tests must not see them
@@ -82,14 +75,14 @@ def test_a_bad_input_is_one_line_and_exit_1(relpath, args, word, tmp_path, keep_
     args = [a.format(tmp=tmp_path) for a in args]
     result = CliRunner().invoke(_load(relpath).main, args)
     assert result.exit_code == 1, result.output
-    assert word in _one_error_line(result.output)
+    assert word in error_line(result.output)
 
 
 def test_the_teacher_script_is_one_line_and_exit_1(capsys):
     with pytest.raises(SystemExit) as exit_info:
         _load("data_process/generate_reasoning.py").main(["--no_such_flag"])
     assert exit_info.value.code == 1
-    assert "--no_such_flag" in _one_error_line(capsys.readouterr().err)
+    assert "--no_such_flag" in error_line(capsys.readouterr().err)
 
 
 def test_the_merge_command_is_one_line_and_exit_1():
@@ -97,7 +90,7 @@ def test_the_merge_command_is_one_line_and_exit_1():
 
     result = CliRunner().invoke(cli, ["sft", MISSING, "base", "target"])
     assert result.exit_code == 1, result.output
-    assert MISSING in _one_error_line(result.output)
+    assert MISSING in error_line(result.output)
 
 
 def test_an_entry_point_shows_the_traceback_with_debug(capsys):
@@ -109,6 +102,6 @@ def test_an_entry_point_shows_the_traceback_with_debug(capsys):
 
     with pytest.raises(SystemExit):
         main([])
-    assert _one_error_line(capsys.readouterr().err) == "error: x.yaml: the key lr is missing; fix: add it"
+    assert error_line(capsys.readouterr().err) == "error: x.yaml: the key lr is missing; fix: add it"
     with pytest.raises(UserError):
         main(["--debug"])
