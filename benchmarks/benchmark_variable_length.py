@@ -10,7 +10,8 @@ rows with the same builder, on one engine:
 
     python benchmarks/benchmark_variable_length.py                       # CPU: 512 rows, lengths x 0.1
     python benchmarks/benchmark_variable_length.py --num_rows 2048 --scale 1.0 --model M   # GPU
-    python benchmarks/benchmark_variable_length.py --keep_records runs/varlen   # then: benchmarks/benchmark_balance.py runs/varlen
+    python benchmarks/benchmark_variable_length.py --keep_records runs/varlen
+    python benchmarks/benchmark_balance.py runs/varlen                 # its data-parallel balance
 
 Prints output tokens/s of each arm per repetition and the median speed-up over ``--repeats`` interleaved
 repetitions.
@@ -113,8 +114,8 @@ def main(model, num_rows, scale, image_size, repeats, window, seed, max_model_le
                f"the benchmark means x {scale} (mean {sum(lengths) / len(lengths):.1f}, max {max(lengths)} tokens); "
                f"engine max_num_seqs {backend.max_num_seqs}, runner window {window or capacity}, chunks of {CHUNK}")
     medians = {"chunked": f"chunks of {CHUNK}:", "runner": "runner:"}
-    for line in arms_report(results, repeats, ratio="runner/chunked", medians=medians, summary="speed-up runner/chunked"):
-        click.echo(line)
+    lines = arms_report(results, repeats, ratio="runner/chunked", medians=medians, summary="speed-up runner/chunked")
+    click.echo("\n".join(lines))
     if keep_records:
         click.echo(f"records of the last runner repetition: {keep_records}")
 
