@@ -32,7 +32,7 @@ def main(model_dir, random_weights, seq_len, batch_size, steps, warmup, gradient
     """Print tokens/s and MFU of full SFT training steps."""
     import torch
 
-    from medvlthinker.train.sft import benchmark_sft_step
+    from medvlthinker.train.sft_benchmark import benchmark_sft_step
 
     gpu = torch.cuda.is_available()
     if model_dir is None:

@@ -119,7 +119,7 @@ def prepare_pmc_vqa(
     import datasets
     from tqdm.auto import tqdm
 
-    from medvlthinker.staging import staged
+    from medvlthinker.staging import staged, write_text
     from medvlthinker.synthetic import to_dataset
 
     check_on_error(on_error)
@@ -146,7 +146,7 @@ def prepare_pmc_vqa(
             f"{work} holds chunks of a run with other settings ({manifest.read_text().strip()}); fix: delete {work} "
             "or pass the same CSV and settings to resume"
         )
-    manifest.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    write_text(manifest, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
     source = str(csv_path)
     total = PrepareReport(source=source)
@@ -178,8 +178,8 @@ def prepare_pmc_vqa(
                     chunk_inputs.unlink(missing_ok=True)  # the chunk counts as finished only once all three exist
                     with staged(chunk_file, overwrite=True) as tmp:
                         to_dataset(rows).to_parquet(str(tmp))
-                    chunk_report.write_text(json.dumps(asdict(report), sort_keys=True) + "\n")
-                    chunk_inputs.write_text(figures + "\n")
+                    write_text(chunk_report, json.dumps(asdict(report), sort_keys=True) + "\n")
+                    write_text(chunk_inputs, figures + "\n")
                 total.merge(report)
     finally:
         if pool is not None:

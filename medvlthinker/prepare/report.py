@@ -114,11 +114,9 @@ def check_rows_written(report: PrepareReport, *, image_dir: str | os.PathLike | 
 
 def write_report(report: PrepareReport, out_path: Path) -> Path:
     """``<out_path>.report.json`` (without a ``.parquet`` suffix), written whole or not at all."""
-    from medvlthinker.staging import staged
+    from medvlthinker.staging import write_text
 
     path = out_path.with_name(out_path.name.removesuffix(".parquet") + ".report.json")
-    with staged(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
-    return path
+    return write_text(path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
 
 
