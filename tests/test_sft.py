@@ -146,6 +146,17 @@ def test_unknown_key_names_the_nearest_key_and_help_lists_every_key():
         assert f"--{key}" in text and help_text in text, key
 
 
+def test_print_config_shows_the_resolved_config(tmp_path):
+    from click.testing import CliRunner
+
+    script = _load_script("train/sft/train_sft.py")
+    for flag in ("--print_config", "--print-config"):  # the second: the spelling sft.sh used before
+        result = CliRunner().invoke(script.main, [str(PAPER_CONFIGS[0]), *CPU, f"output_dir={tmp_path}", flag])
+        assert result.exit_code == 0, result.output
+        shown = yaml.safe_load(result.output.rsplit("gradient_accumulation_steps", 1)[0])
+        assert (shown["lr_scheduler_type"], shown["global_batch_size"], shown["warmup_steps"]) == ("cosine", 16, 0.05)
+
+
 def test_missing_train_data_names_the_path_and_the_fix(tmp_path):
     cfg = sft.load_config(TINY_CONFIG, [f"train_data={tmp_path / 'nowhere'}"])
     with pytest.raises(sft.ConfigError, match=r"nowhere does not exist; fix: build it with .*convert_sft_format"):

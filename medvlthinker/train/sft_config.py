@@ -342,6 +342,8 @@ def build_sft_config(cfg: SFTRunConfig, *, n_processes: int | None = None) -> SF
 
 
 def project_values(cfg: SFTRunConfig) -> dict[str, Any]:
-    """The project's own fields and the paper-default fields of ``cfg`` (what ``--print-config`` shows first)."""
-    own = [name for name in SFTRunConfig.__annotations__]
-    return {name: getattr(cfg, name) for name in own}
+    """The project's own fields and the paper-default fields of ``cfg`` (what ``--print_config`` shows)."""
+    resolved = cfg.to_dict()  # plain values: transformers turns its enums back into their strings
+    # warmup_ratio has become warmup_steps by now (SFTRunConfig.__post_init__)
+    names = ["warmup_steps" if name == "warmup_ratio" else name for name in SFTRunConfig.__annotations__]
+    return {name: resolved[name] for name in names}

@@ -33,6 +33,6 @@ fi
 
 # Fail on a bad config, model path, output directory or data set before any GPU process starts (the images are
 # decoded by the main process of the run, before the model loads).
-"$PYTHON" "$ROOT/train/sft/train_sft.py" "$CONFIG" "$@" --print-config --check > /dev/null
+"$PYTHON" "$ROOT/train/sft/train_sft.py" "$CONFIG" "$@" --print_config --check > /dev/null
 
 exec "$PYTHON" -m accelerate.commands.launch "${launch_args[@]}" "$ROOT/train/sft/train_sft.py" "$CONFIG" "$@"

@@ -32,10 +32,11 @@ class _WithConfigKeys(cli.Command):
 @cli.command(cls=_WithConfigKeys, context_settings={"ignore_unknown_options": True})
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--print-config", is_flag=True, help="Print the validated config and the trainer arguments, then exit.")
+@click.option("--print_config", is_flag=True, help="Print the validated config and the trainer arguments, then exit.")
+@click.option("--print-config", "print_config_dashed", is_flag=True, hidden=True)  # the spelling before --print_config
 @click.option("--check", is_flag=True,
               help="Check the model path, output directory and data set (path, columns, rows), then exit.")
-def main(config, overrides, print_config, check):
+def main(config, overrides, print_config, print_config_dashed, check):
     """Train with CONFIG; OVERRIDES are key=value pairs (trainer_args.key=value is read as key=value)."""
     import yaml
 
@@ -43,6 +44,7 @@ def main(config, overrides, print_config, check):
     from medvlthinker.train.sft_config import project_values
 
     cfg = load_config(config, overrides)
+    print_config = print_config or print_config_dashed
     if print_config:
         click.echo(yaml.safe_dump(project_values(cfg), sort_keys=False))
         click.echo(f"gradient_accumulation_steps: {cfg.gradient_accumulation_steps}")
