@@ -12,17 +12,13 @@ from __future__ import annotations
 import click
 
 from medvlthinker import cli
+from medvlthinker.converters import conversion_options
 
 
 @cli.command()
 @click.argument("source")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--split", default=None, help="Split of a Hub data set (e.g. train).")
-@click.option("--subset", multiple=True, help="Keep only these dataset_name values (repeatable).")
-@click.option("--size", type=int, default=None, help="Keep the first N rows (smoke runs).")
-@click.option("--resize_pmc/--no_resize_pmc", default=False, show_default=True,
-              help="Apply the PMC-VQA training-image resize rule (the released sets are already resized).")
-@click.option("--num_proc", type=int, default=None, help="Worker processes for the conversion.")
+@conversion_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT_DIR.")
 def main(source, out_dir, split, subset, size, resize_pmc, num_proc, overwrite):
     """Convert SOURCE (Hub name, save_to_disk dir, .parquet or .jsonl in the unified schema) into OUT_DIR.

@@ -14,18 +14,14 @@ from __future__ import annotations
 import click
 
 from medvlthinker import cli
+from medvlthinker.converters import conversion_options
 
 
 @cli.command()
 @click.argument("source")
 @click.argument("out_parquet", type=click.Path(dir_okay=False))
-@click.option("--split", default=None, help="Split of a Hub data set (e.g. train).")
-@click.option("--subset", multiple=True, help="Keep only these dataset_name values (repeatable).")
-@click.option("--size", type=int, default=None, help="Keep the first N rows (smoke runs).")
+@conversion_options
 @click.option("--rl_split", default="train", show_default=True, help="Written to extra_info.split.")
-@click.option("--resize_pmc/--no_resize_pmc", default=False, show_default=True,
-              help="Apply the PMC-VQA training-image resize rule (the released sets are already resized).")
-@click.option("--num_proc", type=int, default=None, help="Worker processes for the conversion.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT_PARQUET.")
 def main(source, out_parquet, split, subset, size, rl_split, resize_pmc, num_proc, overwrite):
     """Convert SOURCE (Hub name, save_to_disk dir, .parquet or .jsonl in the unified schema) into OUT_PARQUET.
