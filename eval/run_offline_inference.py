@@ -22,7 +22,8 @@ import json
 import click
 
 from medvlthinker import cli
-from medvlthinker.inference.runner import RunConfig, run
+from medvlthinker.inference.run_config import RunConfig
+from medvlthinker.inference.runner import run
 from medvlthinker.inference.settings import PRESETS, SAMPLING_FIELDS
 from medvlthinker.options import add_options, cli_options, preset_option
 
