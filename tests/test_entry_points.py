@@ -93,6 +93,15 @@ def test_the_merge_command_is_one_line_and_exit_1():
     assert MISSING in error_line(result.output)
 
 
+def test_the_rl_launcher_is_one_line_and_exit_1(capsys):
+    from medvlthinker.train import rl
+
+    with pytest.raises(SystemExit) as exit_info:
+        rl.main([MISSING + ".yaml"])
+    assert exit_info.value.code == 1
+    assert MISSING in error_line(capsys.readouterr().err)
+
+
 def test_an_entry_point_shows_the_traceback_with_debug(capsys):
     from medvlthinker.cli import UserError, entry_point
 

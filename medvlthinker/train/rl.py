@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from medvlthinker.cli import entry_point
 from medvlthinker.errors import UserError
 
 OVERLAY_GROUP = "overlays"
@@ -53,14 +54,22 @@ def runtime_env_vars(cfg) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    config, overrides = _prepare(argv)
+    from verl.trainer.main_ppo import main as main_ppo
+
+    sys.argv = [sys.argv[0], f"--config-path={config.parent}", f"--config-name={config.stem}", *overrides]
+    main_ppo()
+
+
+@entry_point
+def _prepare(argv: list[str]) -> tuple[Path, list[str]]:
+    """The config and overrides, composed once and checked, and this driver's environment; a mistake in them ends as
+    one line (verl's own errors during training keep their traceback)."""
     if not argv or not Path(argv[0]).is_file():
-        sys.exit("usage: python -m medvlthinker.train.rl CONFIG.yaml [OVERLAY.yaml ...] [key=value ...]")
+        raise LaunchError(argv[0] if argv else None, "no such config file",
+                          fix="python -m medvlthinker.train.rl CONFIG.yaml [OVERLAY.yaml ...] [key=value ...]")
     config = Path(argv[0]).resolve()
-    try:
-        overrides = split_arguments(config, argv[1:])
-    except LaunchError as exc:
-        sys.exit(f"error: {exc}")
+    overrides = split_arguments(config, argv[1:])
 
     from medvlthinker.train.preflight import compose_config
 
@@ -69,10 +78,7 @@ def main(argv: list[str] | None = None) -> None:
 
     verl_cpu.install_all()  # what the new environment makes due in this driver (verl was imported to compose)
     verl_position_ids.install()
-    from verl.trainer.main_ppo import main as main_ppo
-
-    sys.argv = [sys.argv[0], f"--config-path={config.parent}", f"--config-name={config.stem}", *overrides]
-    main_ppo()
+    return config, overrides
 
 
 if __name__ == "__main__":
