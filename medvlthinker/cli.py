@@ -1,6 +1,7 @@
 """Stage scripts' entry point: a mistake the user can fix ends as one line, exit code 1, no traceback.
 
-A script declares its command with :func:`command` instead of ``click.command``. It gains ``--debug`` (show the
+A script declares its command with :func:`command` instead of ``click.command`` (a command with subcommands uses
+:class:`Group`; a script that parses its own arguments wraps its main in :func:`entry_point`). It gains ``--debug`` (show the
 traceback instead), and any :data:`USER_ERRORS` raised inside, or a command-line usage error, is printed to stderr
 as ``error: <file/row/key>: <problem>; fix: <what to do>`` with exit code 1.
 
