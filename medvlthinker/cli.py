@@ -1,13 +1,13 @@
 """Stage scripts' entry point: a mistake the user can fix ends as one line, exit code 1, no traceback.
 
 A script declares its command with :func:`command` instead of ``click.command`` (a command with subcommands uses
-:class:`Group`; a script that parses its own arguments wraps its main in :func:`entry_point`). It gains ``--debug`` (show the
-traceback instead), and any :data:`USER_ERRORS` raised inside, or a command-line usage error, is printed to stderr
-as ``error: <file/row/key>: <problem>; fix: <what to do>`` with exit code 1.
+:class:`Group`; a script that parses its own arguments wraps its main in :func:`entry_point`). It gains ``--debug``
+(show the traceback instead), and any :data:`USER_ERRORS` raised inside, or a command-line usage error, is printed
+to stderr as ``error: <file/row/key>: <problem>; fix: <what to do>`` with exit code 1.
 
 The package's own errors all derive from :class:`UserError` (:mod:`medvlthinker.errors`) and already say where
-and what; an ``OSError`` names its file.
-Library errors on bad input are translated where the library is called, into one of these.
+and what; an ``OSError`` names its file. Library errors on bad input are translated where the library is called,
+into one of these.
 
 >>> str(UserError("data/x.jsonl", "the file is empty", fix="point --results at the run's eval_results.jsonl"))
 "data/x.jsonl: the file is empty; fix: point --results at the run's eval_results.jsonl"
