@@ -60,3 +60,8 @@ EVAL_SET_ROWS = sum(b.rows for b in BENCHMARKS)
 
 BY_NAME = {b.dataset_name: b for b in BENCHMARKS}
 BY_LABEL = {b.label: b for b in BENCHMARKS}
+
+ROW_ORDER: tuple[Benchmark, ...] = tuple(BY_LABEL[label] for label in ("PMC", "PathVQA", "SLAKE", "VQA-Rad", "MMMU",
+                                                                       "MedX-M"))
+"""The benchmarks in the evaluation set's row order (dataset_index 0..8219), which is not the paper's column order:
+PMC-VQA, the three closed sets, MMMU, MedXpertQA (docs/eval_set.md). The builder writes them in this order."""

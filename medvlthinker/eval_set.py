@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medvlthinker.benchmarks import BY_LABEL, ROW_ORDER
 from medvlthinker.cli import UserError
 from medvlthinker.option_writer import Completer, fill_options, row_key
 
@@ -46,10 +47,14 @@ MMMU_SUBJECTS = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_
 MMMU_SPLITS = ("validation", "dev")
 MMMU_MAX_IMAGES = 7
 
+# the dataset_names come from the registry; the source configs are the sources' own names
+PMC_VQA, PATHVQA, SLAKE, VQA_RAD, MMMU_MEDICAL, MEDXPERTQA_MM = (BY_LABEL[label].dataset_name for label in (
+    "PMC", "PathVQA", "SLAKE", "VQA-Rad", "MMMU", "MedX-M"))
 # dataset_name -> the AdaptLLM config; the repository stores each config in a folder of another name
-CLOSED_SETS = {"pathvqa_closed": "PathVQA", "slake_closed": "SLAKE", "vqa_rad_closed": "VQA_RAD"}
+CLOSED_SETS = {PATHVQA: "PathVQA", SLAKE: "SLAKE", VQA_RAD: "VQA_RAD"}
 ADAPTLLM_FOLDERS = {"PMC-VQA": "pmc_vqa", "PathVQA": "pathvqa", "SLAKE": "SLAKE", "VQA_RAD": "vqa_rad"}
-ORDER = ("pmc_vqa", *CLOSED_SETS, "MMMU-medical", "MedXpertQA-MM")
+ORDER = tuple(b.dataset_name for b in ROW_ORDER)
+"""The dataset_names in the order the builder writes them (the registry's row order)."""
 ON_FAILURE = ("error", "skip")
 
 _IMAGE_TAG = re.compile(r"<image \d+>")
@@ -265,10 +270,10 @@ def build_rows(sources: Sources, complete: Completer | None, options_cache: str 
     build = _Builder(report)
     base_misc = _misc
 
-    ds, src = _adaptllm(sources, "PMC-VQA", report, "pmc_vqa")
+    ds, src = _adaptllm(sources, "PMC-VQA", report, PMC_VQA)
     for position, r in _iter_rows(ds):
-        build.add("pmc_vqa", src, position, lambda r=r, position=position: _row(
-            "pmc_vqa", [_image_value(r["image"])], pmc_question(r["input"]),
+        build.add(PMC_VQA, src, position, lambda r=r, position=position: _row(
+            PMC_VQA, [_image_value(r["image"])], pmc_question(r["input"]),
             {k: r[k] for k in ("A", "B", "C", "D")}, r["label"],
             base_misc(ADAPTLLM, "PMC-VQA", EVAL_SPLIT, position)))
 
@@ -303,7 +308,7 @@ def build_rows(sources: Sources, complete: Completer | None, options_cache: str 
         for split in MMMU_SPLITS:
             ds = _undecoded(read_source(sources.mmmu, subject, split), image_columns)
             src = SourceReport(str(sources.mmmu), subject, split, rows_read=len(ds))
-            report.sources.setdefault("MMMU-medical", []).append(src)
+            report.sources.setdefault(MMMU_MEDICAL, []).append(src)
             for position, r in _iter_rows(ds):
                 if r["question_type"] != "multiple-choice":
                     continue
@@ -314,23 +319,23 @@ def build_rows(sources: Sources, complete: Completer | None, options_cache: str 
                     texts = ast.literal_eval(r["options"]) if isinstance(r["options"], str) else list(r["options"])
                     options = {LETTERS[i]: str(t) for i, t in enumerate(texts)}
                     images = [_image_value(r[c]) for c in image_columns if r.get(c) is not None]
-                    return _row("MMMU-medical", images, mmmu_question(r["question"]), options, r["answer"],
+                    return _row(MMMU_MEDICAL, images, mmmu_question(r["question"]), options, r["answer"],
                                 base_misc(MMMU, subject, split, position, id=r.get("id")))
 
-                build.add("MMMU-medical", src, position, mmmu_row)
+                build.add(MMMU_MEDICAL, src, position, mmmu_row)
 
     ds = read_source(sources.medxpertqa, "MM", EVAL_SPLIT)
     images_dir = Path(sources.medxpertqa_images or Path(sources.medxpertqa) / "images")
     src = SourceReport(str(sources.medxpertqa), "MM", EVAL_SPLIT, rows_read=len(ds))
-    report.sources["MedXpertQA-MM"] = [src]
+    report.sources[MEDXPERTQA_MM] = [src]
     for position, r in _iter_rows(ds):
         def medx_row(r=r, position=position):
             options = {k: v for k, v in sorted((r["options"] or {}).items()) if v is not None}
             images = [_image_value(name, images_dir) for name in r["images"] or []]
-            return _row("MedXpertQA-MM", images, medxpertqa_question(r["question"]), options, r["label"],
+            return _row(MEDXPERTQA_MM, images, medxpertqa_question(r["question"]), options, r["label"],
                         base_misc(MEDXPERTQA, "MM", EVAL_SPLIT, position, id=r.get("id")))
 
-        build.add("MedXpertQA-MM", src, position, medx_row)
+        build.add(MEDXPERTQA_MM, src, position, medx_row)
 
     report.rows_out = len(build.rows)
     return build.rows, report

@@ -116,6 +116,18 @@ def built(sources, tmp_path_factory):
     return load_unified(str(work / "eval")), report, writer, work
 
 
+def test_the_row_order_is_the_builders_and_differs_from_the_paper_columns():
+    # docs/eval_set.md: PMC-VQA, the closed sets, MMMU, MedXpertQA; the paper's table puts MMMU and MedX-M second
+    from medvlthinker import benchmarks
+    from medvlthinker.inference.workloads import EVAL_SET
+
+    assert eval_set.ORDER == ("pmc_vqa", "pathvqa_closed", "slake_closed", "vqa_rad_closed", "MMMU-medical",
+                              "MedXpertQA-MM")
+    assert [name for name, _, _ in EVAL_SET] == list(eval_set.ORDER)
+    assert [b.label for b in benchmarks.BENCHMARKS][:3] == ["PMC", "MMMU", "MedX-M"]
+    assert sorted(eval_set.ORDER) == sorted(b.dataset_name for b in benchmarks.BENCHMARKS)
+
+
 def test_order_indices_and_per_source_rules(built):
     ds, report, _, _ = built
     names = ds["dataset_name"]
