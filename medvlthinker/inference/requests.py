@@ -1,4 +1,5 @@
-"""The request builder shared by the backends: one row -> the prompt text and the image inputs.
+"""The request builder shared by the backends: one row -> the prompt text and the image inputs; and
+:class:`Completion`, what a backend hands back for each sample.
 
 Prompt modes (``prompts.PROMPT_MODES``):
 
@@ -28,6 +29,16 @@ from medvlthinker.images import MAX_PIXELS, MIN_PIXELS
 PATCH_SIZE = 14
 MERGE_SIZE = 2
 IMAGE_PAD = "<|image_pad|>"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer: its text, the number of tokens generated (the stop token included) and why it
+    ended: ``"stop"`` (end of sequence) or ``"length"`` (max_tokens reached)."""
+
+    text: str
+    output_tokens: int
+    finish_reason: str | None
 
 
 @dataclass
