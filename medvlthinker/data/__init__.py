@@ -5,16 +5,13 @@
 """
 
 from medvlthinker.data.loading import (
-    disk_view,
-    load_disk_dataset,
-    load_table,
+    check_dataset_images,
     load_unified,
     save_unified,
-    source_kind,
     unified_features,
-    check_dataset_images,
     validate_dataset,
 )
+from medvlthinker.data.sources import disk_view, load_disk_dataset, load_table, source_kind
 
 __all__ = [
     "disk_view",

@@ -11,26 +11,20 @@ Whatever the source, the result is a ``datasets.Dataset`` with the unified featu
 columns are kept. Validation (on by default) raises :class:`medvlthinker.schema.SchemaError` naming the row
 and the source; image decoding is checked only with ``check_images`` because it reads every image.
 
-A save_to_disk data set is read through a folder of links in datasets' cache (:func:`disk_view`), so the
-``cache-*.arrow`` files of later ``map``/``filter``/``cast`` calls land there and never in the data set's own
-folder: a shared or read-only data set works, and a writable one is left as it was.
+Where a source is and how its table is read (the Hub, a save_to_disk folder through :func:`disk_view`, parquet,
+a raw table for data_process/) is :mod:`medvlthinker.data.sources`; this module is the unified-schema view of it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Any
 
+from medvlthinker.data.sources import load_disk_dataset, load_hub, pick_split, source_kind
 from medvlthinker.schema import COLUMNS, REQUIRED_COLUMNS, SchemaError, validate_row
-
-_SPLIT_PREFERENCE = ("test", "train", "validation")
-_LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".arrow")
-
 
 def unified_features(image_decode: bool = True):
     """The ``datasets.Features`` of the unified schema (``image_decode=False`` keeps images as dicts)."""
@@ -50,120 +44,6 @@ def unified_features(image_decode: bool = True):
             "misc": datasets.Value("string"),
         }
     )
-
-
-def source_kind(source: str | os.PathLike) -> str:
-    """How ``source`` is read: ``"disk"``, ``"parquet_dir"``, ``"parquet"``, ``"jsonl"`` or ``"hub"``.
-
-    >>> source_kind("UCSC-VLAA/MedVLThinker-Eval")
-    'hub'
-    """
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            return "disk"
-        if any(path.rglob("*.parquet")):
-            return "parquet_dir"
-        raise FileNotFoundError(
-            f"{path} is a directory but neither a save_to_disk data set (no state.json / dataset_dict.json) nor "
-            f"a folder of .parquet files; fix: point --dataset_name at a save_to_disk directory, a .parquet or "
-            f".jsonl file, or a Hugging Face dataset name"
-        )
-    if path.is_file():
-        if path.suffix == ".parquet":
-            return "parquet"
-        if path.suffix in (".jsonl", ".json"):
-            return "jsonl"
-        raise ValueError(
-            f"{path}: unsupported file type {path.suffix!r}; fix: use a .parquet or .jsonl file, or a "
-            f"save_to_disk directory"
-        )
-    text = str(source)
-    looks_local = text.startswith(("/", "./", "../", "~")) or text.endswith(_LOCAL_SUFFIXES) or text.count("/") > 1
-    if looks_local:
-        raise FileNotFoundError(
-            f"{text} does not exist; fix: check the path (a save_to_disk directory, .parquet or .jsonl file), or "
-            f"give a Hugging Face dataset name such as UCSC-VLAA/MedVLThinker-Eval"
-        )
-    return "hub"
-
-
-def disk_view(path: str | os.PathLike) -> Path:
-    """A folder mirroring the save_to_disk data set at ``path`` with symbolic links, in datasets' cache.
-
-    ``datasets`` writes the cache file of every ``map``/``filter``/``cast`` beside the Arrow files a data set was
-    loaded from; loading through the links sends those files to the view instead of the data set's folder. The
-    view's name hashes the data set's path and the size and mtime of each file, so a changed data set gets a new
-    view (and old caches are never reused for new content). ``cache-*.arrow`` files of the data set are not linked.
-    """
-    import datasets
-
-    path = Path(path).expanduser().resolve()
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("cache-"))
-    digest = hashlib.sha256(str(path).encode())
-    for file in files:
-        stat = file.stat()
-        digest.update(f"\0{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-    key = digest.hexdigest()[:20]
-    roots = [Path(datasets.config.HF_DATASETS_CACHE), Path(tempfile.gettempdir())]
-    for root in roots:
-        root = root / "medvlthinker_views"
-        view = root / f"{path.name}-{key}"
-        if view.is_dir():
-            return view
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{view.name}.", dir=root))
-        except OSError:
-            continue  # an unwritable cache: try the next place
-        for file in files:
-            link = tmp / file.relative_to(path)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(file)
-        try:
-            os.replace(tmp, view)
-        except OSError:  # another process made the same view first
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-        return view
-    return path
-
-
-def load_disk_dataset(path: str | os.PathLike, source: str | None = None):
-    """``datasets.load_from_disk`` through :func:`disk_view`; an unreadable folder is a one-line error naming it."""
-    import datasets
-
-    source = source or str(path)
-    state = Path(path).expanduser() / "state.json"
-    try:
-        empty = state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files")
-    except (OSError, ValueError):
-        empty = False
-    if empty:  # save_to_disk of 0 rows writes no Arrow file, and load_from_disk then fails with an IndexError
-        raise ValueError(f"{source} has no rows (no data files); fix: check the stage that wrote it (its input, "
-                         "--subset/--size) and re-run it")
-    try:
-        return datasets.load_from_disk(str(disk_view(path)))
-    except (FileNotFoundError, ValueError, OSError, IndexError) as exc:
-        raise FileNotFoundError(
-            f"{source}: cannot be read as a save_to_disk data set ({type(exc).__name__}: {exc}); fix: rewrite it "
-            "with save_to_disk (or the stage that made it), or point at a .parquet / .jsonl file"
-        ) from exc
-
-
-def _pick_split(dsd, split: str | None, source: str):
-    names = list(dsd.keys())
-    if split is not None:
-        if split not in dsd:
-            raise ValueError(f"{source} has no split {split!r}; it has {names}; fix: pass --split one of {names}")
-        return dsd[split]
-    if len(names) == 1:
-        return dsd[names[0]]
-    for name in _SPLIT_PREFERENCE:
-        if name in dsd:
-            return dsd[name]
-    raise ValueError(f"{source} has several splits {names}; fix: choose one with split=/--split")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -296,48 +176,6 @@ def check_dataset_images(ds, *, source: str = "the data set", progress: bool = T
             ) from exc
 
 
-def _load_hub(name: str, split: str | None, num_proc: int | None = None):
-    import datasets
-
-    try:
-        return datasets.load_dataset(name, split=split, num_proc=num_proc)
-    except Exception as exc:  # offline, unknown name, missing split: all say the same thing to the user
-        raise FileNotFoundError(
-            f"cannot load {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); fix: check the name "
-            f"and split, connect to the Hub (HF_HUB_OFFLINE unset), or pass a local path (save_to_disk "
-            f"directory, .parquet or .jsonl file)"
-        ) from exc
-
-
-_TABLE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-
-
-def load_table(source: str | os.PathLike, split: str | None = "train"):
-    """A source table as it is, before its conversion to the unified schema (the raw input of data_process/).
-
-    Any source :func:`load_unified` reads, plus a ``.csv`` file; no column is added, cast or validated. A local file
-    is read as one table whatever ``split`` says; ``split`` picks a split of a Hub data set or a saved
-    ``DatasetDict``.
-    """
-    import datasets
-
-    path = Path(source).expanduser()
-    if path.is_file():
-        builder = _TABLE_BUILDERS.get(path.suffix)
-        if builder is None:
-            raise ValueError(f"{source}: unknown file type {path.suffix!r}; fix: pass a .parquet, .jsonl, .json or "
-                             ".csv file, a save_to_disk directory or a Hugging Face dataset name")
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    kind, name = source_kind(source), str(source)
-    if kind == "disk":
-        loaded = load_disk_dataset(path, name)
-    elif kind == "parquet_dir":
-        loaded = datasets.Dataset.from_parquet(sorted(str(p) for p in path.rglob("*.parquet")))
-    else:
-        loaded = _load_hub(name, split)
-    return _pick_split(loaded, split, name) if isinstance(loaded, datasets.DatasetDict) else loaded
-
-
 def load_unified(
     source: str | os.PathLike,
     split: str | None = None,
@@ -362,7 +200,7 @@ def load_unified(
     name = str(source)
     if kind == "disk":
         loaded = load_disk_dataset(Path(source).expanduser(), name)
-        ds = _pick_split(loaded, split, name) if isinstance(loaded, datasets.DatasetDict) else loaded
+        ds = pick_split(loaded, split, name) if isinstance(loaded, datasets.DatasetDict) else loaded
     elif kind in ("parquet", "parquet_dir"):
         path = Path(source).expanduser()
         files = [str(path)] if kind == "parquet" else sorted(str(p) for p in path.rglob("*.parquet"))
@@ -391,8 +229,8 @@ def load_unified(
             check_dataset_images(ds, source=name)
         return ds
     else:
-        loaded = _load_hub(name, split, num_proc)
-        ds = _pick_split(loaded, split, name) if isinstance(loaded, datasets.DatasetDict) else loaded
+        loaded = load_hub(name, split, num_proc)
+        ds = pick_split(loaded, split, name) if isinstance(loaded, datasets.DatasetDict) else loaded
 
     ds = _normalize(ds, name)
     if subset:

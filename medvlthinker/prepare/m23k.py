@@ -2,7 +2,7 @@
 
 The source is ``UCSC-VLAA/MedVLThinker-m23k-tokenized`` or any table with ``question``, ``options`` (dict, JSON
 string or list), ``answer_label`` / ``answer_idx``, ``answer`` and ``reasoning`` (docs/data.md lists the mapping),
-read with :func:`medvlthinker.data.loading.load_table`.
+read with :func:`medvlthinker.data.sources.load_table`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from medvlthinker.data.loading import load_table
+from medvlthinker.data.sources import load_table
 from medvlthinker.prepare.report import (
     MalformedRow,
     PrepareReport,
