@@ -16,6 +16,9 @@ fix:
    are measured against ``data.max_prompt_length`` the way verl's own overlong-prompt filter measures them;
 5. the reward through verl's loading path (``get_custom_reward_fn``): on every sampled row a well-formed correct
    completion must score 1, a malformed one and a wrong one 0.
+
+Checks 1, 2 and 5 (what the config says) are :mod:`medvlthinker.train.preflight_config`; this module holds the
+checks of the environment (3, 4) and :func:`run_preflight`.
 """
 
 from __future__ import annotations
@@ -23,178 +26,21 @@ from __future__ import annotations
 import functools
 import os
 import statistics
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from medvlthinker.compat import verl_position_ids
-from medvlthinker.errors import UserError
 
-
-class PreflightError(UserError, RuntimeError):
-    """A problem that would stop or silently spoil the RL run; the message says where and what to do."""
-
-
-@dataclass
-class PreflightReport:
-    config: str
-    lines: list[str] = field(default_factory=list)
-    prompt_lengths: list[int] = field(default_factory=list)
-    over_limit: int = 0
-    fix: dict[str, Any] = field(default_factory=dict)
-    rewards: dict[str, list[float]] = field(default_factory=dict)
-
-    def ok(self, what: str) -> None:
-        self.lines.append(f"ok    {what}")
-
-    def note(self, what: str) -> None:
-        self.lines.append(f"note  {what}")
-
-    def text(self) -> str:
-        return "\n".join([f"preflight {self.config}", *self.lines])
-
-
-# --------------------------------------------------------------------------------------------------- 1. config
-def compose_config(config: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
-    """Compose ``config`` (a YAML path under configs/rl) with Hydra overrides, as ``main_ppo`` would."""
-    from hydra import compose, initialize_config_dir
-    import yaml
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    path = Path(config).resolve()
-    if not path.is_file():
-        raise PreflightError(f"config file {config} not found; fix: pass a file such as configs/rl/<row>.yaml")
-    try:
-        with initialize_config_dir(config_dir=str(path.parent), version_base=None):
-            return compose(config_name=path.stem, overrides=list(overrides))
-    except yaml.YAMLError as exc:
-        raise PreflightError(f"{config}: a config file is not valid YAML ({' '.join(str(exc).split())}); fix: correct "
-                             "the line named above") from exc
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise PreflightError(
-            f"{config}: Hydra cannot compose it with overrides {list(overrides)}: {exc}; fix: correct the key named "
-            f"above (verl's keys: verl/trainer/config/_generated_ppo_trainer.yaml; a new key needs a leading +)"
-        ) from exc
-
-
-def check_keys(config: str | os.PathLike, overrides: list[str] | tuple[str, ...], cfg, report: PreflightReport) -> None:
-    """Every key of the composed config against verl's schema (medvlthinker/train/config_schema.py)."""
-    import re
-
-    from omegaconf import OmegaConf
-
-    from medvlthinker.train import config_schema
-
-    try:
-        plain = OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # an unresolvable interpolation: check what is written
-        plain = OmegaConf.to_container(cfg, resolve=False)
-    overlays = []
-    for override in overrides:
-        m = re.fullmatch(r"\+?overlays=\[?([^\]]*)\]?", override)
-        if m:
-            overlays += [name.strip() for name in m.group(1).split(",") if name.strip()]
-    problems = config_schema.attribute(config_schema.check(plain), config_schema.config_files(config, overlays),
-                                       overrides)
-    if problems:
-        more = f" (and {len(problems) - 1} more: {', '.join(p.key for p in problems[1:4])})" if len(problems) > 1 else ""
-        raise PreflightError(f"{problems[0]}{more}")
-    report.ok("every key is one verl knows, with a value of the kind verl expects")
-
-
-def validate_with_verl(cfg, report: PreflightReport) -> None:
-    from omegaconf.errors import OmegaConfBaseException
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import validate_config
-
-    try:
-        validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
-    except (AssertionError, ValueError, TypeError, OmegaConfBaseException) as exc:
-        raise PreflightError(f"verl rejects the config: {exc}; fix: change the batch sizes or keys named above") from exc
-    report.ok("verl validate_config passed")
-    rollout = cfg.actor_rollout_ref.rollout
-    sequences = cfg.data.train_batch_size * rollout.n
-    workers = rollout.agent.num_workers
-    if sequences % workers:
-        raise PreflightError(
-            f"data.train_batch_size x actor_rollout_ref.rollout.n = {sequences} does not split over "
-            f"actor_rollout_ref.rollout.agent.num_workers = {workers}; fix: set agent.num_workers to a divisor of "
-            f"{sequences}"
-        )
-    report.ok(f"{sequences} rollouts a step split over {workers} agent-loop workers")
-
-
-# --------------------------------------------------------------------------------------------------- 2. reward
-def check_reward_keys(cfg, report: PreflightReport) -> None:
-    legacy = cfg.get("custom_reward_function") or {}
-    configured = cfg.reward.get("custom_reward_function") or {}
-    if legacy.get("path"):
-        raise PreflightError(
-            f"custom_reward_function.path={legacy.get('path')!r} is set at the top level, which verl 0.9's main_ppo "
-            "silently ignores (its default scorer would then fail on data_source); fix: set "
-            "reward.custom_reward_function.path and reward.custom_reward_function.name instead"
-        )
-    if not configured.get("path"):
-        raise PreflightError(
-            "reward.custom_reward_function.path is not set, so verl would run its default scorer, which knows none of "
-            "our data sources; fix: reward.custom_reward_function.path=pkg://medvlthinker.reward "
-            "reward.custom_reward_function.name=compute_score"
-        )
-    report.ok(f"reward: {configured.get('path')} :: {configured.get('name')}")
-
-
-def load_reward(cfg):
-    """The reward function exactly as verl 0.9 loads it (``verl.trainer.ppo.reward.get_custom_reward_fn``)."""
-    from verl.trainer.ppo.reward import get_custom_reward_fn
-
-    key = "reward.custom_reward_function"
-    try:
-        fn = get_custom_reward_fn(cfg)
-    except (FileNotFoundError, ImportError, AttributeError, RuntimeError, AssertionError) as exc:
-        raise PreflightError(
-            f"{key} = {dict(cfg.reward.custom_reward_function)} cannot be loaded ({type(exc).__name__}: {exc}); fix: "
-            "point path at pkg://medvlthinker.reward (or an existing .py file) and name at a function in it"
-        ) from exc
-    if fn is None:
-        raise PreflightError(f"{key}.path is empty; fix: reward.custom_reward_function.path=pkg://medvlthinker.reward")
-    return fn
-
-
-def synthetic_completions(answer_label: str, letters: list[str]) -> dict[str, tuple[str, float]]:
-    """Completions with the score the paper's reward must give them."""
-    wrong = next((x for x in letters if x != answer_label), "Z")
-    return {
-        "well-formed correct": (f"<think> Checking each option. </think>\n<answer> {answer_label} </answer>", 1.0),
-        "malformed (no think block)": (f"<answer> {answer_label} </answer>", 0.0),
-        "malformed (text after the answer)": (f"<think> ok </think><answer> {answer_label} </answer> done", 0.0),
-        "well-formed wrong letter": (f"<think> Checking each option. </think>\n<answer> {wrong} </answer>", 0.0),
-    }
-
-
-def check_reward_scores(fn, rows: list[dict], report: PreflightReport) -> None:
-    import json
-
-    for row in rows:
-        info = dict(row["extra_info"])
-        where = f"row (dataset_name={info.get('dataset_name')!r}, dataset_index={info.get('dataset_index')!r})"
-        letters = list(json.loads(info.get("options") or "{}"))
-        for name, (text, expected) in synthetic_completions(info.get("answer_label", "A"), letters).items():
-            try:
-                score = fn(row["data_source"], text, row["reward_model"]["ground_truth"], info)
-            except Exception as exc:  # the reward raising is exactly what preflight must surface
-                raise PreflightError(
-                    f"{where}: the reward raised on a {name} completion ({type(exc).__name__}: {exc}); fix: rebuild "
-                    "the parquet with data_process/convert_verl_format.py"
-                ) from exc
-            score = float(score["score"] if isinstance(score, dict) else score)
-            report.rewards.setdefault(name, []).append(score)
-            if score != expected:
-                raise PreflightError(
-                    f"{where}: the configured reward gives {score} to a {name} completion, expected {expected}; "
-                    f"fix: check reward.custom_reward_function (text scored: {text!r})"
-                )
-    report.ok(f"reward scores {len(rows)} rows x {len(report.rewards)} synthetic completions as expected")
+# the config and reward checks, and the error and report every check uses, live in preflight_config
+from medvlthinker.train.preflight_config import (  # noqa: F401
+    PreflightError,
+    PreflightReport,
+    check_keys,
+    check_reward_keys,
+    check_reward_scores,
+    compose_config,
+    load_reward,
+    synthetic_completions,
+    validate_with_verl,
+)
 
 
 # ------------------------------------------------------------------------------------------------ 3. the stack
