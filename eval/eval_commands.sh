@@ -9,24 +9,15 @@ set -euo pipefail
 OUT_ROOT=${1:-outputs/eval}
 REPEATS=${REPEATS:-3}
 DATASET=${DATASET:-UCSC-VLAA/MedVLThinker-Eval}
-DEFAULT_MODELS="
-Qwen/Qwen2.5-VL-3B-Instruct
-UCSC-VLAA/MedVLThinker-3B-SFT_m23k
-UCSC-VLAA/MedVLThinker-3B-SFT_PMC
-UCSC-VLAA/MedVLThinker-3B-SFT_m23k-RL_PMC
-UCSC-VLAA/MedVLThinker-3B-RL_m23k
-UCSC-VLAA/MedVLThinker-3B-RL_PMC
-UCSC-VLAA/MedVLThinker-3B-RL_m23k-RL_PMC
-Qwen/Qwen2.5-VL-7B-Instruct
-UCSC-VLAA/MedVLThinker-7B-SFT_m23k
-UCSC-VLAA/MedVLThinker-7B-SFT_PMC
-UCSC-VLAA/MedVLThinker-7B-SFT_m23k-RL_PMC
-UCSC-VLAA/MedVLThinker-7B-RL_m23k
-UCSC-VLAA/MedVLThinker-7B-RL_PMC
-UCSC-VLAA/MedVLThinker-7B-RL_m23k-RL_PMC
-Qwen/Qwen2.5-VL-32B-Instruct
-UCSC-VLAA/MedVLThinker-32B-RL_m23k
-"
+# The paper's table rows: each base model, then its MedVLThinker recipes (UCSC-VLAA/MedVLThinker-<size>-<recipe>).
+RECIPES="SFT_m23k SFT_PMC SFT_m23k-RL_PMC RL_m23k RL_PMC RL_m23k-RL_PMC"
+DEFAULT_MODELS=""
+for size in 3B 7B 32B; do
+  recipes=$RECIPES
+  if [[ $size == 32B ]]; then recipes="RL_m23k"; fi  # the one released 32B model
+  DEFAULT_MODELS+=" Qwen/Qwen2.5-VL-$size-Instruct"
+  for recipe in $recipes; do DEFAULT_MODELS+=" UCSC-VLAA/MedVLThinker-$size-$recipe"; done
+done
 MODELS=${MODELS:-$DEFAULT_MODELS}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
