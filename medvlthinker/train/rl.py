@@ -71,7 +71,7 @@ def _prepare(argv: list[str]) -> tuple[Path, list[str]]:
     config = Path(argv[0]).resolve()
     overrides = split_arguments(config, argv[1:])
 
-    from medvlthinker.train.preflight import compose_config
+    from medvlthinker.train.preflight_config import compose_config
 
     os.environ.update(runtime_env_vars(compose_config(config, overrides)))
     from medvlthinker.compat import verl_cpu, verl_position_ids
