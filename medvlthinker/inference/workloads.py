@@ -2,8 +2,8 @@
 
 The eval set (``UCSC-VLAA/MedVLThinker-Eval``, 8,220 rows) is ordered by benchmark, in the registry's
 ``ROW_ORDER`` (PMC-VQA, the three closed sets, MMMU, MedXpertQA: not the paper's column order). Mean generated
-tokens per benchmark are public measurements of a released MedVLThinker-7B; they set how long each row's answer is in the
-variable-length and balance benchmarks when no recorded run is given.
+tokens per benchmark are public measurements of a released MedVLThinker-7B; they set how long each row's answer
+is in the variable-length and balance benchmarks when no recorded run is given.
 """
 
 from __future__ import annotations
