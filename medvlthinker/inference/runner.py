@@ -222,12 +222,14 @@ def run_rank(config: RunConfig, rank: int, *, validated: bool = False, backend: 
     path = Path(config.output_dir) / shard_name(rank, world)
     bar = tqdm(total=len(todo), desc=f"rank {rank}/{world} {config.backend}", unit="row", disable=not config.progress)
     start = time.perf_counter()
-    with ShardWriter(path) as writer:
-        for record in stream_records(config, raw_images(todo), builder, backend, window=summary.window):
-            writer.write(record)
-            summary.add(record)
-            bar.update(1)
-    bar.close()
+    try:
+        with ShardWriter(path) as writer:
+            for record in stream_records(config, raw_images(todo), builder, backend, window=summary.window):
+                writer.write(record)
+                summary.add(record)
+                bar.update(1)
+    finally:
+        bar.close()  # ends the bar's line, so an error message after it starts a line of its own
     summary.seconds = time.perf_counter() - start
     summary.peak_in_flight = getattr(backend, "peak_in_flight", 0)
     print(summary.line(config.backend), file=sys.stderr, flush=True)
