@@ -197,19 +197,19 @@ def write_config_only_model(size: str, out_dir: str | os.PathLike, with_tokenize
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m medvlthinker.tiny {3b,7b,32b,tiny} OUT_DIR [--no-tokenizer | --random-weights]``."""
+    """``python -m medvlthinker.tiny {3b,7b,32b,tiny} OUT_DIR [--no_tokenizer | --random_weights]``."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("size", choices=sorted(ARCHITECTURES))
     ap.add_argument("out_dir")
-    ap.add_argument("--no-tokenizer", action="store_true", help="skip the 18 MB tokenizer.json")
-    ap.add_argument("--random-weights", action="store_true",
+    ap.add_argument("--no_tokenizer", action="store_true", help="skip the 18 MB tokenizer.json")
+    ap.add_argument("--random_weights", action="store_true",
                     help="tiny only: a complete model directory with random weights (the test and demo model)")
     args = ap.parse_args(argv)
     if args.random_weights:
         if args.size != "tiny":
-            ap.error("--random-weights builds only the tiny model (benchmark the real sizes with dummy weights)")
+            ap.error("--random_weights builds only the tiny model (benchmark the real sizes with dummy weights)")
         print(build_tiny_model(args.out_dir))
         return
     print(write_config_only_model(args.size, args.out_dir, with_tokenizer=not args.no_tokenizer))

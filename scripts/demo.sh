@@ -10,7 +10,8 @@
 #
 # `make demo` runs it. Knobs (environment): DEMO_OUT (outputs/demo), DEMO_BACKEND (vllm | hf), DEMO_SEED (0),
 # DEMO_PASS_N (samples per training question; the paper uses 16), DEMO_ROWS_PER_BENCHMARK, DEMO_TRAIN_ROWS,
-# DEMO_WARMUP_STEPS, DEMO_SFT_STEPS, DEMO_RL_STEPS, DEMO_RL_LR, DEMO_MAX_TOKENS.
+# DEMO_WARMUP_STEPS, DEMO_SFT_STEPS, DEMO_RL_STEPS, DEMO_RL_LR, DEMO_RL_BATCH (questions a step),
+# DEMO_RL_ROLLOUTS (answers a question), DEMO_MAX_TOKENS.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,10 +24,12 @@ PASS_N=${DEMO_PASS_N:-8}
 ROWS_PER_BENCHMARK=${DEMO_ROWS_PER_BENCHMARK:-16}
 TRAIN_ROWS=${DEMO_TRAIN_ROWS:-128}
 WARMUP_STEPS=${DEMO_WARMUP_STEPS:-40}
-SFT_STEPS=${DEMO_SFT_STEPS:-40}
+SFT_STEPS=${DEMO_SFT_STEPS:-60}
 RL_STEPS=${DEMO_RL_STEPS:-8}
 MAX_TOKENS=${DEMO_MAX_TOKENS:-48}
 RL_LR=${DEMO_RL_LR:-2e-4}
+RL_BATCH=${DEMO_RL_BATCH:-4}
+RL_ROLLOUTS=${DEMO_RL_ROLLOUTS:-4}
 
 # Offline, and vLLM's CPU build in-process with a small KV cache.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
@@ -43,8 +46,8 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)  # absolute: verl resolves data paths from its own working directory
 
 stage "1/11 tiny random Qwen2.5-VL (real tokenizer, random weights) and the synthetic task (seed $SEED)"
-"$PY" -m medvlthinker.tiny tiny "$OUT/model/random" --random-weights
-"$PY" -m medvlthinker.demo_task "$OUT/data" --rows-per-benchmark "$ROWS_PER_BENCHMARK" --train-rows "$TRAIN_ROWS" \
+"$PY" -m medvlthinker.tiny tiny "$OUT/model/random" --random_weights
+"$PY" -m medvlthinker.demo_task "$OUT/data" --rows_per_benchmark "$ROWS_PER_BENCHMARK" --train_rows "$TRAIN_ROWS" \
   --seed "$SEED"
 "$PY" data_process/convert_sft_format.py "$OUT/data/warmup" "$OUT/data/sft/warmup"
 "$PY" data_process/convert_sft_format.py "$OUT/data/train_pmc_vqa" "$OUT/data/sft/pmc_vqa"
@@ -53,7 +56,7 @@ stage "2/11 the base model: $WARMUP_STEPS warm-start steps of the random model o
 # A stand-in for pre-training: the base follows the answer format on text, not yet on pictures.
 "$PY" train/sft/train_sft.py configs/sft/demo_warmup.yaml "model_name_or_path=$OUT/model/random" \
   "train_data=$OUT/data/sft/warmup" "output_dir=$OUT/checkpoints/warmup" "max_steps=$WARMUP_STEPS" "seed=$SEED"
-bash train/merge.sh sft "$OUT/checkpoints/warmup" "$OUT/model/random" "$OUT/model/base" --no-check
+bash train/merge.sh sft "$OUT/checkpoints/warmup" "$OUT/model/random" "$OUT/model/base" --no_check
 
 stage "3/11 SFT: $SFT_STEPS steps with TRL from the base on the image training questions"
 "$PY" train/sft/train_sft.py configs/sft/demo_sft.yaml "model_name_or_path=$OUT/model/base" \
@@ -78,19 +81,19 @@ stage "6/11 curation: attach pass_count, keep the band 1..$((PASS_N - 1))"
 
 stage "7/11 verl RL parquet of the curated set (and the PMC-VQA eval rows as its validation file)"
 "$PY" data_process/convert_verl_format.py "$OUT/data/curated_pmc_vqa" "$OUT/data/verl/train.parquet"
-"$PY" data_process/convert_verl_format.py "$OUT/data/eval" "$OUT/data/verl/val.parquet" --subset pmc_vqa --rl-split test
+"$PY" data_process/convert_verl_format.py "$OUT/data/eval" "$OUT/data/verl/val.parquet" --subset pmc_vqa --rl_split test
 
 stage "8/11 RL: $RL_STEPS GRPO steps with verl from the SFT model on the curated set (preflight, then verl on CPU)"
 # verl starts Ray, an FSDP2 actor and reference and a vLLM-CPU rollout server (about two minutes), then each step
-# samples 4 answers to each of 4 questions, scores them with the project's reward and updates the actor. The
-# console log goes to rl/train.log; its step lines are echoed here.
+# samples RL_ROLLOUTS answers to each of RL_BATCH questions, scores them with the project's reward and updates the
+# actor. The console log goes to rl/train.log; its step lines are echoed here.
 mkdir -p "$OUT/rl"
 env -u VLLM_ENABLE_V1_MULTIPROCESSING RAY_TMPDIR="$ray_tmp" PREFLIGHT_ROWS=4 \
   bash train/rl/train.sh configs/rl/qwen2.5-vl-3b_rl_pmc.yaml configs/rl/overlays/cpu.yaml \
   "actor_rollout_ref.model.path=$OUT/model/sft" \
   "data.train_files=[$OUT/data/verl/train.parquet]" "data.val_files=[$OUT/data/verl/val.parquet]" \
-  "data.train_batch_size=4" "data.max_response_length=$MAX_TOKENS" "data.seed=$SEED" \
-  "actor_rollout_ref.rollout.n=4" "actor_rollout_ref.actor.ppo_mini_batch_size=4" \
+  "data.train_batch_size=$RL_BATCH" "data.max_response_length=$MAX_TOKENS" "data.seed=$SEED" \
+  "actor_rollout_ref.rollout.n=$RL_ROLLOUTS" "actor_rollout_ref.actor.ppo_mini_batch_size=$RL_BATCH" \
   "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8" "actor_rollout_ref.actor.optim.lr=$RL_LR" \
   "trainer.total_training_steps=$RL_STEPS" "trainer.save_freq=$RL_STEPS" \
   "trainer.default_local_dir=$OUT/checkpoints/rl" 2>&1 \
@@ -110,14 +113,14 @@ done
 
 stage "11/11 table, plots, reward curve, HTML report and summary"
 "$PY" analysis/make_report.py --run "base=$OUT/eval/base/run1" --run "sft=$OUT/eval/sft/run1" \
-  --run "rl=$OUT/eval/rl/run1" --eval-data "$OUT/data/eval" \
-  --pass-rate-dir "$OUT/pass_rate/pmc_vqa" --pass-rate-rollouts "$PASS_N" --sampling-run "sft=$OUT/pass_rate/pmc_vqa" \
-  --rl-log "$OUT/rl/train.log" --paired sft base \
-  --title "MedVLThinker demo (tiny Qwen2.5-VL, synthetic task)" --output-dir "$OUT/report"
+  --run "rl=$OUT/eval/rl/run1" --eval_data "$OUT/data/eval" \
+  --pass_rate_dir "$OUT/pass_rate/pmc_vqa" --pass_rate_rollouts "$PASS_N" --sampling_run "sft=$OUT/pass_rate/pmc_vqa" \
+  --rl_log "$OUT/rl/train.log" --paired sft base \
+  --title "MedVLThinker demo (tiny Qwen2.5-VL, synthetic task)" --output_dir "$OUT/report"
 
 stage "done"
-"$PY" -m medvlthinker.analysis.demo_summary "$OUT" --model base --model sft --model rl --pass-rollouts "$PASS_N" \
-  --rl-log "$OUT/rl/train.log"
+"$PY" -m medvlthinker.analysis.demo_summary "$OUT" --model base --model sft --model rl --pass_rollouts "$PASS_N" \
+  --rl_log "$OUT/rl/train.log"
 cat <<EOF
 
 Outputs (under $OUT):

@@ -415,7 +415,7 @@ def test_a_duplicated_record_is_refused_by_regrade_and_tables_alike(eval_run, tm
     regrade_line = expect_failure("eval/regrade.py", run_dir, "--output_dir", tmp_path / "regraded",
                                   names=[f"eval_results.jsonl:{len(lines) + 1}",
                                          f"dataset_index {index} is already recorded"], kept=[run_dir])
-    tables_line = expect_failure("analysis/make_tables.py", "--run", f"m={run_dir}", "--output-dir",
+    tables_line = expect_failure("analysis/make_tables.py", "--run", f"m={run_dir}", "--output_dir",
                                  tmp_path / "tables", names=[f"dataset_index {index} is already recorded"],
                                  kept=[run_dir])
     assert regrade_line.split(": ", 1)[1] == tables_line.split(": ", 1)[1]

@@ -100,7 +100,7 @@ def test_make_report_cli(built, tmp_path):
     tmp = built["tmp"]
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "analysis", "make_report.py"), "--run", f"base={tmp / 'runs/base/r0'}",
-         "--n-resamples", "50", "--samples-per-benchmark", "1", "--output-dir", str(tmp_path / "r")],
+         "--n_resamples", "50", "--samples_per_benchmark", "1", "--output_dir", str(tmp_path / "r")],
         capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stderr
