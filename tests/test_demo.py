@@ -109,9 +109,10 @@ def test_reduced_demo_shows_the_effects(tmp_path):
     # a real spread of pass counts: the middle band holds at least a quarter of the training questions
     hist = summary["pass_count_histogram"]
     assert sum(hist[1:4]) >= 16, hist
-    # SFT teaches the answer format the base lacks on pictures, and answers above the base (docs/demo.md gives the
-    # figures of the seeds tried; the margins are far below every one of them)
-    assert sft["format_rate"] >= base["format_rate"] + 0.5, (base, sft)
+    # SFT writes the answer format on the pictures (the text-only warm-start gives the base anywhere from none of it
+    # to nearly all, by seed) and answers above the base; docs/demo.md gives the figures of the seeds tried, and the
+    # margins sit well below every one of them
+    assert sft["format_rate"] >= max(0.9, base["format_rate"]), (base, sft)
     assert sft["accuracy"] >= base["accuracy"] + 0.1, (base, sft)
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in (base, sft, rl))
     curve = summary["reward_curve"]
