@@ -1,17 +1,15 @@
 """The demo's learnable synthetic task: questions a tiny Qwen2.5-VL can learn on a CPU in minutes.
 
-Image questions ask what is visible in a drawn picture: the colour of the figures or how many there are, or (yes/no
-benchmarks) whether they have a named colour. Each picture is 56 x 56 pixels, the size the Qwen2.5-VL processor
-keeps as it is: a 2 x 2 grid of 28 x 28 cells, each of which becomes exactly one visual token after the 2 x 2
-patch merge. Figures sit one per cell, so "how many" is the number of non-empty visual tokens and "which colour" is
-in every one of them. Text-only questions (the m23k stand-in) state a finding and ask it back, so the answer
-follows from the text.
+Image questions ask what is visible in a drawn picture: the colour of the figures, how many there are, which shape
+they have, or (yes/no benchmarks) whether they have a named colour. Each picture is 56 x 56 pixels, the size the
+Qwen2.5-VL processor keeps as it is: a 2 x 2 grid of 28 x 28 cells, each of which becomes exactly one visual token
+after the 2 x 2 patch merge. Figures sit one per cell, so "how many" is the number of non-empty visual tokens and
+"which colour" is in every one of them; shapes differ only inside a token, which makes them the hard questions.
+Text-only questions (the m23k stand-in) state a finding and ask it back, so the answer follows from the text.
 
-The options of a question kind always come in the same order (Red, Green, Blue, Yellow[, Purple]; 1..4[, 5]; Yes,
-No), as numbered options do in exam papers, and every value is equally likely, so the letter alone carries no
-information while the letter of an answer is the same on every question of its kind. Matching a word against
-shuffled options is an induction a 2-layer model needs far more steps for than the demo has. The reasoning is one
-short sentence of one shape per kind ("The figures are red.", "There are 3 figures."), so the SFT target
+The distractor options are drawn from the same pool as the answer and shuffled, so the option letter carries no
+information: a model has to read the picture (or the text), name what it saw in its reasoning, and pick the
+letter of the matching option. The reasoning is one short sentence naming the answer, so the SFT target
 (docs/protocol.md section 9) is a few dozen tokens and fits the demo's generation budget.
 
 Rows are in the unified schema with the paper's prompt, options and grading (nothing here touches them). The
@@ -38,11 +36,11 @@ COLOURS = {
     "purple": (150, 40, 180),
     "orange": (245, 140, 20),
 }
-SHAPES = ("circle", "square", "triangle", "cross")  # asked only if KINDS names "shape": it lies inside one visual token
+SHAPES = ("circle", "square", "triangle", "cross")
 CELL = 28
 SIZE = (2 * CELL, 2 * CELL)
 NUMBER_WORDS = ("one", "two", "three", "four")
-KINDS = ("colour", "count")
+KINDS = ("colour", "count", "shape")
 
 # Text-only findings: (what is described, the attribute asked, the pool the options come from).
 TEXT_FINDINGS = (
@@ -61,7 +59,7 @@ def draw_figures(colour: str, shape: str, cells: list[int], seed: int) -> Image.
     fill = COLOURS[colour]
     for cell in cells:
         x0, y0 = (cell % 2) * CELL, (cell // 2) * CELL
-        r = rng.randint(CELL * 9 // 28, CELL * 12 // 28)
+        r = rng.randint(9, 12)
         cx, cy = x0 + CELL // 2 + rng.randint(-1, 1), y0 + CELL // 2 + rng.randint(-1, 1)
         if shape == "circle":
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
@@ -76,17 +74,15 @@ def draw_figures(colour: str, shape: str, cells: list[int], seed: int) -> Image.
     return img
 
 
-def _options(correct: str, pool: list[str], n: int) -> tuple[dict[str, str], str]:
-    """The first ``n`` values of ``pool`` as options A, B, ... in the pool's order, and the letter of ``correct``."""
-    texts = pool[:n]
+def _options(rng: random.Random, correct: str, pool: list[str], n: int) -> tuple[dict[str, str], str]:
+    texts = rng.sample([p for p in pool if p != correct], n - 1) + [correct]
+    rng.shuffle(texts)
     return {LETTERS[i]: t for i, t in enumerate(texts)}, LETTERS[texts.index(correct)]
 
 
-def _picture(rng: random.Random, n_colours: int = 4) -> dict:
-    """A picture's content; its colour is one of the first ``n_colours`` of :data:`COLOURS` (those a question with
-    that many options can offer)."""
+def _picture(rng: random.Random) -> dict:
     count = rng.randint(1, 4)
-    return {"colour": rng.choice(list(COLOURS)[:n_colours]), "shape": rng.choice(SHAPES), "count": count,
+    return {"colour": rng.choice(list(COLOURS)), "shape": rng.choice(SHAPES), "count": count,
             "cells": sorted(rng.sample(range(4), count)), "seed": rng.randrange(1 << 30)}
 
 
@@ -96,18 +92,21 @@ def _image_question(rng: random.Random, n_options: int, pic: dict, kind: str, mu
     colour, shape, count = pic["colour"], pic["shape"], pic["count"]
     plural = "s" if count > 1 else ""
     if n_options == 2:
-        asked = colour if rng.random() < 0.5 else rng.choice([c for c in list(COLOURS)[:4] if c != colour])
+        asked = colour if rng.random() < 0.5 else rng.choice([c for c in COLOURS if c != colour])
+        options = {"A": "Yes", "B": "No"} if rng.random() < 0.5 else {"A": "No", "B": "Yes"}
         truth = "Yes" if asked == colour else "No"
-        options, label = _options(truth, ["Yes", "No"], 2)
-        return f"Are the figures in {where} {asked}?", options, label, f"The figures are {colour}."
+        label = next(k for k, v in options.items() if v == truth)
+        return (f"Are the figures in {where} {asked}?", options, label,
+                f"The figures are {colour}, so the answer is {truth.lower()}.")
     if kind == "colour":
-        options, label = _options(colour.capitalize(), [c.capitalize() for c in COLOURS], n_options)
+        options, label = _options(rng, colour.capitalize(), [c.capitalize() for c in COLOURS], n_options)
         return f"What colour are the figures in {where}?", options, label, f"The figures are {colour}."
     if kind == "count":
-        options, label = _options(str(count), [str(i) for i in range(1, 6)], n_options)
+        pool = [str(i) for i in range(1, 6)]
+        options, label = _options(rng, str(count), pool, n_options)
         return (f"How many figures are drawn in {where}?", options, label,
                 f"There {'are' if count > 1 else 'is'} {count} figure{plural}.")
-    options, label = _options(shape.capitalize(), [s.capitalize() for s in SHAPES] + ["Star"], n_options)
+    options, label = _options(rng, shape.capitalize(), [s.capitalize() for s in SHAPES] + ["Star"], n_options)
     return f"Which shape are the figures in {where}?", options, label, f"The figures are {shape}s."
 
 
@@ -124,7 +123,7 @@ def make_image_rows(n: int, seed: int, start_index: int = 0, dataset_name: str =
     shared = None
     for i in range(n):
         if shared is None or i % share == 0:
-            pics = [_picture(rng, max(n_options, 4)) for _ in range(n_images)]
+            pics = [_picture(rng) for _ in range(n_images)]
             shared = (pics, _pictures_to_images(pics), f"{dataset_name}_img{i // share}")
         pics, images, image_id = shared
         kind = kinds[i % len(kinds)]
@@ -141,7 +140,7 @@ def make_text_rows(n: int, seed: int, start_index: int = 0, dataset_name: str = 
     rows = []
     for i in range(n):
         finding, attribute, pool = TEXT_FINDINGS[i % len(TEXT_FINDINGS)]
-        value = rng.choice(pool[:4])
+        value = rng.choice(pool)
         if attribute == "number":
             question = f"The scan report notes {value} {finding}. How many {finding} does the report note?"
             reasoning = f"The report notes {value} {finding}."
@@ -149,7 +148,7 @@ def make_text_rows(n: int, seed: int, start_index: int = 0, dataset_name: str = 
             question = (f"The scan report describes the {finding} as {value.lower()}. "
                         f"What {attribute} is the {finding}?")
             reasoning = f"The report says the {finding} is {value.lower()}."
-        options, label = _options(value, pool, 4)
+        options, label = _options(rng, value, pool, 4)
         rows.append(_row(question=question, options=options, label=label, images=None, reasoning=reasoning,
                          dataset_name=dataset_name, dataset_index=start_index + i,
                          misc={"kind": f"text_{attribute}"}))
