@@ -75,6 +75,7 @@ def test_summary_numbers_from_records_and_log():
 
 @pytest.mark.slow
 @pytest.mark.vllm
+@pytest.mark.timeout(2400)  # every stage of the pipeline, verl's start-up included: longer than the suite's default
 def test_reduced_demo_shows_the_effects(tmp_path):
     out = tmp_path / "demo"
     env = dict(
@@ -85,10 +86,13 @@ def test_reduced_demo_shows_the_effects(tmp_path):
         DEMO_ROWS_PER_BENCHMARK="8",
         DEMO_TRAIN_ROWS="64",
         DEMO_PASS_N="4",
-        DEMO_RL_STEPS="4",
+        DEMO_RL_STEPS="2",
+        # pass rates and evals on the transformers backend: four vLLM engine starts fewer (vLLM's own path is tested
+        # in test_inference; the RL stage still samples with vLLM)
+        DEMO_BACKEND="hf",
     )
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1500)
+                          text=True, timeout=2300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("=== [") == 12  # eleven stages and "done"
 
@@ -111,7 +115,7 @@ def test_reduced_demo_shows_the_effects(tmp_path):
     assert sft["format_rate"] > base["format_rate"], (base, sft)
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in (base, sft, rl))
     curve = summary["reward_curve"]
-    assert [s for s, _ in curve] == list(range(1, 5))
+    assert [s for s, _ in curve] == [1, 2]
     assert all(0.0 <= r <= 1.0 for _, r in curve), curve
 
     table = (out / "report/tables/table.md").read_text()
