@@ -114,3 +114,13 @@ def test_ray_workers_get_the_fix_from_the_config(configs):
         assert ray.get(worker_state.remote(), timeout=240) == (True, True)
     finally:
         ray.shutdown()
+
+
+def test_the_cpu_profile_trains_in_float32():
+    # verl's FSDP engine defaults to bfloat16 parameters; on a CPU without bfloat16 matrix instructions those
+    # matmuls run in ATen's reference GEMM, and a GRPO step of the demo took minutes instead of seconds
+    cfg = compose_config(RL / "qwen2.5-vl-3b_rl_pmc.yaml", ["+overlays=[cpu]"])
+    for role in ("actor", "ref"):
+        precision = cfg.actor_rollout_ref[role].fsdp_config.mixed_precision
+        assert dict(precision) == {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}, role
+    assert cfg.actor_rollout_ref.rollout.dtype == "float32"
