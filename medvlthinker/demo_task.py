@@ -1,21 +1,28 @@
 """The demo's learnable synthetic task: questions a tiny Qwen2.5-VL can learn on a CPU in minutes.
 
-Image questions ask what is visible in a drawn picture: the colour of the figures, how many there are, which shape
-they have, or (yes/no benchmarks) whether they have a named colour. Each picture is 56 x 56 pixels, the size the
-Qwen2.5-VL processor keeps as it is: a 2 x 2 grid of 28 x 28 cells, each of which becomes exactly one visual token
-after the 2 x 2 patch merge. Figures sit one per cell, so "how many" is the number of non-empty visual tokens and
-"which colour" is in every one of them; shapes differ only inside a token, which makes them the hard questions.
-Text-only questions (the m23k stand-in) state a finding and ask it back, so the answer follows from the text.
+Image questions ask what is visible in a drawn picture: the colour of the figures or how many there are, or (yes/no
+benchmarks) whether they have a named colour. Each picture is 56 x 56 pixels, the size the Qwen2.5-VL processor
+keeps as it is: a 2 x 2 grid of 28 x 28 cells, each of which becomes exactly one visual token after the 2 x 2
+patch merge. Figures (of a random shape) sit one per cell, so "how many" is the number of non-empty visual tokens
+and "which colour" is in every one of them. Text-only questions (the m23k stand-in) state a finding and ask it
+back, so the answer follows from the text.
 
-The distractor options are drawn from the same pool as the answer and shuffled, so the option letter carries no
-information: a model has to read the picture (or the text), name what it saw in its reasoning, and pick the
-letter of the matching option. The reasoning is one short sentence naming the answer, so the SFT target
-(docs/protocol.md section 9) is a few dozen tokens and fits the demo's generation budget.
+The options of a question kind are always the same list in the same order (the distractors are the rest of the
+pool), and the answer is drawn uniformly from it, so the letter alone carries no information but follows from what
+was seen: a model has to read the picture (or the text), name what it saw in its reasoning, and give that option's
+letter. The reasoning is one short sentence naming the answer, so the SFT target (docs/protocol.md section 9) is a
+few dozen tokens and fits the demo's generation budget.
+
+The base model's warm-start corpus (:func:`warmup_examples`, a stand-in for pre-training) is SFT conversations of
+two kinds: short picture captions in a plain chat ("Describe the picture." -> "There are 2 figures. The figures
+are red."), from which a tiny model learns to see colour and number in a few minutes, and text-only questions in
+the paper's prompt and answer format. So the base can describe a picture and can answer a text question in the
+format, but has never answered a question about a picture: that is what SFT teaches.
 
 Rows are in the unified schema with the paper's prompt, options and grading (nothing here touches them). The
-evaluation rows, the pass-rate/SFT/RL training rows and the format warm-start rows come from separate random
-streams and never share a picture: :func:`write_task_data` checks that no evaluation image (by content hash) and
-no evaluation text question is among the training rows.
+evaluation rows, the pass-rate/SFT/RL training rows and the warm-start come from separate random streams and
+never share a picture: :func:`write_task_data` checks that no evaluation image (by content hash) and no
+evaluation text question is among the training rows.
 """
 
 from __future__ import annotations
@@ -28,26 +35,25 @@ from PIL import Image, ImageDraw
 
 from medvlthinker.synthetic import EVAL_BENCHMARKS, LETTERS, _row, image_to_png_bytes, to_dataset
 
+# Options are drawn from the front of the palette in this order: a picture has one of the first four colours, and
+# the fifth is a distractor of the 5-option benchmark only.
 COLOURS = {
     "red": (220, 30, 30),
     "green": (30, 180, 50),
     "blue": (30, 60, 230),
     "yellow": (235, 215, 30),
     "purple": (150, 40, 180),
-    "orange": (245, 140, 20),
 }
+PICTURE_COLOURS = tuple(COLOURS)[:4]
+MAX_FIGURES = 4
 SHAPES = ("circle", "square", "triangle", "cross")
 CELL = 28
 SIZE = (2 * CELL, 2 * CELL)
-NUMBER_WORDS = ("one", "two", "three", "four")
-KINDS = ("colour", "count", "shape")
+KINDS = ("colour", "count")
+CAPTION_REQUEST = "Describe the picture."
 
-# Text-only findings: (what is described, the attribute asked, the pool the options come from).
-TEXT_FINDINGS = (
-    ("lesion", "colour", [c.capitalize() for c in COLOURS]),
-    ("nodules", "number", ["1", "2", "3", "4", "5"]),
-    ("mass", "shape", ["Round", "Oval", "Irregular", "Lobulated", "Spiculated"]),
-)
+# The forms of the text-only questions: (kind, number of options), cycled.
+TEXT_FORMS = (("colour", 4), ("count", 4), ("yes_no", 2), ("colour", 5), ("count", 5))
 
 
 def draw_figures(colour: str, shape: str, cells: list[int], seed: int) -> Image.Image:
@@ -74,40 +80,59 @@ def draw_figures(colour: str, shape: str, cells: list[int], seed: int) -> Image.
     return img
 
 
-def _options(rng: random.Random, correct: str, pool: list[str], n: int) -> tuple[dict[str, str], str]:
-    texts = rng.sample([p for p in pool if p != correct], n - 1) + [correct]
-    rng.shuffle(texts)
+def _options(correct: str, pool: list[str], n: int) -> tuple[dict[str, str], str]:
+    """The first ``n`` entries of ``pool`` in order as options A.., and the letter of ``correct``.
+
+    >>> _options("Blue", ["Red", "Green", "Blue", "Yellow", "Purple"], 5)
+    ({'A': 'Red', 'B': 'Green', 'C': 'Blue', 'D': 'Yellow', 'E': 'Purple'}, 'C')
+    """
+    texts = list(pool[:n])
     return {LETTERS[i]: t for i, t in enumerate(texts)}, LETTERS[texts.index(correct)]
 
 
 def _picture(rng: random.Random) -> dict:
-    count = rng.randint(1, 4)
-    return {"colour": rng.choice(list(COLOURS)), "shape": rng.choice(SHAPES), "count": count,
+    count = rng.randint(1, MAX_FIGURES)
+    return {"colour": rng.choice(PICTURE_COLOURS), "shape": rng.choice(SHAPES), "count": count,
             "cells": sorted(rng.sample(range(4), count)), "seed": rng.randrange(1 << 30)}
+
+
+def _colour_sentence(pic: dict, noun: str = "figures") -> str:
+    """The sentence that names the colour (``noun`` in the plural; singular for one figure)."""
+    if pic["count"] > 1:
+        return f"The {noun} are {pic['colour']}."
+    return f"The {noun.removesuffix('s')} is {pic['colour']}."
+
+
+def _count_sentence(pic: dict, noun: str = "figures") -> str:
+    """The sentence that names the number."""
+    count = pic["count"]
+    return f"There are {count} {noun}." if count > 1 else f"There is 1 {noun.removesuffix('s')}."
+
+
+def caption(pic: dict) -> str:
+    """What the warm-start's caption says of a picture: its number of figures, then their colour.
+
+    >>> caption({"colour": "red", "count": 2})
+    'There are 2 figures. The figures are red.'
+    """
+    return f"{_count_sentence(pic)} {_colour_sentence(pic)}"
 
 
 def _image_question(rng: random.Random, n_options: int, pic: dict, kind: str, multi: bool):
     """(question, options, label, reasoning) about ``pic`` (the first picture when ``multi``)."""
     where = "the first image" if multi else "the image"
-    colour, shape, count = pic["colour"], pic["shape"], pic["count"]
-    plural = "s" if count > 1 else ""
+    colour = pic["colour"]
     if n_options == 2:
-        asked = colour if rng.random() < 0.5 else rng.choice([c for c in COLOURS if c != colour])
-        options = {"A": "Yes", "B": "No"} if rng.random() < 0.5 else {"A": "No", "B": "Yes"}
+        asked = colour if rng.random() < 0.5 else rng.choice([c for c in PICTURE_COLOURS if c != colour])
         truth = "Yes" if asked == colour else "No"
-        label = next(k for k, v in options.items() if v == truth)
+        options, label = _options(truth, ["Yes", "No"], 2)
         return (f"Are the figures in {where} {asked}?", options, label,
-                f"The figures are {colour}, so the answer is {truth.lower()}.")
+                f"{_colour_sentence(pic)[:-1]}, so the answer is {truth.lower()}.")
     if kind == "colour":
-        options, label = _options(rng, colour.capitalize(), [c.capitalize() for c in COLOURS], n_options)
-        return f"What colour are the figures in {where}?", options, label, f"The figures are {colour}."
-    if kind == "count":
-        pool = [str(i) for i in range(1, 6)]
-        options, label = _options(rng, str(count), pool, n_options)
-        return (f"How many figures are drawn in {where}?", options, label,
-                f"There {'are' if count > 1 else 'is'} {count} figure{plural}.")
-    options, label = _options(rng, shape.capitalize(), [s.capitalize() for s in SHAPES] + ["Star"], n_options)
-    return f"Which shape are the figures in {where}?", options, label, f"The figures are {shape}s."
+        options, label = _options(colour.capitalize(), [c.capitalize() for c in COLOURS], n_options)
+        return f"What colour are the figures in {where}?", options, label, _colour_sentence(pic)
+    options, label = _options(str(pic["count"]), [str(i) for i in range(1, 6)], n_options)
+    return f"How many figures are drawn in {where}?", options, label, _count_sentence(pic)
 
 
 def _pictures_to_images(pics: list[dict]) -> list[dict]:
@@ -135,23 +160,34 @@ def make_image_rows(n: int, seed: int, start_index: int = 0, dataset_name: str =
 
 
 def make_text_rows(n: int, seed: int, start_index: int = 0, dataset_name: str = "m23k") -> list[dict]:
-    """``n`` text-only 4-option rows (images None) whose answer is stated in the question."""
+    """``n`` text-only rows (images None): a report states the number and colour of some nodules and the question
+    asks one of them back, in the image questions' forms (colour or number with 4 or 5 options, yes/no) and with
+    their reasoning sentences, so what a model learns here about options and letters carries over to pictures."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        finding, attribute, pool = TEXT_FINDINGS[i % len(TEXT_FINDINGS)]
-        value = rng.choice(pool)
-        if attribute == "number":
-            question = f"The scan report notes {value} {finding}. How many {finding} does the report note?"
-            reasoning = f"The report notes {value} {finding}."
+        kind, n_options = TEXT_FORMS[i % len(TEXT_FORMS)]
+        pic = {"colour": rng.choice(PICTURE_COLOURS), "count": rng.randint(1, MAX_FIGURES)}
+        many = pic["count"] > 1
+        noun = "nodules" if many else "nodule"
+        report = f"The scan report notes {pic['count']} {pic['colour']} {noun}."
+        if kind == "yes_no":
+            asked = pic["colour"] if rng.random() < 0.5 else rng.choice(
+                [c for c in PICTURE_COLOURS if c != pic["colour"]])
+            truth = "Yes" if asked == pic["colour"] else "No"
+            options, label = _options(truth, ["Yes", "No"], 2)
+            question = f"{report} {'Are the nodules' if many else 'Is the nodule'} {asked}?"
+            reasoning = f"{_colour_sentence(pic, noun)[:-1]}, so the answer is {truth.lower()}."
+        elif kind == "colour":
+            options, label = _options(pic["colour"].capitalize(), [c.capitalize() for c in COLOURS], n_options)
+            question = f"{report} What colour {'are the nodules' if many else 'is the nodule'}?"
+            reasoning = _colour_sentence(pic, noun)
         else:
-            question = (f"The scan report describes the {finding} as {value.lower()}. "
-                        f"What {attribute} is the {finding}?")
-            reasoning = f"The report says the {finding} is {value.lower()}."
-        options, label = _options(rng, value, pool, 4)
+            options, label = _options(str(pic["count"]), [str(k) for k in range(1, 6)], n_options)
+            question = f"{report} How many nodules does the report note?"
+            reasoning = _count_sentence(pic, noun)
         rows.append(_row(question=question, options=options, label=label, images=None, reasoning=reasoning,
-                         dataset_name=dataset_name, dataset_index=start_index + i,
-                         misc={"kind": f"text_{attribute}"}))
+                         dataset_name=dataset_name, dataset_index=start_index + i, misc={"kind": f"text_{kind}"}))
     return rows
 
 
@@ -193,11 +229,50 @@ def _drop_seen(rows: list[dict], seen_hashes: set[str], seen_questions: set[tupl
     return kept
 
 
-def write_task_data(out_dir, rows_per_benchmark: int = 16, train_rows: int = 96, warmup_rows: int = 64,
+def caption_examples(n: int, seed: int) -> list[dict]:
+    """``n`` caption conversations in the SFT data set's form (``converters.sft_format``): a picture, the plain
+    request :data:`CAPTION_REQUEST` (not the paper's prompt) and :func:`caption` as the assistant turn."""
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        pic = _picture(rng)
+        examples.append({
+            "prompt": [{"role": "user", "content": [{"type": "image", "text": None},
+                                                    {"type": "text", "text": CAPTION_REQUEST}]}],
+            "completion": [{"role": "assistant", "content": [{"type": "text", "text": caption(pic)}]}],
+            "images": _pictures_to_images([pic]),
+            "dataset_name": "warmup_caption",
+            "dataset_index": i,
+        })
+    return examples
+
+
+def warmup_examples(n: int, seed: int, caption_share: float = 0.5, batch_size: int = 16) -> list[dict]:
+    """The base model's warm-start corpus: ``n`` SFT conversations, a ``caption_share`` of them picture captions
+    and the rest text-only questions in the paper's prompt and answer format.
+
+    The corpus comes in blocks of ``batch_size`` conversations of one kind, the blocks in random order, for a
+    trainer that reads it in order (``train_sampling_strategy: sequential`` in configs/sft/demo_warmup.yaml): a
+    caption is a third as long as a question, and a batch of one kind pads nothing to the longer one.
+    """
+    from medvlthinker.converters.sft_format import to_sft_example
+
+    n_captions = round(n * caption_share)
+    captions = caption_examples(n_captions, seed=seed)
+    texts = [to_sft_example(r) for r in make_text_rows(n - n_captions, seed=seed + 1, dataset_name="warmup")]
+    blocks = [kind[i:i + batch_size] for kind in (captions, texts) for i in range(0, len(kind), batch_size)]
+    random.Random(seed).shuffle(blocks)
+    return [example for block in blocks for example in block]
+
+
+def write_task_data(out_dir, rows_per_benchmark: int = 16, train_rows: int = 96, warmup_rows: int = 1024,
                     seed: int = 0) -> dict[str, str]:
     """The demo's data sets (save_to_disk dirs): ``eval`` (six benchmarks), ``train_pmc_vqa`` (image rows for
-    pass-rate, SFT and RL), ``train_m23k`` (text-only rows) and ``warmup`` (the text-only rows of the format
-    warm-start, a stream of their own)."""
+    pass-rate, SFT and RL) and ``train_m23k`` (text-only rows) in the unified schema, and ``warmup`` (the base's
+    warm-start corpus, :func:`warmup_examples`, already an SFT data set)."""
+    import datasets
+
+    from medvlthinker.converters.sft_format import sft_features, write_sft_dataset
     from medvlthinker.data import save_unified
 
     out = Path(out_dir)
@@ -208,12 +283,15 @@ def write_task_data(out_dir, rows_per_benchmark: int = 16, train_rows: int = 96,
         "eval": eval_rows,
         "train_pmc_vqa": _drop_seen(make_train_rows(train_rows, seed=seed * 1000 + 101), held_hashes, held_questions),
         "train_m23k": make_text_rows(train_rows, seed=seed * 1000 + 102),
-        "warmup": make_text_rows(warmup_rows, seed=seed * 1000 + 103, dataset_name="warmup"),
     }
     paths = {}
     for name, rows in sets.items():
         paths[name] = str(out / name)
         save_unified(to_dataset(rows), paths[name])
+    warmup = [ex for ex in warmup_examples(warmup_rows, seed=seed * 1000 + 103)
+              if not _image_hashes([ex]) & held_hashes]
+    paths["warmup"] = str(out / "warmup")
+    write_sft_dataset(datasets.Dataset.from_list(warmup, features=sft_features()), paths["warmup"], overwrite=True)
     return paths
 
 
@@ -225,7 +303,7 @@ def main(argv=None) -> None:
     ap.add_argument("out_dir")
     ap.add_argument("--rows_per_benchmark", type=int, default=16)
     ap.add_argument("--train_rows", type=int, default=96)
-    ap.add_argument("--warmup_rows", type=int, default=64)
+    ap.add_argument("--warmup_rows", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     paths = write_task_data(args.out_dir, args.rows_per_benchmark, args.train_rows, args.warmup_rows, args.seed)

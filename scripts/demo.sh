@@ -3,7 +3,7 @@
 # Qwen2.5-VL and a bundled synthetic task it can learn in minutes (medvlthinker.demo_task) stand in for the real
 # model and data sets, so the paper's effects show: SFT teaches the answer format, GRPO raises the reward.
 #
-#   synthetic task -> format warm-start of the tiny random model on text (the "base") -> SFT (TRL) on the image
+#   synthetic task -> warm-start of the tiny random model on captions and text questions (the "base") -> SFT (TRL) on the image
 #   questions -> merge -> pass-rate estimation of the SFT model (vLLM) -> curation (the paper's band: drop the
 #   always-wrong and always-right, shuffled) -> verl parquet -> GRPO (verl on CPU) from the SFT model -> merge
 #   -> eval of base, SFT and RL (vLLM) -> table, plots, reward curve, HTML report, summary
@@ -23,8 +23,8 @@ SEED=${DEMO_SEED:-0}
 PASS_N=${DEMO_PASS_N:-8}
 ROWS_PER_BENCHMARK=${DEMO_ROWS_PER_BENCHMARK:-16}
 TRAIN_ROWS=${DEMO_TRAIN_ROWS:-128}
-WARMUP_STEPS=${DEMO_WARMUP_STEPS:-40}
-SFT_STEPS=${DEMO_SFT_STEPS:-40}
+WARMUP_STEPS=${DEMO_WARMUP_STEPS:-100}
+SFT_STEPS=${DEMO_SFT_STEPS:-60}
 RL_STEPS=${DEMO_RL_STEPS:-8}
 MAX_TOKENS=${DEMO_MAX_TOKENS:-48}
 RL_LR=${DEMO_RL_LR:-2e-4}
@@ -49,13 +49,13 @@ stage "1/11 tiny random Qwen2.5-VL (real tokenizer, random weights) and the synt
 "$PY" -m medvlthinker.tiny tiny "$OUT/model/random" --random_weights
 "$PY" -m medvlthinker.demo_task "$OUT/data" --rows_per_benchmark "$ROWS_PER_BENCHMARK" --train_rows "$TRAIN_ROWS" \
   --seed "$SEED"
-"$PY" data_process/convert_sft_format.py "$OUT/data/warmup" "$OUT/data/sft/warmup"
 "$PY" data_process/convert_sft_format.py "$OUT/data/train_pmc_vqa" "$OUT/data/sft/pmc_vqa"
 
-stage "2/11 the base model: $WARMUP_STEPS warm-start steps of the random model on text-only questions"
-# A stand-in for pre-training: the base follows the answer format on text, not yet on pictures.
+stage "2/11 the base model: $WARMUP_STEPS warm-start steps of the random model on captions and text questions"
+# A stand-in for pre-training: the base describes pictures and answers text questions in the format, and has never
+# answered a question about a picture.
 "$PY" train/sft/train_sft.py configs/sft/demo_warmup.yaml "model_name_or_path=$OUT/model/random" \
-  "train_data=$OUT/data/sft/warmup" "output_dir=$OUT/checkpoints/warmup" "max_steps=$WARMUP_STEPS" "seed=$SEED"
+  "train_data=$OUT/data/warmup" "output_dir=$OUT/checkpoints/warmup" "max_steps=$WARMUP_STEPS" "seed=$SEED"
 bash train/merge.sh sft "$OUT/checkpoints/warmup" "$OUT/model/random" "$OUT/model/base" --no_check
 
 stage "3/11 SFT: $SFT_STEPS steps with TRL from the base on the image training questions"

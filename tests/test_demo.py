@@ -1,7 +1,7 @@
 """A reduced `make demo`: the same script, every stage, fewer rows and steps; the paper's effects in miniature.
 
 The assertions (docs/demo.md, "The reduced run in the tests"): every stage runs, the pass counts have a middle band,
-SFT raises the format rate above the warm-started base, and the RL row and reward curve are there.
+SFT raises the format rate and the accuracy above the warm-started base, and the RL row and reward curve are there.
 ``DEMO_TEST_SEED`` picks the seed. The task and the summary numbers are checked on their own, without training, first.
 """
 
@@ -24,18 +24,19 @@ DEMO_SEED = int(os.environ.get("DEMO_TEST_SEED", "0"))
 
 
 def test_task_answers_are_visible_and_eval_is_held_out(tmp_path):
-    paths = demo_task.write_task_data(tmp_path, rows_per_benchmark=6, train_rows=30, warmup_rows=9, seed=3)
+    paths = demo_task.write_task_data(tmp_path, rows_per_benchmark=6, train_rows=30, warmup_rows=64, seed=3)
     import datasets
 
     sets = {name: datasets.load_from_disk(path) for name, path in paths.items()}
     assert set(sets["eval"]["dataset_name"]) == set(demo_task.EVAL_BENCHMARKS)
-    assert all(r["images"] is None for r in sets["warmup"]) and all(r["images"] is None for r in sets["train_m23k"])
+    assert all(r["images"] is None for r in sets["train_m23k"])
 
     def hashes(ds):
         ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
         return {hashlib.sha256(i["bytes"]).hexdigest() for r in ds for i in (r["images"] or [])}
 
     assert hashes(sets["eval"]) and not hashes(sets["eval"]) & hashes(sets["train_pmc_vqa"])
+    assert not hashes(sets["eval"]) & hashes(sets["warmup"])
     for row in list(sets["eval"]) + list(sets["train_pmc_vqa"]):
         kind = json.loads(row["misc"])["kind"]
         image = row["images"][0].convert("RGB")
@@ -46,18 +47,43 @@ def test_task_answers_are_visible_and_eval_is_held_out(tmp_path):
         filled = sum(any(image.getpixel((cx + dx, cy + dy)) == demo_task.COLOURS[seen]
                          for dx in range(-3, 4) for dy in range(-3, 4)) for cx, cy in ((14, 14), (42, 14), (14, 42),
                                                                                        (42, 42)))
-        answer = row["answer"]
+        answer, options = row["answer"], json.loads(row["options"])
         if kind == "colour":
             assert answer == seen.capitalize()
+            assert list(options.values()) == [c.capitalize() for c in demo_task.COLOURS][:len(options)]
         elif kind == "count":
             assert answer == str(filled)
-        elif kind == "yes_no":
+            assert list(options.values()) == [str(k) for k in range(1, len(options) + 1)]
+        else:
+            assert kind == "yes_no" and options == {"A": "Yes", "B": "No"}
             assert (answer == "Yes") == (f" {seen}?" in row["question"])
         # the prompt and the grader are the paper's
         assert prompts.build_user_text(row["question"], row["options"]).startswith(prompts.INSTRUCTION_PROMPT)
         assert grading.grade_answer(row["answer_label"], row["answer"], row["answer_label"])
+    # the answer letter alone says nothing: every letter of a 4-option colour or count question is an answer
+    four = [r for r in sets["train_pmc_vqa"] if len(json.loads(r["options"])) == 4]
+    assert len({r["answer_label"] for r in four}) >= 3
     for row in sets["train_m23k"]:
-        assert row["answer"].lower() in row["question"].lower()
+        kind, question = json.loads(row["misc"])["kind"], row["question"]
+        if kind == "text_yes_no":
+            stated = question.split(" ")[5]
+            assert (row["answer"] == "Yes") == question.endswith(f" {stated}?")
+        else:
+            assert f" {row['answer'].lower()} " in question.lower()
+    # the warm-start corpus: SFT conversations, half captions of pictures, half text-only questions in the paper's
+    # format, in one-kind blocks of 16
+    warmup = sets["warmup"]
+    assert set(warmup.column_names) >= {"prompt", "completion", "images"}
+    is_caption = [r["dataset_name"] == "warmup_caption" for r in warmup]
+    assert sum(is_caption) == 32
+    assert all(len(set(is_caption[i:i + 16])) == 1 for i in range(0, 64, 16))
+    for row, caption in zip(warmup, is_caption):
+        text = row["prompt"][0]["content"][-1]["text"]
+        target = row["completion"][0]["content"][0]["text"]
+        if caption:
+            assert text == demo_task.CAPTION_REQUEST and len(row["images"]) == 1 and target.startswith("There ")
+        else:
+            assert text.startswith(prompts.INSTRUCTION_PROMPT) and not row["images"] and "<answer>" in target
 
 
 def test_summary_numbers_from_records_and_log():
@@ -110,10 +136,12 @@ def test_reduced_demo_shows_the_effects(tmp_path):
     # a real spread of pass counts: the middle band holds at least a quarter of the training questions
     hist = summary["pass_count_histogram"]
     assert sum(hist[1:4]) >= 16, hist
-    # SFT teaches the format (seed 0 here: base 0.31, SFT 0.50). At this reduced size the accuracy and the reward
-    # curve are too noisy for a margin that holds (docs/demo.md): they are checked for presence and range only.
-    assert sft["format_rate"] > base["format_rate"], (base, sft)
+    # SFT teaches the format and the link from the picture to the option letter (docs/demo.md has the seeds tried)
+    assert sft["format_rate"] >= 0.9 and sft["format_rate"] > base["format_rate"], (base, sft)
+    assert sft["accuracy"] >= base["accuracy"] + 0.1, (base, sft)
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in (base, sft, rl))
+    # Two GRPO steps of 16 answers to different questions are too few for the reward's direction to hold (seed 0:
+    # 0.31 then 0.12); the curve is checked for presence and range
     curve = summary["reward_curve"]
     assert [s for s, _ in curve] == [1, 2]
     assert all(0.0 <= r <= 1.0 for _, r in curve), curve

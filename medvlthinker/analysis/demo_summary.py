@@ -117,10 +117,11 @@ def describe(summary: Mapping[str, Any]) -> str:
         lines.append(f"RL mean reward: step {curve[0][0]} {curve[0][1]:.3f} -> step {curve[-1][0]} {curve[-1][1]:.3f}")
     lines += [
         "",
-        "What this shows: a synthetic task (colour, count and shape of drawn figures; yes/no colour questions), not",
-        "the paper's benchmarks, on a 2-layer Qwen2.5-VL trained for minutes on a CPU. The base is the random model",
-        "warm-started on text-only questions: it rarely writes the answer format for a picture. SFT on the image",
-        "questions teaches the format (format rate) and lifts the accuracy above the base. The pass counts are those",
+        "What this shows: a synthetic task (colour and number of drawn figures; yes/no colour questions), not the",
+        "paper's benchmarks, on a 2-layer Qwen2.5-VL trained for minutes on a CPU. The base is the random model",
+        "warm-started on picture captions and text-only questions: it can describe a picture and answer a text",
+        "question, but has never answered a question about a picture. SFT on the image questions teaches the format",
+        "(format rate) and the link from what it sees to the option letter (accuracy). The pass counts are those",
         "of the SFT model, which RL starts from; GRPO trains on the middle band, where a group of answers has both",
         "right and wrong ones.",
         _rl_words(summary),
