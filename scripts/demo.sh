@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole MedVLThinker pipeline in miniature, on CPU, with the same scripts a researcher runs on a cluster: a tiny
 # Qwen2.5-VL and a bundled synthetic task it can learn in minutes (medvlthinker.demo_task) stand in for the real
-# model and data sets, so the paper's effects show: SFT teaches the answer format, GRPO raises the reward.
+# model and data sets, so the paper's effects show: SFT teaches the answer format and the link from picture to option
+# letter; GRPO trains on the questions the SFT model sometimes gets right.
 #
 #   synthetic task -> warm-start of the tiny random model on captions and text questions (the "base") -> SFT (TRL) on the image
 #   questions -> merge -> pass-rate estimation of the SFT model (vLLM) -> curation (the paper's band: drop the
