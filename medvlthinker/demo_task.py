@@ -229,25 +229,31 @@ def _drop_seen(rows: list[dict], seen_hashes: set[str], seen_questions: set[tupl
     return kept
 
 
-def caption_examples(n: int, seed: int) -> list[dict]:
+def caption_examples(n: int, seed: int, exclude: frozenset[str] = frozenset()) -> list[dict]:
     """``n`` caption conversations in the SFT data set's form (``converters.sft_format``): a picture, the plain
-    request :data:`CAPTION_REQUEST` (not the paper's prompt) and :func:`caption` as the assistant turn."""
+    request :data:`CAPTION_REQUEST` (not the paper's prompt) and :func:`caption` as the assistant turn. A picture
+    whose PNG hash is in ``exclude`` (the evaluation pictures) is drawn again."""
     rng = random.Random(seed)
     examples = []
-    for i in range(n):
+    while len(examples) < n:
         pic = _picture(rng)
+        images = _pictures_to_images([pic])
+        if _image_hashes([{"images": images}]) & exclude:
+            continue
+        i = len(examples)
         examples.append({
             "prompt": [{"role": "user", "content": [{"type": "image", "text": None},
                                                     {"type": "text", "text": CAPTION_REQUEST}]}],
             "completion": [{"role": "assistant", "content": [{"type": "text", "text": caption(pic)}]}],
-            "images": _pictures_to_images([pic]),
+            "images": images,
             "dataset_name": "warmup_caption",
             "dataset_index": i,
         })
     return examples
 
 
-def warmup_examples(n: int, seed: int, caption_share: float = 0.5, batch_size: int = 16) -> list[dict]:
+def warmup_examples(n: int, seed: int, caption_share: float = 0.5, batch_size: int = 16,
+                    exclude: frozenset[str] = frozenset()) -> list[dict]:
     """The base model's warm-start corpus: ``n`` SFT conversations, a ``caption_share`` of them picture captions
     and the rest text-only questions in the paper's prompt and answer format.
 
@@ -258,7 +264,7 @@ def warmup_examples(n: int, seed: int, caption_share: float = 0.5, batch_size: i
     from medvlthinker.converters.sft_format import to_sft_example
 
     n_captions = round(n * caption_share)
-    captions = caption_examples(n_captions, seed=seed)
+    captions = caption_examples(n_captions, seed=seed, exclude=exclude)
     texts = [to_sft_example(r) for r in make_text_rows(n - n_captions, seed=seed + 1, dataset_name="warmup")]
     blocks = [kind[i:i + batch_size] for kind in (captions, texts) for i in range(0, len(kind), batch_size)]
     random.Random(seed).shuffle(blocks)
@@ -288,8 +294,7 @@ def write_task_data(out_dir, rows_per_benchmark: int = 16, train_rows: int = 96,
     for name, rows in sets.items():
         paths[name] = str(out / name)
         save_unified(to_dataset(rows), paths[name])
-    warmup = [ex for ex in warmup_examples(warmup_rows, seed=seed * 1000 + 103)
-              if not _image_hashes([ex]) & held_hashes]
+    warmup = warmup_examples(warmup_rows, seed=seed * 1000 + 103, exclude=frozenset(held_hashes))
     paths["warmup"] = str(out / "warmup")
     write_sft_dataset(datasets.Dataset.from_list(warmup, features=sft_features()), paths["warmup"], overwrite=True)
     return paths

@@ -152,3 +152,17 @@ def test_reduced_demo_shows_the_effects(tmp_path):
     assert "RL (GRPO): mean reward per training step" in html and "data:image/png;base64," in html
     assert "open " + str(out / "report/report.html") in proc.stdout
     assert "What this shows: a synthetic task" in proc.stdout
+
+
+def test_warm_start_blocks_match_the_warm_start_batch_and_skip_eval_pictures():
+    import inspect
+
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs/sft/demo_warmup.yaml").read_text())
+    block = inspect.signature(demo_task.warmup_examples).parameters["batch_size"].default
+    assert config["train_sampling_strategy"] == "sequential" and config["global_batch_size"] == block
+    first = demo_task.caption_examples(3, seed=5)
+    seen = {hashlib.sha256(first[0]["images"][0]["bytes"]).hexdigest()}
+    again = demo_task.caption_examples(3, seed=5, exclude=frozenset(seen))
+    assert len(again) == 3 and again[0]["images"] == first[1]["images"]
