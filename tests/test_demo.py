@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,15 +140,11 @@ def test_reduced_demo_shows_the_effects(tmp_path):
     assert sft["format_rate"] >= 0.9 and sft["format_rate"] > base["format_rate"], (base, sft)
     assert sft["accuracy"] >= base["accuracy"] + 0.1, (base, sft)
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in (base, sft, rl))
-    # GRPO answers the same questions every step (an epoch a step), so the curve follows one set of questions; two
-    # steps of 32 answers are still too few for the reward's direction to hold under every seed (docs/demo.md), so
-    # the curve is checked for presence and range
+    # Two GRPO steps of 16 answers to different questions are too few for the reward's direction to hold (seed 0:
+    # 0.31 then 0.12); the curve is checked for presence and range
     curve = summary["reward_curve"]
     assert [s for s, _ in curve] == [1, 2]
     assert all(0.0 <= r <= 1.0 for _, r in curve), curve
-    rl_log = (out / "rl/train.log").read_text(errors="replace")
-    epochs = [int(e) for e in re.findall(r"step:\d+ - .*?training/epoch:(\d+)", rl_log)]
-    assert epochs == [0, 1], epochs
 
     table = (out / "report/tables/table.md").read_text()
     assert "| base |" in table and "| sft |" in table and "| rl |" in table

@@ -136,8 +136,7 @@ def _rl_words(summary: Mapping[str, Any]) -> str:
     first, last = curve[0][1], curve[-1][1]
     trend = "rose" if last > first else "did not rise" if last == first else "fell"
     return (f"GRPO's mean reward (format and correct option, the paper's reward) {trend} from {first:.2f} to "
-            f"{last:.2f} over {len(curve)} steps, on the same few questions every step (each value is a mean of a few "
-            "dozen sampled answers, so it moves by chance too).")
+            f"{last:.2f} over {len(curve)} steps (a few questions per step, so each value is noisy).")
 
 
 def main(argv: list[str] | None = None) -> None:
