@@ -97,6 +97,12 @@ def test_summary_numbers_from_records_and_log():
     log = ("(TaskRunner pid=7) step:1 - actor/lr:0.0005 - critic/score/mean:np.float64(0.125) - x:y\n"
            "noise\n(TaskRunner pid=7) step:2 - critic/score/mean:0.5\n")
     assert demo_summary.reward_curve(log) == [(1, 0.125), (2, 0.5)]
+    summary = {"models": {"base": scores}, "pass_count_histogram": [1, 1], "pass_rollouts": 1}
+    words = {curve: demo_summary.describe({**summary, "reward_curve": list(curve)}).splitlines()[-1]
+             for curve in (((1, 0.625), (4, 0.625)), ((1, 0.25), (2, 0.5)), ((1, 0.5), (2, 0.25)))}
+    assert "stayed at 0.62 over 2 steps" in words[((1, 0.625), (4, 0.625))]
+    assert "rose from 0.25 to 0.50" in words[((1, 0.25), (2, 0.5))]
+    assert "fell from 0.50 to 0.25" in words[((1, 0.5), (2, 0.25))]
 
 
 @pytest.mark.slow

@@ -134,9 +134,10 @@ def _rl_words(summary: Mapping[str, Any]) -> str:
     if len(curve) < 2:
         return "The RL log has fewer than two steps, so there is no reward trend to read."
     first, last = curve[0][1], curve[-1][1]
-    trend = "rose" if last > first else "did not rise" if last == first else "fell"
-    return (f"GRPO's mean reward (format and correct option, the paper's reward) {trend} from {first:.2f} to "
-            f"{last:.2f} over {len(curve)} steps (a few questions per step, so each value is noisy).")
+    direction = "rose" if last > first else "fell"
+    trend = f"stayed at {first:.2f}" if last == first else f"{direction} from {first:.2f} to {last:.2f}"
+    return (f"GRPO's mean reward (format and correct option, the paper's reward) {trend} over {len(curve)} steps "
+            "(a few questions per step, so each value is noisy).")
 
 
 def main(argv: list[str] | None = None) -> None:
