@@ -1,8 +1,9 @@
 """verl's own GRPO trainer, two steps on the CPU through the project's launcher (train/rl/train.sh), then the merge.
 
 The paper config runs with its CPU-sized twin (configs/rl/overlays/cpu.yaml): vLLM-CPU rollouts inside verl, FSDP2
-actor and reference on gloo, remove-padding and gradient checkpointing on, the project's position-id fix and the
-CPU profile's work-arounds installed in the workers by the project's verl plugin.
+actor and reference on gloo, remove-padding and gradient checkpointing on, the project's fixes of verl
+(medvlthinker/compat/verl_fixes.py) and the CPU profile's work-arounds installed in the workers. The first step's
+batch has no picture (as in every m23k arm), the second one has pictures.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ PAPER_CONFIG = ROOT / "configs" / "rl" / "qwen2.5-vl-3b_rl_pmc.yaml"
 OVERLAY = ROOT / "configs" / "rl" / "overlays" / "cpu.yaml"
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+TEXT_ROWS = 2  # data.train_batch_size of the CPU overlay: the whole first batch
 
 
 def installed_by_process(log: str) -> dict[str, set[str]]:
@@ -44,10 +46,12 @@ def installed_by_process(log: str) -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def grpo_run(tmp_path_factory, tiny_model_dir, train_image_rows):
+def grpo_run(tmp_path_factory, tiny_model_dir, train_text_rows, train_image_rows):
     work = tmp_path_factory.mktemp("grpo")
     parquet = work / "train.parquet"
-    write_verl_parquet(convert_to_verl(synthetic.to_dataset(train_image_rows[:8])), parquet)
+    # in this order, unshuffled: step 1 is a batch without pictures (an m23k step), step 2 one with pictures
+    rows = train_text_rows[:TEXT_ROWS] + train_image_rows[:6]
+    write_verl_parquet(convert_to_verl(synthetic.to_dataset(rows)), parquet)
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     env = {**os.environ, "PYTHON": sys.executable, "MEDVLTHINKER_COMPAT_VERBOSE": "1", "RAY_TMPDIR": ray_tmp,
            "RAY_DEDUP_LOGS": "0", "PREFLIGHT_ROWS": "4"}
@@ -55,7 +59,8 @@ def grpo_run(tmp_path_factory, tiny_model_dir, train_image_rows):
     ckpt = work / "ckpt"
     cmd = ["bash", str(ROOT / "train" / "rl" / "train.sh"), str(PAPER_CONFIG), str(OVERLAY),
            f"actor_rollout_ref.model.path={tiny_model_dir}", f"data.train_files=[{parquet}]",
-           f"data.val_files=[{parquet}]", f"reward.custom_reward_function.path={ROOT / 'tests' / 'spread_reward.py'}",
+           f"data.val_files=[{parquet}]", "data.shuffle=false",
+           f"reward.custom_reward_function.path={ROOT / 'tests' / 'spread_reward.py'}",
            # a step size that moves bf16 weights visibly in two steps (the paper's 1e-6 would round away)
            "actor_rollout_ref.actor.optim.lr=1e-3", f"trainer.default_local_dir={ckpt}"]
     try:
@@ -89,7 +94,8 @@ def test_two_grpo_steps_complete(grpo_run):
 def test_workers_installed_every_needed_work_around(grpo_run):
     installed = installed_by_process(grpo_run["log"])
     fsdp_worker = installed.get("WorkerDict", set())
-    assert {"platform", "gloo_backend", "fsdp_offload", "sdpa_varlen", "verl_position_ids"} <= fsdp_worker, installed
+    assert {"platform", "gloo_backend", "fsdp_offload", "sdpa_varlen", "verl_position_ids", "verl_text_only"} \
+        <= fsdp_worker, installed
     rollout = installed.get("vLLMHttpServer", set()) | installed.get("AgentLoopWorkerTQ", set())
     assert {"vllm_version", "vllm_weights"} <= rollout | fsdp_worker, installed
     # every CPU work-around of the package was needed and used somewhere in the run

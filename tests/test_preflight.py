@@ -38,8 +38,10 @@ def test_config_passes_preflight(config, tiny_overrides):
     assert max(report.prompt_lengths) > min(report.prompt_lengths)
     assert report.rewards["well-formed correct"] == [1.0] * 8
     assert set(report.rewards["malformed (no think block)"]) == {0.0}
-    assert report.fix["carried_by_config"] and report.fix["active"] == report.fix["needed"]
-    assert any("position-id fix" in line for line in report.lines)
+    assert set(report.fixes) == {"verl_position_ids", "verl_text_only"}
+    for fix in report.fixes.values():
+        assert fix["carried_by_config"] and fix["active"] == fix["needed"]
+    assert any("verl_text_only fix" in line for line in report.lines)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medvlthinker.compat import verl_position_ids
+from medvlthinker.compat import verl_fixes
 from medvlthinker.train.preflight import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def test_shared_grpo_recipe(configs):
         assert c.reward.custom_reward_function.path == "pkg://medvlthinker.reward", name
         assert c.reward.custom_reward_function.name == "compute_score", name
         assert c.custom_reward_function.path is None, name
-        assert c.ray_kwargs.ray_init.runtime_env.worker_process_setup_hook == verl_position_ids.HOOK, name
+        assert c.ray_kwargs.ray_init.runtime_env.worker_process_setup_hook == verl_fixes.HOOK, name
         assert c.trainer.experiment_name == name
 
 
@@ -92,8 +92,8 @@ def test_rows_read_the_right_data_and_model(configs):
 
 
 @pytest.mark.slow
-def test_ray_workers_get_the_fix_from_the_config(configs):
-    """A Ray worker started with the config's runtime_env has the fix installed before it runs a task."""
+def test_ray_workers_get_the_fixes_from_the_config(configs):
+    """A Ray worker started with the config's runtime_env has verl's fixes installed before it runs a task."""
     import ray
     from omegaconf import OmegaConf
 
@@ -102,16 +102,19 @@ def test_ray_workers_get_the_fix_from_the_config(configs):
 
     @ray.remote(num_cpus=0)
     def worker_state():
+        from verl.models.transformers import qwen2_vl
         from verl.utils import tensordict_utils as tu
 
-        from medvlthinker.compat import verl_position_ids as fix
+        from medvlthinker.compat import verl_position_ids, verl_text_only
 
-        fix.check_index_select([135] * 4, [0, 1], apply_verl_fix_first=True)  # raises without the fix
-        return fix.is_active(), hasattr(tu.index_select_tensor_dict, "__medvlthinker_original__")
+        verl_position_ids.check_index_select([135] * 4, [0, 1], apply_verl_fix_first=True)  # raises without the fix
+        verl_text_only.check_text_only_forward()  # raises without its fix
+        return (verl_position_ids.is_active(), hasattr(tu.index_select_tensor_dict, "__medvlthinker_original__"),
+                verl_text_only.is_active(), hasattr(qwen2_vl._get_input_embeds, "__medvlthinker_original__"))
 
     ray.init(num_cpus=1, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
     try:
-        assert ray.get(worker_state.remote(), timeout=240) == (True, True)
+        assert ray.get(worker_state.remote(), timeout=240) == (True, True, True, True)
     finally:
         ray.shutdown()
 

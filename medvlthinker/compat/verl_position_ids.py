@@ -24,10 +24,9 @@ itself as ``(4, total_tokens)``; the equal-length layout ``(4 * B, L)`` makes Qw
 Fix: read the layout from the tensor itself (the shape of its values buffer against its offsets) and rebuild the
 nested tensor in one canonical layout, the sequence dimension ragged with values ``(4, sum L_i)`` (an equal-length
 buffer is re-laid out, not just re-labelled), before verl indexes, chunks or concatenates a batch and wherever verl
-calls its own ``maybe_fix_3d_position_ids``. Installed only when a behavioural probe shows the installed verl needs it (so it steps aside by itself
-once verl is fixed), in every Ray worker through ``runtime_env.worker_process_setup_hook`` (set in
-``configs/rl/base/grpo.yaml``) and in the driver by ``python -m medvlthinker.compat.verl_position_ids``, which
-runs verl's ``main_ppo`` after installing it. Set ``MEDVLTHINKER_VERL_POSITION_IDS_FIX=0`` to disable it.
+calls its own ``maybe_fix_3d_position_ids``. Installed only when a behavioural probe shows the installed verl needs
+it (so it steps aside by itself once verl is fixed), in every Ray worker and in the driver, as one of
+:mod:`medvlthinker.compat.verl_fixes`. Set ``MEDVLTHINKER_VERL_POSITION_IDS_FIX=0`` to disable it.
 docs/known-issues.md has a minimal reproduction for reporting upstream.
 """
 
@@ -41,8 +40,6 @@ import pickle
 logger = logging.getLogger(__name__)
 
 KEY = "position_ids"
-HOOK = "medvlthinker.compat.verl_position_ids.worker_setup"
-"""What ``ray_kwargs.ray_init.runtime_env.worker_process_setup_hook`` names in the RL configs."""
 ENV_DISABLE = "MEDVLTHINKER_VERL_POSITION_IDS_FIX"
 # mRoPE position ids have 3 (rotary) or 4 (text + rotary) rows; used only to settle a layout that fits both readings
 MAX_POSITION_ROWS = 4
@@ -278,24 +275,8 @@ def install(force: bool = False) -> bool:
     return True
 
 
-def worker_setup() -> None:
-    """Ray ``worker_process_setup_hook``: runs in every worker process of the job before any task."""
-    install()
-
-
 def status() -> dict:
     """What preflight reports: whether verl needs the fix, whether it is active, and the probe results."""
     need = needed()
     return {"needed": need, "active": is_active(), "failures_without_fix": list(_state["probe"] or [])}
 
-
-def main() -> None:
-    """``python -m medvlthinker.compat.verl_position_ids [hydra args]``: verl's main_ppo with the fix installed."""
-    install()
-    from verl.trainer.main_ppo import main as main_ppo
-
-    main_ppo()
-
-
-if __name__ == "__main__":
-    main()

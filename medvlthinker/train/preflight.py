@@ -9,8 +9,9 @@ fix:
    ``custom_reward_function`` key and would run its default scorer, which fails on our data sources);
 3. the installed stack against the config's needs: verl's actor build imports TRL's value-head class whenever TRL
    is installed; remove-padding needs flash-attn (or the CPU profile's SDPA work-around); the rollout engine must
-   be importable under the name verl reads; then the 3-D position-id fix: whether the installed verl needs it,
-   whether the config installs it in every Ray worker, and whether it is active once installed;
+   be importable under the name verl reads; then each fix of :mod:`medvlthinker.compat.verl_fixes` (3-D
+   position ids, text-only batches): whether the installed verl needs it, whether the config installs it in every
+   Ray worker, and whether it is active once installed;
 4. the data: every train/val file exists and has the RL columns; a sample of rows loads through verl's
    ``RLHFDataset`` with the model's processor (verl's loaders), and their prompt lengths, image tokens included,
    are measured against ``data.max_prompt_length`` the way verl's own overlong-prompt filter measures them;
@@ -27,7 +28,7 @@ import functools
 import os
 import statistics
 
-from medvlthinker.compat import verl_position_ids
+from medvlthinker.compat import verl_fixes
 
 # the config and reward checks, and the error and report every check uses, live in preflight_config
 from medvlthinker.train.preflight_config import (  # noqa: F401
@@ -119,24 +120,27 @@ def check_stack(cfg, report: PreflightReport) -> None:
         report.ok(f"TRL {md.version('trl')} provides the value-head class verl's actor build imports")
 
 
-# ------------------------------------------------------------------------------------------------ 3b. the fix
-def check_position_id_fix(cfg, report: PreflightReport) -> None:
+# ---------------------------------------------------------------------------------------------- 3b. the fixes
+def check_verl_fixes(cfg, report: PreflightReport) -> None:
+    """Each fix of :mod:`medvlthinker.compat.verl_fixes`: needed by this verl? carried to every Ray worker by the
+    config's ``worker_process_setup_hook``? active here once installed?"""
     hook = cfg.ray_kwargs.ray_init.runtime_env.get("worker_process_setup_hook")
-    status = verl_position_ids.status()
-    carried = hook == verl_position_ids.HOOK
-    if status["needed"] and not carried:
-        raise PreflightError(
-            f"the installed verl loses the ragged dimension of 3-D position ids ({status['failures_without_fix'][0]}) "
-            f"and ray_kwargs.ray_init.runtime_env.worker_process_setup_hook is {hook!r}; fix: extend base/grpo or set "
-            f"+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook={verl_position_ids.HOOK}"
-        )
-    active = verl_position_ids.install() if status["needed"] else False
-    report.fix = {**verl_position_ids.status(), "carried_by_config": carried}
-    if status["needed"]:
-        report.ok(f"3-D position-id fix: needed by this verl, installed in every Ray worker by the config, "
-                  f"active here: {active}")
-    else:
-        report.ok("3-D position-id fix: not needed by this verl (the hook installs nothing)")
+    carried = hook == verl_fixes.HOOK
+    for fix in verl_fixes.FIXES:
+        name, status = verl_fixes.name(fix), fix.status()
+        if status["needed"] and not carried:
+            raise PreflightError(
+                f"the installed verl needs {name} ({status['failures_without_fix'][0]}) and "
+                f"ray_kwargs.ray_init.runtime_env.worker_process_setup_hook is {hook!r}; fix: extend base/grpo or set "
+                f"+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook={verl_fixes.HOOK}"
+            )
+        active = fix.install() if status["needed"] else False
+        report.fixes[name] = {**fix.status(), "carried_by_config": carried}
+        if status["needed"]:
+            report.ok(f"{name} fix: needed by this verl, installed in every Ray worker by the config, "
+                      f"active here: {active}")
+        else:
+            report.ok(f"{name} fix: not needed by this verl (the hook installs nothing)")
 
 
 # -------------------------------------------------------------------------------------------------- 4. data
@@ -274,7 +278,7 @@ def run_preflight(config: str | os.PathLike, overrides: list[str] | tuple[str, .
     check_reward_keys(cfg, report)
     validate_with_verl(cfg, report)
     check_stack(cfg, report)
-    check_position_id_fix(cfg, report)
+    check_verl_fixes(cfg, report)
     files = check_data_files(cfg, report)
     rows = load_sample(cfg, files, sample_rows, report)
     check_reward_scores(load_reward(cfg), rows, report)

@@ -24,7 +24,7 @@ class PreflightReport:
     lines: list[str] = field(default_factory=list)
     prompt_lengths: list[int] = field(default_factory=list)
     over_limit: int = 0
-    fix: dict[str, Any] = field(default_factory=dict)
+    fixes: dict[str, dict[str, Any]] = field(default_factory=dict)
     rewards: dict[str, list[float]] = field(default_factory=dict)
 
     def ok(self, what: str) -> None:

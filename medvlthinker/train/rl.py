@@ -74,10 +74,10 @@ def _prepare(argv: list[str]) -> tuple[Path, list[str]]:
     from medvlthinker.train.preflight_config import compose_config
 
     os.environ.update(runtime_env_vars(compose_config(config, overrides)))
-    from medvlthinker.compat import verl_cpu, verl_position_ids
+    from medvlthinker.compat import verl_cpu, verl_fixes
 
     verl_cpu.install_all()  # what the new environment makes due in this driver (verl was imported to compose)
-    verl_position_ids.install()
+    verl_fixes.install_all()
     return config, overrides
 
 

@@ -1,5 +1,5 @@
 """Check an RL config on a CPU before it takes a GPU cluster: compose + verl validation, reward keys and scores,
-the 3-D position-id fix, data files, prompt lengths (image tokens included) through verl's RLHFDataset.
+the fixes of verl (3-D position ids, text-only batches), data files, prompt lengths (image tokens included) through verl's RLHFDataset.
 
     python train/rl/preflight.py configs/rl/qwen2.5-vl-3b_rl_m23k.yaml
     python train/rl/preflight.py configs/rl/qwen2.5-vl-3b_rl_m23k.yaml \
