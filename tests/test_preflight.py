@@ -102,6 +102,17 @@ def test_paper_config_without_flash_attn_names_the_fix(tiny_overrides):
         run_preflight(ONE, without_profile + ["actor_rollout_ref.model.use_remove_padding=false"], sample_rows=1)
 
 
+def test_overlay_copied_to_an_older_vllm_names_the_key(tiny_overrides, monkeypatch):
+    # vLLM 0.24 (the cluster's) has no mm_device_do_normalize engine argument: verl would pass it and vLLM would
+    # raise TypeError at the rollout server's start
+    from medvlthinker.train import preflight
+
+    monkeypatch.setattr(preflight, "vllm_normalises_on_device", lambda: False)
+    with pytest.raises(PreflightError, match=r"mm_device_do_normalize is set but the installed vLLM has no such "
+                                             r"engine argument.*fix: remove the key"):
+        run_preflight(ONE, tiny_overrides, sample_rows=1)
+
+
 def test_rollout_engine_must_be_importable(tiny_overrides):
     with pytest.raises(PreflightError, match=r"rollout\.name=sglang but the sglang package is not importable"):
         run_preflight(ONE, tiny_overrides + ["actor_rollout_ref.rollout.name=sglang"], sample_rows=1)

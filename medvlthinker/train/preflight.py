@@ -141,17 +141,24 @@ def check_picture_normalisation(cfg, report: PreflightReport) -> None:
     """
     rollout = cfg.actor_rollout_ref.rollout
     key = "actor_rollout_ref.rollout.engine_kwargs.vllm.mm_device_do_normalize"
-    if rollout.name != "vllm" or str(rollout.load_format) != "dummy" or not vllm_normalises_on_device():
-        report.ok("rollout picture normalisation: in vLLM's processor (no device-side buffers to restore)")
+    if rollout.name != "vllm":
         return
     value = ((rollout.get("engine_kwargs") or {}).get("vllm") or {}).get("mm_device_do_normalize")
-    if value is not False:
+    if not vllm_normalises_on_device():
+        if value is not None:  # verl passes engine_kwargs to vLLM's engine arguments, which would raise TypeError
+            raise PreflightError(
+                f"{key} is set but the installed vLLM has no such engine argument (it normalises pictures in its "
+                f"processor); fix: remove the key (a copy of configs/rl/overlays/cpu.yaml for vLLM < 0.29 drops it)"
+            )
+        report.ok("rollout picture normalisation: in vLLM's processor (this vLLM has no device-side option)")
+        return
+    if str(rollout.load_format) == "dummy" and value is not False:
         raise PreflightError(
             f"{key} is {value!r}: the installed vLLM would normalise pictures with buffers that verl's dummy load "
             f"fills with noise and its weight sync never restores, so every picture row would be rolled out on "
             f"noise; fix: set +{key}=false (configs/rl/overlays/cpu.yaml does), docs/known-issues.md"
         )
-    report.ok(f"rollout picture normalisation: in vLLM's processor ({key}=false)")
+    report.ok(f"rollout picture normalisation: {key}={value}, load_format={rollout.load_format}")
 
 
 # ---------------------------------------------------------------------------------------------- 3b. the fixes
