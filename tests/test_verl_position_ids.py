@@ -11,20 +11,14 @@ from medvlthinker.compat import verl_position_ids as fix
 @pytest.fixture
 def unpatched():
     """verl exactly as installed; the fix is put back afterwards if it was active."""
-    was_active = fix.is_active()
-    fix.uninstall()
-    yield
-    if was_active:
-        fix.install(force=True)
+    with fix.FIX.state(installed=False):
+        yield
 
 
 @pytest.fixture
 def patched():
-    was_active = fix.is_active()
-    assert fix.install(force=True)
-    yield
-    if not was_active:
-        fix.uninstall()
+    with fix.FIX.state(installed=True):
+        yield
 
 
 def test_unpatched_verl_loses_ragged_dim_after_pickle(unpatched):

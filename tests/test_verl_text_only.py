@@ -16,20 +16,14 @@ IMAGE_TOKEN = 7  # inside the probe model's 64-token vocabulary
 @pytest.fixture
 def unpatched():
     """verl exactly as installed; the fix is put back afterwards if it was active."""
-    was_active = fix.is_active()
-    fix.uninstall()
-    yield
-    if was_active:
-        fix.install(force=True)
+    with fix.FIX.state(installed=False):
+        yield
 
 
 @pytest.fixture
 def patched():
-    was_active = fix.is_active()
-    assert fix.install(force=True)
-    yield
-    if not was_active:
-        fix.uninstall()
+    with fix.FIX.state(installed=True):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +66,10 @@ def test_the_hook_lives_for_one_call_only(patched, model):
 
 def test_batches_with_pictures_are_untouched(model):
     input_ids, pixels, grid = picture_batch(model)
-    fix.uninstall()
-    want, _ = qwen2_vl._get_input_embeds(model, input_ids, None, pixels, None, grid, None)
-    assert fix.install(force=True)
-    got, _ = qwen2_vl._get_input_embeds(model, input_ids, None, pixels, None, grid, None)
+    with fix.FIX.state(installed=False):
+        want, _ = qwen2_vl._get_input_embeds(model, input_ids, None, pixels, None, grid, None)
+    with fix.FIX.state(installed=True):
+        got, _ = qwen2_vl._get_input_embeds(model, input_ids, None, pixels, None, grid, None)
     assert torch.equal(got, want)
     # the four picture positions hold the vision tower's output, the rest the text embeddings
     text = model.get_input_embeddings()(input_ids)
@@ -91,7 +85,7 @@ def test_install_steps_aside_when_disabled(monkeypatch, unpatched):
 def test_the_hook_installs_every_fix_verl_needs():
     for one in verl_fixes.FIXES:
         one.uninstall()
-    verl_fixes.worker_setup()
+    verl_fixes.worker_setup()  # installs and leaves installed what verl needs, as in a Ray worker
     status = verl_fixes.status()
     assert set(status) == {"verl_position_ids", "verl_text_only"}
     for name, s in status.items():

@@ -33,11 +33,9 @@ docs/known-issues.md has a minimal reproduction for reporting upstream.
 from __future__ import annotations
 
 import functools
-import logging
-import os
 import pickle
 
-logger = logging.getLogger(__name__)
+from medvlthinker.compat.probed_fix import ProbedFix
 
 KEY = "position_ids"
 ENV_DISABLE = "MEDVLTHINKER_VERL_POSITION_IDS_FIX"
@@ -45,7 +43,7 @@ ENV_DISABLE = "MEDVLTHINKER_VERL_POSITION_IDS_FIX"
 MAX_POSITION_ROWS = 4
 _PATCHED_TU = ("index_select_tensor_dict", "chunk_tensordict", "concat_tensordict")
 
-_state: dict = {"installed": False, "originals": {}, "maybe_fix_code": None, "probe": None}
+_saved: dict = {"originals": {}, "maybe_fix_code": None}
 
 
 # ---------------------------------------------------------------------------------------------------- the repair
@@ -203,80 +201,26 @@ def probe() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- install / uninstall
-def needed() -> bool:
-    """Whether the installed verl (without this fix) loses rows of 3-D position ids; computed once."""
-    if _state["probe"] is None:
-        if _state["installed"]:
-            uninstall()
-            _state["probe"] = probe()
-            _install()
-        else:
-            _state["probe"] = probe()
-    return bool(_state["probe"])
-
-
-def is_active() -> bool:
-    """Whether the fix is installed in this process."""
-    return _state["installed"]
-
-
-def _install() -> None:
+def _apply() -> None:
     from verl.utils import tensordict_utils as tu
 
     for name in _PATCHED_TU:
         original = getattr(tu, name)
-        _state["originals"][name] = original
+        _saved["originals"][name] = original
         setattr(tu, name, _restoring(original, many=name == "concat_tensordict"))
     fix = tu.maybe_fix_3d_position_ids
-    _state["maybe_fix_code"] = fix.__code__
+    _saved["maybe_fix_code"] = fix.__code__
     fix.__code__ = _maybe_fix_trampoline.__code__
-    _state["installed"] = True
 
 
-def uninstall() -> None:
-    """Put verl's functions back (tests use it to show the failure the fix prevents)."""
-    if not _state["installed"]:
-        return
+def _remove() -> None:
     from verl.utils import tensordict_utils as tu
 
-    for name, original in _state["originals"].items():
+    for name, original in _saved["originals"].items():
         setattr(tu, name, original)
-    tu.maybe_fix_3d_position_ids.__code__ = _state["maybe_fix_code"]
-    _state["originals"].clear()
-    _state["installed"] = False
+    tu.maybe_fix_3d_position_ids.__code__ = _saved["maybe_fix_code"]
+    _saved["originals"].clear()
 
 
-def install(force: bool = False) -> bool:
-    """Install the fix when the installed verl needs it (or with ``force``); True when it is active afterwards.
-
-    Raises RuntimeError when the fix is installed but the probes still fail (a verl this fix does not know).
-    """
-    if os.environ.get(ENV_DISABLE, "1") == "0":
-        logger.warning("%s=0: verl 3-D position-id fix disabled", ENV_DISABLE)
-        return False
-    if _state["installed"]:
-        return True
-    if not (force or needed()):
-        logger.info("verl indexes 3-D position ids correctly; position-id fix not needed")
-        return False
-    _install()
-    still = probe()
-    if still:
-        uninstall()
-        raise RuntimeError(
-            "the verl 3-D position-id fix is installed but verl still loses rows: " + "; ".join(still)
-            + f". The installed verl differs from what medvlthinker/compat/verl_position_ids.py knows; "
-            f"set {ENV_DISABLE}=0 to run without it and see docs/known-issues.md"
-        )
-    logger.info("verl 3-D position-id fix installed (%s)", "; ".join(_state["probe"] or ["forced"]))
-    from medvlthinker.compat.verl_cpu import log
-
-    log("installed verl_position_ids")
-    return True
-
-
-def status() -> dict:
-    """What preflight reports: whether verl needs the fix, whether it is active, and the probe results."""
-    need = needed()
-    return {"needed": need, "active": is_active(), "failures_without_fix": list(_state["probe"] or [])}
-
+FIX = ProbedFix("verl_position_ids", "verl 3-D position-id fix", ENV_DISABLE, probe, _apply, _remove)
+needed, is_active, install, uninstall, status = FIX.needed, FIX.is_active, FIX.install, FIX.uninstall, FIX.status

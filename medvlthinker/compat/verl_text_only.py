@@ -24,16 +24,14 @@ verl is fixed, and installed in every Ray worker by :mod:`medvlthinker.compat.ve
 from __future__ import annotations
 
 import functools
-import logging
-import os
 
-logger = logging.getLogger(__name__)
+from medvlthinker.compat.probed_fix import ProbedFix
 
 ENV_DISABLE = "MEDVLTHINKER_VERL_TEXT_ONLY_FIX"
 TARGET = "verl.models.transformers.qwen2_vl"
 """The module whose ``_get_input_embeds`` the fix wraps (verl's forward looks the name up there at call time)."""
 
-_state: dict = {"installed": False, "original": None, "probe": None}
+_saved: dict = {"original": None}
 
 
 # ---------------------------------------------------------------------------------------------------- the repair
@@ -116,73 +114,20 @@ def probe() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- install / uninstall
-def needed() -> bool:
-    """Whether the installed verl (without this fix) fails on a batch without pictures; computed once."""
-    if _state["probe"] is None:
-        if _state["installed"]:
-            uninstall()
-            _state["probe"] = probe()
-            _install()
-        else:
-            _state["probe"] = probe()
-    return bool(_state["probe"])
-
-
-def is_active() -> bool:
-    """Whether the fix is installed in this process."""
-    return _state["installed"]
-
-
-def _install() -> None:
+def _apply() -> None:
     import importlib
 
     module = importlib.import_module(TARGET)
-    _state["original"] = module._get_input_embeds
+    _saved["original"] = module._get_input_embeds
     module._get_input_embeds = _fixed(module._get_input_embeds)
-    _state["installed"] = True
 
 
-def uninstall() -> None:
-    """Put verl's function back (tests use it to show the failure the fix prevents)."""
-    if not _state["installed"]:
-        return
+def _remove() -> None:
     import importlib
 
-    importlib.import_module(TARGET)._get_input_embeds = _state["original"]
-    _state["original"] = None
-    _state["installed"] = False
+    importlib.import_module(TARGET)._get_input_embeds = _saved["original"]
+    _saved["original"] = None
 
 
-def install(force: bool = False) -> bool:
-    """Install the fix when the installed verl needs it (or with ``force``); True when it is active afterwards.
-
-    Raises RuntimeError when the fix is installed but the probe still fails (a verl this fix does not know).
-    """
-    if os.environ.get(ENV_DISABLE, "1") == "0":
-        logger.warning("%s=0: verl text-only forward fix disabled", ENV_DISABLE)
-        return False
-    if _state["installed"]:
-        return True
-    if not (force or needed()):
-        logger.info("verl runs text-only batches; text-only forward fix not needed")
-        return False
-    _install()
-    still = probe()
-    if still:
-        uninstall()
-        raise RuntimeError(
-            "the verl text-only forward fix is installed but verl still fails: " + "; ".join(still)
-            + f". The installed verl differs from what medvlthinker/compat/verl_text_only.py knows; "
-            f"set {ENV_DISABLE}=0 to run without it and see docs/known-issues.md"
-        )
-    logger.info("verl text-only forward fix installed (%s)", "; ".join(_state["probe"] or ["forced"]))
-    from medvlthinker.compat.verl_cpu import log
-
-    log("installed verl_text_only")
-    return True
-
-
-def status() -> dict:
-    """What preflight reports: whether verl needs the fix, whether it is active, and the probe result."""
-    need = needed()
-    return {"needed": need, "active": is_active(), "failures_without_fix": list(_state["probe"] or [])}
+FIX = ProbedFix("verl_text_only", "verl text-only forward fix", ENV_DISABLE, probe, _apply, _remove)
+needed, is_active, install, uninstall, status = FIX.needed, FIX.is_active, FIX.install, FIX.uninstall, FIX.status
