@@ -7,8 +7,8 @@
 
 Prints and saves (next to the output, in ``<output>_curation/``) the pass-count distribution as a table and a bar
 plot, and how many rows each filter removed. An empty or duplicated records file, records of another data set, a
-duplicate dataset_index or a band that keeps no row stop the run naming the file or row; the previous output at
---save_to_disk_path is only replaced by a complete, validated set.
+duplicate dataset_index or a band that keeps no row (or fewer than --min_rows) stop the run naming the file or
+row; the previous output at --save_to_disk_path is only replaced by a complete, validated set.
 """
 
 from __future__ import annotations
@@ -40,11 +40,14 @@ from medvlthinker.inference.settings import CURATION
               help="Seed of the shuffle before the stable sort (the default is the paper's).")
 @click.option("--num_rollouts", type=int, default=CURATION.rollouts, show_default=True,
               help="Rollouts per record expected in the results (0: do not check).")
+@click.option("--min_rows", type=int, default=1, show_default=True,
+              help="Stop, writing nothing, if the band keeps fewer rows (e.g. the RL batch size, which verl needs "
+                   "at least once).")
 @click.option("--save_to_disk_path", required=True, help="Output: a save_to_disk directory, or a .parquet file.")
 @click.option("--report_dir", default=None, help="Where the distribution table, plots and report go [default: <output>_curation].")
 @click.option("--plot_format", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True)
 def main(dataset_name, split, results_jsonl_path, remove_pass_count_below, remove_pass_count_above, order_type, seed,
-         num_rollouts, save_to_disk_path, report_dir, plot_format):
+         num_rollouts, min_rows, save_to_disk_path, report_dir, plot_format):
     ds = curation.load_dataset_any(dataset_name, split)
     click.echo(f"loaded {dataset_name}: {len(ds)} rows")
     counts = curation.load_pass_counts(results_jsonl_path, expected_rollouts=num_rollouts or None)
@@ -58,7 +61,7 @@ def main(dataset_name, split, results_jsonl_path, remove_pass_count_below, remov
         seed=seed,
         max_count=max(CURATION.rollouts, num_rollouts),
     )
-    curation.save_curated(curated, save_to_disk_path, report)
+    curation.save_curated(curated, save_to_disk_path, report, min_rows=min_rows)
     out = Path(save_to_disk_path)
     report_dir = Path(report_dir) if report_dir else out.with_name(out.name.removesuffix(".parquet") + "_curation")
     paths = curation.write_curation_outputs(report, report_dir, plot_format=plot_format)

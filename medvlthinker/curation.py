@@ -273,21 +273,26 @@ def save_dataset(ds, path: str | os.PathLike) -> None:
         ds.save_to_disk(str(path))
 
 
-def save_curated(ds, path: str | os.PathLike, report: CurationReport | None = None) -> Path:
+def save_curated(ds, path: str | os.PathLike, report: CurationReport | None = None, min_rows: int = 1) -> Path:
     """Validate the curated set, then write it in place of ``path`` (written beside it, renamed when complete).
 
-    A set with no rows, a broken row or a duplicate dataset_index raises :class:`CurationError` (or
+    A set with fewer than ``min_rows`` rows (by default: none; a GRPO run needs at least a batch of questions), a
+    broken row or a duplicate dataset_index raises :class:`CurationError` (or
     :class:`medvlthinker.schema.SchemaError`) naming it, and an existing ``path`` is left as it was.
     """
     from medvlthinker.staging import staged
 
     path = Path(path)
-    if len(ds) == 0:
-        summary = "; ".join(report.summary().splitlines()) if report is not None else "0 rows"
-        raise CurationError(
-            f"{path}: the curated set would have no rows ({summary}); it is not written and an existing one is kept; "
-            "fix: check that the pass-rate records belong to this data set, or widen --remove_pass_count_below/above"
-        )
+    if len(ds) < max(min_rows, 1):
+        summary = "; ".join(report.summary().splitlines()) if report is not None else f"{len(ds)} rows"
+        if len(ds) == 0:
+            problem = "the curated set would have no rows"
+            fix = "check that the pass-rate records belong to this data set, or widen --remove_pass_count_below/above"
+        else:
+            problem = f"the curated set would have {len(ds)} rows, fewer than the {min_rows} --min_rows asks for"
+            fix = ("widen --remove_pass_count_below/above, estimate pass rates on more training rows, or lower "
+                   "--min_rows with the batch size that set it")
+        raise CurationError(f"{path}: {problem} ({summary}); it is not written and an existing one is kept; fix: {fix}")
     io = _unified_io()
     if io is not None:
         from medvlthinker.data import validate_dataset

@@ -78,16 +78,12 @@ stage "6/11 curation: attach pass_count, keep the band 1..$((PASS_N - 1))"
 # Questions the policy always fails or always solves give GRPO no signal (every rollout of the group gets the
 # same reward, so the advantages are zero): they are dropped, as the paper's band does. The rows are shuffled
 # rather than ordered easy to hard, so that the reward curve shows learning, not the curriculum's rising difficulty.
+# A band smaller than the RL_BATCH questions GRPO trains on stops here (--min_rows): lower DEMO_RL_BATCH or raise
+# DEMO_TRAIN_ROWS.
 "$PY" data_process/order_easy_to_hard.py --dataset_name "$OUT/data/train_pmc_vqa" \
   --results_jsonl_path "$OUT/pass_rate/pmc_vqa" --num_rollouts "$PASS_N" \
   --remove_pass_count_below 1 --remove_pass_count_above "$((PASS_N - 1))" --order_type random \
-  --save_to_disk_path "$OUT/data/curated_pmc_vqa"
-
-n_curated=$("$PY" -c 'import datasets, sys; print(len(datasets.load_from_disk(sys.argv[1])))' "$OUT/data/curated_pmc_vqa")
-if (( n_curated < RL_BATCH )); then
-  echo "demo: the curated band holds $n_curated questions, fewer than the $RL_BATCH GRPO trains on; lower DEMO_RL_BATCH or raise DEMO_TRAIN_ROWS" >&2
-  exit 1
-fi
+  --min_rows "$RL_BATCH" --save_to_disk_path "$OUT/data/curated_pmc_vqa"
 
 stage "7/11 verl RL parquet of the curated set (and the PMC-VQA eval rows as its validation file)"
 "$PY" data_process/convert_verl_format.py "$OUT/data/curated_pmc_vqa" "$OUT/data/verl/train.parquet"

@@ -266,6 +266,17 @@ def test_curation_refuses_records_of_another_data_set(curated):
                    kept=[curated["out"]])
 
 
+def test_curation_refuses_a_band_smaller_than_min_rows(curated):
+    # the fixture's 8 rows have pass counts 1..7, 1: the band [1, 3] keeps 4 of them, fewer than a batch of 6
+    expect_failure(*_curate(curated, curated["train"], curated["records"]), "--remove_pass_count_above", "3",
+                   "--min_rows", "6", names=["would have 4 rows, fewer than the 6 --min_rows asks for", "--min_rows"],
+                   kept=[curated["out"]])
+    code, output = run(*_curate(curated, curated["train"], curated["records"]), "--remove_pass_count_above", "3",
+                       "--min_rows", "4")
+    assert code == 0, output
+    assert "saved 4 rows" in output
+
+
 # ------------------------------------------------------------------------- class 9: SFT fails before the model
 def _unloadable_model(tmp_path: Path) -> Path:
     """A model directory transformers cannot load: any check that runs after the model load never runs."""
