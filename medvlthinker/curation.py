@@ -291,7 +291,7 @@ def save_curated(ds, path: str | os.PathLike, report: CurationReport | None = No
         else:
             problem = f"the curated set would have {len(ds)} rows, fewer than the {min_rows} --min_rows asks for"
             fix = ("widen --remove_pass_count_below/above, estimate pass rates on more training rows, or lower "
-                   "--min_rows with the batch size that set it")
+                   "--min_rows together with the RL batch size it stands for")
         raise CurationError(f"{path}: {problem} ({summary}); it is not written and an existing one is kept; fix: {fix}")
     io = _unified_io()
     if io is not None:
