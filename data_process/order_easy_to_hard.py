@@ -59,7 +59,7 @@ def main(dataset_name, split, results_jsonl_path, remove_pass_count_below, remov
         remove_pass_count_above=remove_pass_count_above,
         order=order_type,
         seed=seed,
-        max_count=max(CURATION.rollouts, num_rollouts),
+        max_count=num_rollouts or CURATION.rollouts,
     )
     curation.save_curated(curated, save_to_disk_path, report, min_rows=min_rows)
     out = Path(save_to_disk_path)

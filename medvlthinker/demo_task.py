@@ -90,10 +90,29 @@ def _options(correct: str, pool: list[str], n: int) -> tuple[dict[str, str], str
     return {LETTERS[i]: t for i, t in enumerate(texts)}, LETTERS[texts.index(correct)]
 
 
-def _picture(rng: random.Random) -> dict:
-    count = rng.randint(1, MAX_FIGURES)
-    return {"colour": rng.choice(PICTURE_COLOURS), "shape": rng.choice(SHAPES), "count": count,
+def _picture(rng: random.Random, colour: str | None = None, count: int | None = None) -> dict:
+    """A random picture; ``colour`` and ``count`` fix those (the random stream is the same when both are None)."""
+    count = rng.randint(1, MAX_FIGURES) if count is None else count
+    colour = rng.choice(PICTURE_COLOURS) if colour is None else colour
+    return {"colour": colour, "shape": rng.choice(SHAPES), "count": count,
             "cells": sorted(rng.sample(range(4), count)), "seed": rng.randrange(1 << 30)}
+
+
+class _Rounds:
+    """Values drawn in rounds: every value once per round, each round in a new random order.
+
+    >>> r = _Rounds(["Yes", "No"], random.Random(0))
+    >>> sorted(r.next() for _ in range(2)), sorted(r.next() for _ in range(2))
+    (['No', 'Yes'], ['No', 'Yes'])
+    """
+
+    def __init__(self, values, rng: random.Random):
+        self.values, self.rng, self.left = list(values), rng, []
+
+    def next(self):
+        if not self.left:
+            self.left = self.rng.sample(self.values, len(self.values))
+        return self.left.pop()
 
 
 def _colour_sentence(pic: dict, noun: str = "figures") -> str:
@@ -118,12 +137,15 @@ def caption(pic: dict) -> str:
     return f"{_count_sentence(pic)} {_colour_sentence(pic)}"
 
 
-def _image_question(rng: random.Random, n_options: int, pic: dict, kind: str, multi: bool):
-    """(question, options, label, reasoning) about ``pic`` (the first picture when ``multi``)."""
+def _image_question(rng: random.Random, n_options: int, pic: dict, kind: str, multi: bool, truth: str | None = None):
+    """(question, options, label, reasoning) about ``pic`` (the first picture when ``multi``); ``truth`` (Yes or
+    No) fixes the answer of a yes/no question, which is otherwise a coin flip."""
     where = "the first image" if multi else "the image"
     colour = pic["colour"]
     if n_options == 2:
-        asked = colour if rng.random() < 0.5 else rng.choice([c for c in PICTURE_COLOURS if c != colour])
+        if truth is None:
+            truth = "Yes" if rng.random() < 0.5 else "No"
+        asked = colour if truth == "Yes" else rng.choice([c for c in PICTURE_COLOURS if c != colour])
         truth = "Yes" if asked == colour else "No"
         options, label = _options(truth, ["Yes", "No"], 2)
         return (f"Are the figures in {where} {asked}?", options, label,
@@ -141,18 +163,33 @@ def _pictures_to_images(pics: list[dict]) -> list[dict]:
 
 
 def make_image_rows(n: int, seed: int, start_index: int = 0, dataset_name: str = "pmc_vqa",
-                    n_options: int = 4, n_images: int = 1, share: int = 1, kinds=KINDS) -> list[dict]:
-    """``n`` image rows; question kinds cycle through ``kinds``; ``share`` rows ask about one picture set."""
+                    n_options: int = 4, n_images: int = 1, share: int = 1, kinds=KINDS,
+                    balanced: bool = False) -> list[dict]:
+    """``n`` image rows; question kinds cycle through ``kinds``; ``share`` rows ask about one picture set.
+
+    ``balanced`` (the evaluation set) draws the answers in rounds rather than independently: the colour and count
+    questions cycle their answer over every colour and number a picture can have, and the yes/no questions over Yes
+    and No (with ``share`` 2, one of each on every picture). A model that gives one letter whatever it sees then
+    scores exactly the chance rate (1/4 on the option questions of a full round, 1/2 on yes/no), not whatever the
+    draw of answers happens to favour.
+    """
     rng = random.Random(seed)
+    rounds = {"colour": _Rounds(PICTURE_COLOURS, rng), "count": _Rounds(range(1, MAX_FIGURES + 1), rng),
+              "yes_no": _Rounds(["Yes", "No"], rng)}
     rows: list[dict] = []
     shared = None
     for i in range(n):
+        kind = kinds[i % len(kinds)]
         if shared is None or i % share == 0:
-            pics = [_picture(rng) for _ in range(n_images)]
+            fixed = {}
+            if balanced:
+                fixed = {"colour": rounds["colour"].next()} if n_options == 2 or kind == "colour" else {
+                    "count": rounds["count"].next()}
+            pics = [_picture(rng, **fixed)] + [_picture(rng) for _ in range(n_images - 1)]
             shared = (pics, _pictures_to_images(pics), f"{dataset_name}_img{i // share}")
         pics, images, image_id = shared
-        kind = kinds[i % len(kinds)]
-        question, options, label, reasoning = _image_question(rng, n_options, pics[0], kind, n_images > 1)
+        truth = rounds["yes_no"].next() if balanced and n_options == 2 else None
+        question, options, label, reasoning = _image_question(rng, n_options, pics[0], kind, n_images > 1, truth)
         rows.append(_row(question=question, options=options, label=label, images=list(images),
                          reasoning=reasoning, dataset_name=dataset_name, dataset_index=start_index + i,
                          misc={"image_id": image_id, "kind": "yes_no" if n_options == 2 else kind}))
@@ -192,11 +229,12 @@ def make_text_rows(n: int, seed: int, start_index: int = 0, dataset_name: str = 
 
 
 def make_eval_rows(rows_per_benchmark: int, seed: int) -> list[dict]:
-    """The six benchmarks of the evaluation set with their option and image counts (``synthetic.EVAL_BENCHMARKS``)."""
+    """The six benchmarks of the evaluation set with their option and image counts (``synthetic.EVAL_BENCHMARKS``),
+    their answers balanced (``make_image_rows(balanced=True)``)."""
     rows: list[dict] = []
     for b, (name, (n_options, n_images, share)) in enumerate(EVAL_BENCHMARKS.items()):
         rows += make_image_rows(rows_per_benchmark, seed=seed * 1000 + b, start_index=len(rows), dataset_name=name,
-                                n_options=n_options, n_images=n_images, share=share)
+                                n_options=n_options, n_images=n_images, share=share, balanced=True)
     return rows
 
 

@@ -25,8 +25,9 @@ SEED=${DEMO_SEED:-0}
 PASS_N=${DEMO_PASS_N:-8}
 ROWS_PER_BENCHMARK=${DEMO_ROWS_PER_BENCHMARK:-16}
 TRAIN_ROWS=${DEMO_TRAIN_ROWS:-128}
-WARMUP_STEPS=${DEMO_WARMUP_STEPS:-100}
-SFT_STEPS=${DEMO_SFT_STEPS:-60}
+config_value() { "$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
+WARMUP_STEPS=${DEMO_WARMUP_STEPS:-$(config_value configs/sft/demo_warmup.yaml max_steps)}
+SFT_STEPS=${DEMO_SFT_STEPS:-$(config_value configs/sft/demo_sft.yaml max_steps)}
 RL_STEPS=${DEMO_RL_STEPS:-6}
 MAX_TOKENS=${DEMO_MAX_TOKENS:-48}
 RL_LR=${DEMO_RL_LR:-5e-4}

@@ -192,3 +192,6 @@ def test_curation_reads_a_real_pass_rate_run(tmp_path, tiny_model_dir):
     curated = datasets.load_from_disk(str(tmp_path / "cur"))
     assert len(curated) == 6 and all(records[i] == p for i, p in zip(curated["dataset_index"], curated["pass_count"]))
     assert curated["pass_count"] == sorted(curated["pass_count"], reverse=True)
+    # the distribution goes up to the rollouts of this run (4), not the paper's 16
+    report = json.loads((tmp_path / "cur_curation" / "curation_report.json").read_text())
+    assert sorted(int(k) for k in report["distribution_in"]) == [0, 1, 2, 3, 4]

@@ -87,6 +87,37 @@ def test_task_answers_are_visible_and_eval_is_held_out(tmp_path):
             assert text.startswith(prompts.INSTRUCTION_PROMPT) and not row["images"] and "<answer>" in target
 
 
+def test_eval_answers_are_balanced_so_a_constant_letter_scores_chance():
+    # 16 rows a benchmark: the colour and count questions of an option benchmark (8 each) take every colour and
+    # every number twice, and every yes/no picture has one Yes and one No question
+    rows = demo_task.make_eval_rows(rows_per_benchmark=16, seed=11)
+    by_benchmark: dict[str, list[dict]] = {}
+    for row in rows:
+        by_benchmark.setdefault(row["dataset_name"], []).append(row)
+    assert set(by_benchmark) == set(demo_task.EVAL_BENCHMARKS)
+    for name, group in by_benchmark.items():
+        n_options = demo_task.EVAL_BENCHMARKS[name][0]
+        if n_options == 2:
+            per_picture: dict[str, list[str]] = {}
+            for row in group:
+                per_picture.setdefault(json.loads(row["misc"])["image_id"], []).append(row["answer"])
+            assert len(per_picture) == 8 and all(sorted(a) == ["No", "Yes"] for a in per_picture.values()), name
+        else:
+            kinds = [json.loads(r["misc"])["kind"] for r in group]
+            colours = sorted(r["answer"] for r, k in zip(group, kinds) if k == "colour")
+            counts = sorted(r["answer"] for r, k in zip(group, kinds) if k == "count")
+            assert colours == sorted(2 * [c.capitalize() for c in demo_task.PICTURE_COLOURS]), name
+            assert counts == sorted(2 * [str(k) for k in range(1, demo_task.MAX_FIGURES + 1)]), name
+        # so a model that gives one letter whatever it sees scores the chance rate of a full round
+        for letter in "AB":
+            hits = sum(grading.grade_answer(letter, r["answer"], r["answer_label"]) for r in group)
+            assert hits == len(group) // (2 if n_options == 2 else 4), (name, letter)
+    # the training rows stay independent draws (their answers are what the pass rates measure)
+    train = demo_task.make_train_rows(96, seed=11)
+    yes_no = [r["answer"] for r in train if json.loads(r["misc"])["kind"] == "yes_no"]
+    assert 0 < yes_no.count("Yes") < len(yes_no)
+
+
 def test_summary_numbers_from_records_and_log():
     records = [
         {"dataset_name": "pmc_vqa", "rollouts": [{"output_text": "<think> x </think>\n<answer> A </answer>",
@@ -95,6 +126,11 @@ def test_summary_numbers_from_records_and_log():
     ]
     scores = demo_summary.model_scores(records)
     assert scores["format_rate"] == 0.5 and scores["accuracy"] == 0.5 and scores["rows"] == 2
+    labels = [{"answer_label": x} for x in "ABAC"]
+    assert demo_summary.constant_letter_accuracy(labels) == 0.5
+    chance = demo_summary.describe({"models": {"base": scores}, "pass_count_histogram": [1, 1], "pass_rollouts": 1,
+                                    "constant_letter_accuracy": 0.375})
+    assert "one letter for every question (chance) 37.5%" in chance
     log = ("(TaskRunner pid=7) step:1 - actor/lr:0.0005 - critic/score/mean:np.float64(0.125) - x:y\n"
            "noise\n(TaskRunner pid=7) step:2 - critic/score/mean:0.5\n")
     assert demo_summary.reward_curve(log) == [(1, 0.125), (2, 0.5)]

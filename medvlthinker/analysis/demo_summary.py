@@ -76,6 +76,17 @@ def model_scores(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {**score(everything), "per_benchmark": {name: score(pairs) for name, pairs in per.items()}}
 
 
+def constant_letter_accuracy(records: Iterable[Mapping[str, Any]]) -> float:
+    """The best accuracy a model that gives one letter to every question can reach on these rows (the chance
+    level a table row has to beat); a row's answer is its option letter, so this is the largest letter share.
+
+    >>> constant_letter_accuracy([{"answer_label": "A"}, {"answer_label": "B"}, {"answer_label": "A"}])
+    0.6666666666666666
+    """
+    labels = [record["answer_label"] for record in records]
+    return max(labels.count(label) for label in set(labels)) / len(labels) if labels else 0.0
+
+
 def pass_count_histogram(pass_rate_dir: str | os.PathLike, rollouts: int) -> list[int]:
     """How many training questions had 0, 1, ..., ``rollouts`` correct samples."""
     from medvlthinker import curation
@@ -95,7 +106,9 @@ def summarize(out_dir: str | os.PathLike, models: Sequence[str], *, pass_rollout
     out = Path(out_dir)
     summary: dict[str, Any] = {"models": {}, "pass_rollouts": pass_rollouts}
     for model in models:
-        summary["models"][model] = model_scores(collect_records(out / "eval" / model / "run1"))
+        records = collect_records(out / "eval" / model / "run1")
+        summary["models"][model] = model_scores(records)
+        summary.setdefault("constant_letter_accuracy", constant_letter_accuracy(records))
     summary["pass_count_histogram"] = pass_count_histogram(out / "pass_rate" / "pmc_vqa", pass_rollouts)
     if rl_log is not None and Path(rl_log).exists():
         summary["reward_curve"] = reward_curve(Path(rl_log).read_text(errors="replace"))
@@ -107,6 +120,9 @@ def describe(summary: Mapping[str, Any]) -> str:
     lines = ["model   format rate   accuracy   (greedy, all six synthetic benchmarks)"]
     for model, s in summary["models"].items():
         lines.append(f"{model:<7} {100 * s['format_rate']:>10.1f}%  {100 * s['accuracy']:>8.1f}%   ({s['rows']} rows)")
+    if "constant_letter_accuracy" in summary:
+        lines.append(f"one letter for every question (chance) {100 * summary['constant_letter_accuracy']:.1f}%: "
+                     "the evaluation answers are balanced (medvlthinker.demo_task)")
     hist = summary["pass_count_histogram"]
     n = summary["pass_rollouts"]
     middle = sum(hist[1:n])
@@ -121,8 +137,9 @@ def describe(summary: Mapping[str, Any]) -> str:
         "paper's benchmarks, on a 2-layer Qwen2.5-VL trained for minutes on a CPU. The base is the random model",
         "warm-started on picture captions and text-only questions: it can describe a picture and answer a text",
         "question, but has never answered a question about a picture. SFT on the image questions teaches the format",
-        "(format rate) and to name what it sees, and it gives the matching option letter more often than the base",
-        "(accuracy), though far from always. The pass counts are those of the SFT model, which RL starts from; GRPO",
+        "(format rate) and to name the colour it sees, and it gives the matching option letter more often than the",
+        "base (accuracy above chance), though far from always; the number of figures and the yes/no comparison stay",
+        "near chance in the demo's minutes. The pass counts are those of the SFT model, which RL starts from; GRPO",
         "trains on questions of the middle band, where a group of answers has both right and wrong ones.",
         _rl_words(summary),
     ]
