@@ -146,7 +146,6 @@ def _image_question(rng: random.Random, n_options: int, pic: dict, kind: str, mu
         if truth is None:
             truth = "Yes" if rng.random() < 0.5 else "No"
         asked = colour if truth == "Yes" else rng.choice([c for c in PICTURE_COLOURS if c != colour])
-        truth = "Yes" if asked == colour else "No"
         options, label = _options(truth, ["Yes", "No"], 2)
         return (f"Are the figures in {where} {asked}?", options, label,
                 f"{_colour_sentence(pic)[:-1]}, so the answer is {truth.lower()}.")
@@ -182,9 +181,9 @@ def make_image_rows(n: int, seed: int, start_index: int = 0, dataset_name: str =
         kind = kinds[i % len(kinds)]
         if shared is None or i % share == 0:
             fixed = {}
-            if balanced:
-                fixed = {"colour": rounds["colour"].next()} if n_options == 2 or kind == "colour" else {
-                    "count": rounds["count"].next()}
+            if balanced:  # the asked-about property of the first picture; a yes/no question asks its colour
+                asked = "colour" if n_options == 2 else kind
+                fixed = {asked: rounds[asked].next()}
             pics = [_picture(rng, **fixed)] + [_picture(rng) for _ in range(n_images - 1)]
             shared = (pics, _pictures_to_images(pics), f"{dataset_name}_img{i // share}")
         pics, images, image_id = shared
