@@ -113,8 +113,11 @@ def _make_builder(config: RunConfig):
 
 
 def _make_backend(config: RunConfig, max_images: int):
+    from medvlthinker.compat.cpu_allocator import keep_freed_memory_on_cpu
     from medvlthinker.inference.backends import make_backend
 
+    if config.backend != "api":
+        keep_freed_memory_on_cpu()
     if config.backend == "vllm":
         limit = config.limit_mm_per_prompt if config.limit_mm_per_prompt is not None else max(max_images, 1)
         return make_backend("vllm", config.model, tp_size=config.tp_size,

@@ -154,8 +154,11 @@ def build_trainer(cfg: SFTRunConfig, *, train_dataset=None, callbacks=None):
     """A ready ``trl.SFTTrainer`` for ``cfg`` (the data set is loaded from ``cfg.train_data`` unless given)."""
     from trl import SFTTrainer
 
+    from medvlthinker.compat.cpu_allocator import keep_freed_memory_on_cpu
+
     # The data and the output directory are checked before the model loads, so a bad path fails in seconds.
     ds = train_dataset if train_dataset is not None else preflight(cfg)
+    keep_freed_memory_on_cpu()  # on a CPU, half of each step would be the kernel refilling freed logits' pages
     model, processor = load_model_and_processor(cfg)
     return SFTTrainer(
         model=model,

@@ -58,6 +58,9 @@ def benchmark_sft_step(
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    from medvlthinker.compat.cpu_allocator import keep_freed_memory_on_cpu
+
+    keep_freed_memory_on_cpu()  # as the trainer does (medvlthinker.train.sft)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     config = AutoConfig.from_pretrained(model_dir)

@@ -1,0 +1,66 @@
+"""glibc's allocator for a run that computes on the CPU: keep freed memory in the heap for the next step.
+
+Each training step of a Qwen2.5-VL on a CPU allocates and frees blocks of hundreds of MB (logits over the
+151,936-token vocabulary: 8 sequences of 112 tokens are 545 MB). glibc serves every block above 32 MB with its own
+``mmap`` and unmaps it on ``free``, so the next step faults the same memory in again page by page and the kernel
+zero-fills it: on 2 cores, about half of a tiny model's SFT step is system time. Two ``mallopt`` settings keep such
+blocks in the heap instead (``M_MMAP_MAX=0``: no separate mappings; ``M_TRIM_THRESHOLD=-1``: never hand the heap's
+top back), which is what ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...`` does from
+the start of a process, and what the ``tcmalloc`` that vLLM's CPU guide preloads does its own way.
+
+The cost: the process keeps its peak heap until it exits, which the next step would take again anyway. On a GPU
+the big blocks live in CUDA's caching allocator, so nothing calls this there. ``MEDVLTHINKER_KEEP_FREED_MEMORY=0``
+turns it off (``benchmarks/cpu_allocator.py`` measures both settings).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+ENV = "MEDVLTHINKER_KEEP_FREED_MEMORY"
+
+# <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+
+_kept = False
+
+
+def _glibc():
+    """The C library if it is glibc (it has ``gnu_get_libc_version``), else None (musl, macOS, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version
+        libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def keep_freed_memory() -> bool:
+    """Set the two ``mallopt`` settings in this process; whether they are in force (idempotent).
+
+    False where the C library is not glibc, where ``MEDVLTHINKER_KEEP_FREED_MEMORY=0``, or where glibc refuses.
+    """
+    global _kept
+    if _kept:
+        return True
+    if os.environ.get(ENV, "1").strip() == "0":
+        return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    # mallopt returns 1 on success; -1 as the trim threshold is SIZE_MAX, "never trim" (mallopt(3))
+    _kept = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, -1) == 1
+    return _kept
+
+
+def keep_freed_memory_on_cpu() -> bool:
+    """:func:`keep_freed_memory` when this process has no CUDA device (the CPU computes the steps), else False."""
+    import torch
+
+    return False if torch.cuda.is_available() else keep_freed_memory()
