@@ -156,9 +156,9 @@ def build_trainer(cfg: SFTRunConfig, *, train_dataset=None, callbacks=None):
 
     from medvlthinker.compat.cpu_allocator import keep_freed_memory_on_cpu
 
+    keep_freed_memory_on_cpu()  # on a CPU, half of each step would be the kernel refilling freed logits' pages
     # The data and the output directory are checked before the model loads, so a bad path fails in seconds.
     ds = train_dataset if train_dataset is not None else preflight(cfg)
-    keep_freed_memory_on_cpu()  # on a CPU, half of each step would be the kernel refilling freed logits' pages
     model, processor = load_model_and_processor(cfg)
     return SFTTrainer(
         model=model,

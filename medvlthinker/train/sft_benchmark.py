@@ -53,6 +53,7 @@ def benchmark_sft_step(
     ``random_weights`` builds the model from ``model_dir``'s config.json alone (the config-only dirs in
     configs/models). Returns the figures as a dict.
     """
+    import resource
     import time
 
     import torch
@@ -95,11 +96,13 @@ def benchmark_sft_step(
     for _ in range(warmup):
         step()
     sync()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     for _ in range(steps):
         step()
     sync()
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
     tokens_per_s = batch_size * seq_len * steps / elapsed
     flops_per_token = training_flops_per_token(config, seq_len)
     peak = peak if peak is not None else peak_flops(device)
@@ -118,4 +121,36 @@ def benchmark_sft_step(
         "mfu": tokens_per_s * flops_per_token / peak if peak else None,
         "peak_tflops": peak / 1e12 if peak else None,
         "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+        # the host process: system time and minor page faults of the timed steps, peak resident memory
+        "sys_s_per_step": (after.ru_stime - before.ru_stime) / steps,
+        "minor_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+        "peak_rss_gib": after.ru_maxrss / 2**20,
     }
+
+
+def compare_cpu_allocators(model_dir: str, *, repeats: int = 3, **step_kwargs) -> list[dict[str, Any]]:
+    """:func:`benchmark_sft_step` in fresh processes, alternately with glibc's default allocator settings
+    (``MEDVLTHINKER_KEEP_FREED_MEMORY=0``) and with :mod:`medvlthinker.compat.cpu_allocator`'s, ``repeats`` times
+    each in interleaved order (the first setting alternates too). Returns one figures dict per process, with
+    ``keep_freed_memory`` and ``repeat`` added; a setting cannot be undone in a process, hence the processes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from medvlthinker.compat.cpu_allocator import ENV
+
+    code = ("import json, sys; from medvlthinker.train.sft_benchmark import benchmark_sft_step; "
+            "print(json.dumps(benchmark_sft_step(*sys.argv[1:2], **json.loads(sys.argv[2]))))")
+    results = []
+    for repeat in range(repeats):
+        for keep in ((False, True) if repeat % 2 == 0 else (True, False)):
+            env = dict(os.environ, **{ENV: "1" if keep else "0"})
+            proc = subprocess.run([sys.executable, "-c", code, str(model_dir), json.dumps(step_kwargs)], env=env,
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"benchmark process failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+            figures = json.loads(proc.stdout.strip().splitlines()[-1])
+            results.append(dict(figures, keep_freed_memory=keep, repeat=repeat))
+    return results
+
