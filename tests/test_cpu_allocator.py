@@ -1,6 +1,7 @@
 """The CPU allocator setting (medvlthinker.compat.cpu_allocator): the freed blocks of a training step are reused,
-not faulted in again, and the heap stops growing; the switch turns it off; every CPU entry point (SFT trainer, inference runner, verl's CPU profile)
-turns it on. Each check runs in a fresh process: the setting cannot be undone in one."""
+not faulted in again, and the heap stops growing; the switch turns it off; every CPU entry point (SFT trainer,
+inference runner, verl's CPU profile) turns it on. Each check runs in a fresh process: the setting cannot be undone
+in one."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ the start of a process, and what the ``tcmalloc`` that vLLM's CPU guide preloads
 
 The cost: the process keeps its peak heap until it exits, which the next step would take again anyway. On a GPU
 the big blocks live in CUDA's caching allocator, so nothing calls this there. ``MEDVLTHINKER_KEEP_FREED_MEMORY=0``
-turns it off (``benchmarks/cpu_allocator.py`` measures both settings).
+turns it off (``benchmarks/benchmark_cpu_allocator.py`` measures both settings).
 """
 
 from __future__ import annotations

@@ -153,4 +153,3 @@ def compare_cpu_allocators(model_dir: str, *, repeats: int = 3, **step_kwargs) -
             figures = json.loads(proc.stdout.strip().splitlines()[-1])
             results.append(dict(figures, keep_freed_memory=keep, repeat=repeat))
     return results
-
