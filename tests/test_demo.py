@@ -144,8 +144,8 @@ def test_summary_numbers_from_records_and_log():
 
 @pytest.mark.slow
 @pytest.mark.vllm
-# every stage of the pipeline, verl's start-up and six GRPO steps included: 16-20 minutes on 2 cores, about twice
-# that when the machine is slow (a step took 330 s instead of 80-110 s once)
+# every stage of the pipeline, verl's start-up and six GRPO steps included: 11-14 minutes on 2 cores, about twice
+# that when the machine is slow (a step took 330 s instead of 60-110 s once)
 @pytest.mark.timeout(3700)
 def test_reduced_demo_shows_the_effects(tmp_path):
     out = tmp_path / "demo"
@@ -193,11 +193,13 @@ def test_reduced_demo_shows_the_effects(tmp_path):
     assert sft["accuracy"] >= base["accuracy"] + 0.1, (base, sft)
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in (base, sft, rl))
     # GRPO learns: the demo's RL stage as it is (six epochs over the same 8 questions, 64 answers a step) raises the
-    # mean reward from the first step to the last (docs/demo.md has the seeds tried and the noise of a step's mean)
+    # mean reward of the last two steps above that of the first two (a step's mean alone moves by about 0.1 between
+    # runs of the same model; docs/demo.md has the seeds tried)
     curve = summary["reward_curve"]
     assert [s for s, _ in curve] == [1, 2, 3, 4, 5, 6]
     assert all(0.0 <= r <= 1.0 for _, r in curve), curve
-    assert curve[-1][1] > curve[0][1], curve
+    rewards = [r for _, r in curve]
+    assert sum(rewards[-2:]) > sum(rewards[:2]), curve
 
     table = (out / "report/tables/table.md").read_text()
     assert "| base |" in table and "| sft |" in table and "| rl |" in table
