@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,43 @@ from medvlthinker.analysis import demo_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SEED = int(os.environ.get("DEMO_TEST_SEED", "0"))
+
+
+def run_in_own_session(args: list[str], timeout: float, **kwargs) -> tuple[int, str, str]:
+    """Run ``args`` in a session of its own and return (exit code, stdout, stderr); past ``timeout`` seconds the
+    whole process group is killed (Ray's and vLLM's processes too, not only the script) and the timeout raised."""
+    proc = subprocess.Popen(args, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            **kwargs)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return proc.returncode, stdout, stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(60)  # a child left alive keeps the pipes open: the run would hang until the sleep ends
+def test_a_timed_out_run_takes_its_children_down(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    script = f"sleep 900 & echo $! > {pid_file}; wait"
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_in_own_session(["bash", "-c", script], timeout=2)
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), f"the script's child {child} outlived the timeout"
+    assert run_in_own_session(["bash", "-c", "echo out; echo err >&2; exit 3"], timeout=30) == (3, "out\n", "err\n")
 
 
 def test_task_answers_are_visible_and_eval_is_held_out(tmp_path):
@@ -162,16 +200,9 @@ def test_reduced_demo_shows_the_effects(tmp_path):
         # in test_inference; the RL stage still samples with vLLM)
         DEMO_BACKEND="hf",
     )
-    # its own session, so that a timeout takes down Ray's and vLLM's processes too, not just the script
-    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=3600)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stdout[-4000:] + stderr[-4000:]
+    returncode, stdout, stderr = run_in_own_session(["bash", str(ROOT / "scripts" / "demo.sh")], timeout=3600,
+                                                    cwd=ROOT, env=env)
+    assert returncode == 0, stdout[-4000:] + stderr[-4000:]
     assert stdout.count("=== [") == 12  # eleven stages and "done"
 
     pass_records = [json.loads(x) for x in (out / "pass_rate/pmc_vqa/eval_results.jsonl").read_text().splitlines()]
