@@ -96,9 +96,8 @@ stage "8/11 RL: $RL_STEPS GRPO steps with verl from the SFT model, each an epoch
 # answers to each of them, scores them with the project's reward and goes RL_PPO_EPOCHS times over them in
 # mini-batches of RL_MINI_BATCH questions, one actor update each (PPO's clip keeps the later updates near the
 # sampling policy; one epoch, as the paper, is 20 s a step faster but its reward rises too little to see over a
-# step's noise: docs/demo.md). The same
-# questions every step make the reward curve a learning curve, not the spread of new questions' difficulty
-# (docs/demo.md). The console log goes to rl/train.log; its step lines are echoed here.
+# step's noise). The same questions every step make the reward curve a learning curve, not the spread of new
+# questions' difficulty (docs/demo.md). The console log goes to rl/train.log; its step lines are echoed here.
 mkdir -p "$OUT/rl"
 env -u VLLM_ENABLE_V1_MULTIPROCESSING RAY_TMPDIR="$ray_tmp" PREFLIGHT_ROWS=4 \
   bash train/rl/train.sh configs/rl/qwen2.5-vl-3b_rl_pmc.yaml configs/rl/overlays/cpu.yaml \
