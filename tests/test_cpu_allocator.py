@@ -73,12 +73,12 @@ if which == "verl":
     import verl  # the project's plugin runs on import
 if which == "sft":
     from medvlthinker.train import sft
-    from medvlthinker.train.sft_config import load_config
+    from medvlthinker.train.sft_config import ConfigError, load_config
     cfg = load_config(sys.argv[4], ["train_data=/nonexistent", "output_dir=" + sys.argv[3]])
     try:  # the setting is made before the data and the model load: the missing data set stops it after that
         sft.build_trainer(cfg)
-    except Exception:
-        pass
+    except ConfigError as e:
+        print("stopped:", e)
 if which == "inference":
     from medvlthinker.inference import runner
     from medvlthinker.inference.run_config import RunConfig
@@ -100,3 +100,5 @@ def test_cpu_entry_points_turn_it_on(which, env, expected, tiny_model_dir, tmp_p
                           str(config)],
                          env=dict(os.environ, **env), capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) is expected, out.stderr[-2000:]
+    if which == "sft":  # stopped by the missing data set, after the setting and before any model load
+        assert "stopped: train_data /nonexistent does not exist" in out.stdout, out.stdout
