@@ -95,12 +95,15 @@ stage "8/11 RL: $RL_STEPS GRPO steps with verl from the SFT model, each an epoch
 # RL_BATCH questions of the band (verl's data.train_max_samples), one epoch a step: each step samples RL_ROLLOUTS
 # answers to each of them, scores them with the project's reward and goes RL_PPO_EPOCHS times over them in
 # mini-batches of RL_MINI_BATCH questions, one actor update each (PPO's clip keeps the later updates near the
-# sampling policy; one epoch, as the paper, is 20 s a step faster but its reward rises too little to see over a
-# step's noise). The same questions every step make the reward curve a learning curve, not the spread of new
-# questions' difficulty (docs/demo.md). The console log goes to rl/train.log; its step lines are echoed here.
+# sampling policy; one epoch, as the paper, is faster but its reward rises too little to see over a step's noise).
+# The same questions every step make the reward curve a learning curve, not the spread of new questions'
+# difficulty (docs/demo.md). The response_logits overlay has the actor and the reference compute log-probabilities
+# at the answer's tokens only (the tiny model's step is mostly its 151,936-way LM head; same numbers, half the
+# time). The console log goes to rl/train.log; its step lines are echoed here.
 mkdir -p "$OUT/rl"
 env -u VLLM_ENABLE_V1_MULTIPROCESSING RAY_TMPDIR="$ray_tmp" PREFLIGHT_ROWS=4 \
   bash train/rl/train.sh configs/rl/qwen2.5-vl-3b_rl_pmc.yaml configs/rl/overlays/cpu.yaml \
+  configs/rl/overlays/response_logits.yaml \
   "actor_rollout_ref.model.path=$OUT/model/sft" \
   "data.train_files=[$OUT/data/verl/train.parquet]" "data.val_files=[$OUT/data/verl/val.parquet]" \
   "data.train_max_samples=$RL_BATCH" "data.train_batch_size=$RL_BATCH" \

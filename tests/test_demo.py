@@ -231,6 +231,13 @@ def test_reduced_demo_shows_the_effects(tmp_path):
     assert all(0.0 <= r <= 1.0 for _, r in curve), curve
     rewards = [r for _, r in curve]
     assert sum(rewards[-2:]) > sum(rewards[:2]), curve
+    # the actor's log-probabilities at the response tokens (computed there only: the response_logits overlay) are
+    # those of the vLLM engine that sampled them, at every step (a wrong position would be off by nats)
+    log = (out / "rl/train.log").read_text()
+    assert "installed verl_response_logits" in log
+    for step, metrics in demo_summary.step_metrics(log).items():
+        assert metrics["training/rollout_probs_diff_max"] < 2e-3, (step, metrics["training/rollout_probs_diff_max"])
+        assert metrics["training/rollout_actor_probs_pearson_corr"] > 0.999, step
 
     table = (out / "report/tables/table.md").read_text()
     assert "| base |" in table and "| sft |" in table and "| rl |" in table

@@ -16,7 +16,7 @@ docs/known-issues.md describes each failure with a minimal reproduction.
 
 from __future__ import annotations
 
-from medvlthinker.compat import verl_position_ids, verl_text_only
+from medvlthinker.compat import verl_position_ids, verl_response_logits, verl_text_only
 
 FIXES = (verl_position_ids, verl_text_only)
 HOOK = "medvlthinker.compat.verl_fixes.worker_setup"
@@ -38,8 +38,10 @@ def status() -> dict[str, dict]:
 
 
 def worker_setup() -> None:
-    """Ray ``worker_process_setup_hook``: runs in every worker process of the job before any task."""
+    """Ray ``worker_process_setup_hook``: runs in every worker process of the job before any task. Also installs
+    the opt-in speed-up of :mod:`medvlthinker.compat.verl_response_logits` where its variable asks for it."""
     install_all()
+    verl_response_logits.install_if_requested()
 
 
 def main() -> None:
