@@ -80,7 +80,9 @@ def _prepare_model_inputs(original):
         model_inputs, output_args = original(self, micro_batch)
         fused = tu.get_non_tensor_data(data=micro_batch, key="use_fused_kernels", default=False)
         packed = tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
-        lengths = _lengths(micro_batch) if fused and packed and not self.use_ulysses_sp else None
+        options = self.model_config.fused_kernel_options or {}
+        ours = fused and options.get("impl_backend") == "torch"  # the forward this module patches
+        lengths = _lengths(micro_batch) if ours and packed and not self.use_ulysses_sp else None
         if lengths is not None:
             positions = response_positions(*lengths).to(micro_batch["input_ids"].values().device)
             model_inputs[POSITIONS] = positions
