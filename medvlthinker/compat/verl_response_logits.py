@@ -38,6 +38,7 @@ ENTROPY = "medvlthinker_response_entropy"
 """The two keyword arguments ``prepare_model_inputs`` adds to the model's inputs."""
 
 _saved: dict = {}
+_said: set = set()
 
 
 def requested() -> bool:
@@ -106,6 +107,10 @@ def _forward(original):
         from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 
         hidden = qwen2_vl.qwen2_vl_forward(self, input_ids, **kwargs)[0]  # (1, packed tokens, hidden)
+        if not _said:  # once a process: the run's log shows the head in use and what it skips
+            _said.add(True)
+            print(f"[medvlthinker.compat pid={os.getpid()}] verl_response_logits: log-probabilities at "
+                  f"{positions.numel()} of {hidden.shape[1]} packed positions", flush=True)
         targets = shift_labels if shift_labels is not None else torch.roll(input_ids, shifts=-1, dims=-1)
         logits = self.lm_head(hidden[0, positions]) / temperature  # (response tokens, vocab)
         log_probs = logprobs_from_logits(logits, targets[0, positions], inplace_backward=not with_entropy)
