@@ -184,7 +184,7 @@ def test_summary_numbers_from_records_and_log():
 @pytest.mark.slow
 @pytest.mark.vllm
 # every stage of the pipeline, verl's start-up and six GRPO steps included: about 11 minutes on 2 cores, about
-# twice that when the machine is slow (GRPO steps take 27-45 s with the response_logits overlay; one once took 330 s
+# twice that when the machine is slow (GRPO steps take 24-47 s with the response_logits overlay; one once took 330 s
 # before it)
 @pytest.mark.timeout(3700)
 def test_reduced_demo_shows_the_effects(tmp_path):

@@ -119,7 +119,8 @@ def test_install_swaps_both_pieces_and_uninstall_restores_them(monkeypatch):
     engine = transformer_impl.FSDPEngineWithLMHead
     before = (engine.prepare_model_inputs, qwen2_vl.forward_with_torch_backend)
     monkeypatch.delenv(rl.ENV, raising=False)
-    assert rl.install_if_requested() is False and (engine.prepare_model_inputs, qwen2_vl.forward_with_torch_backend) == before
+    assert rl.install_if_requested() is False
+    assert (engine.prepare_model_inputs, qwen2_vl.forward_with_torch_backend) == before
     monkeypatch.setenv(rl.ENV, "1")
     try:
         assert rl.install_if_requested() is True
