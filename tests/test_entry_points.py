@@ -41,6 +41,7 @@ CASES = [
     ("benchmarks/benchmark_cpu_allocator.py", ["--repeats", "x"], "--repeats"),
     ("benchmarks/benchmark_convert.py", ["--rows", "x"], "--rows"),
     ("benchmarks/benchmark_memory.py", ["--backend", "tpu"], "tpu"),
+    ("benchmarks/benchmark_response_logits.py", ["--sequences", "x"], "--sequences"),
     ("benchmarks/benchmark_sft.py", ["--no_such_flag"], "--no_such_flag"),
     ("benchmarks/benchmark_throughput.py", ["--repeats", "x"], "--repeats"),
     ("benchmarks/benchmark_variable_length.py", ["--scale", "x"], "--scale"),
