@@ -179,6 +179,15 @@ def test_summary_numbers_from_records_and_log():
     assert "stayed at 0.62 over 2 steps" in words[((1, 0.625), (4, 0.625))]
     assert "rose from 0.25 to 0.50" in words[((1, 0.25), (2, 0.5))]
     assert "fell from 0.50 to 0.25" in words[((1, 0.5), (2, 0.25))]
+    # the RL row against SFT's, and against chance, on the held-out rows
+    rows = {"format_rate": 1.0, "rows": 48}
+    two = {**summary, "reward_curve": [(1, 0.25), (2, 0.5)], "constant_letter_accuracy": 0.375}
+    below = demo_summary.describe({**two, "models": {"sft": {**rows, "accuracy": 0.6}, "rl": {**rows, "accuracy": 0.2}}})
+    assert "RL scores 20.0% (below chance) against SFT's 60.0%: epochs over a few questions fit" in below
+    lower = demo_summary.describe({**two, "models": {"sft": {**rows, "accuracy": 0.6}, "rl": {**rows, "accuracy": 0.5}}})
+    assert "RL scores 50.0% against SFT's 60.0%: epochs" in lower
+    above = demo_summary.describe({**two, "models": {"sft": {**rows, "accuracy": 0.5}, "rl": {**rows, "accuracy": 0.6}}})
+    assert above.endswith("On the held-out evaluation rows RL scores 60.0% against SFT's 50.0%.")
 
 
 @pytest.mark.slow

@@ -153,8 +153,24 @@ def _rl_words(summary: Mapping[str, Any]) -> str:
     first, last = curve[0][1], curve[-1][1]
     direction = "rose" if last > first else "fell"
     trend = f"stayed at {first:.2f}" if last == first else f"{direction} from {first:.2f} to {last:.2f}"
-    return (f"GRPO's mean reward (format and correct option, the paper's reward) {trend} over {len(curve)} steps "
-            "(each step an epoch over the same questions, so the curve is what GRPO learnt on them).")
+    words = (f"GRPO's mean reward (format and correct option, the paper's reward) {trend} over {len(curve)} steps "
+             "(each step an epoch over the same questions, so the curve is what GRPO learnt on them).")
+    return " ".join(filter(None, (words, _held_out_words(summary))))
+
+
+def _held_out_words(summary: Mapping[str, Any]) -> str:
+    """What the RL row says next to SFT's: the held-out rows are not the questions GRPO trained on."""
+    models = summary["models"]
+    if not {"sft", "rl"} <= set(models):
+        return ""
+    sft, rl = 100 * models["sft"]["accuracy"], 100 * models["rl"]["accuracy"]
+    chance = summary.get("constant_letter_accuracy")
+    below_chance = " (below chance)" if chance is not None and rl < 100 * chance else ""
+    if rl >= sft:
+        return f"On the held-out evaluation rows RL scores {rl:.1f}% against SFT's {sft:.1f}%."
+    return (f"On the held-out evaluation rows RL scores {rl:.1f}%{below_chance} against SFT's {sft:.1f}%: epochs "
+            "over a few questions fit those questions, not the task, and RL's held-out accuracy varies widely "
+            'from run to run (docs/demo.md, "What the RL row does and does not show").')
 
 
 def main(argv: list[str] | None = None) -> None:
