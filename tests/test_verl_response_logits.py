@@ -129,3 +129,38 @@ def test_install_swaps_both_pieces_and_uninstall_restores_them(monkeypatch):
     finally:
         rl.uninstall()
     assert (engine.prepare_model_inputs, qwen2_vl.forward_with_torch_backend) == before
+
+
+class _Engine:
+    """What the wrapper reads of verl's FSDP engine: the model config's fused-kernel options and the SP switch."""
+
+    def __init__(self, backend="torch", ulysses=False):
+        self.model_config = type("ModelConfig", (), {"fused_kernel_options": {"impl_backend": backend}})()
+        self.use_ulysses_sp = ulysses
+
+
+@pytest.mark.parametrize("engine,fused,expected", [
+    (_Engine(), True, True),
+    (_Engine(backend="triton"), True, False),  # a forward this module does not patch would get unknown arguments
+    (_Engine(ulysses=True), True, False),  # each rank holds a slice of the packed row
+    (_Engine(), False, False),  # verl's default head reads full logits
+])
+def test_prepare_model_inputs_passes_positions_only_to_the_forward_it_patches(engine, fused, expected):
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+
+    def nested(rows):
+        return torch.nested.nested_tensor([torch.tensor(r) for r in rows], layout=torch.jagged)
+
+    prompts, responses = [[1, 2, 3], [4, 5]], [[7], [8, 9, 10]]
+    batch = TensorDict({"prompts": nested(prompts), "responses": nested(responses),
+                        "input_ids": nested([p + r for p, r in zip(prompts, responses)])}, batch_size=[2])
+    tu.assign_non_tensor(batch, use_fused_kernels=fused, use_remove_padding=True, calculate_entropy=True)
+    prepare = rl._prepare_model_inputs(lambda self, micro_batch: ({"input_ids": "as verl made them"}, {}))
+    inputs, _ = prepare(engine, batch)
+    assert inputs["input_ids"] == "as verl made them"
+    if expected:
+        # sequence 1 ends at 4 (response at 3), sequence 2 at 9 (responses at 6, 7, 8): predicted one earlier
+        assert inputs[rl.POSITIONS].tolist() == [2, 5, 6, 7] and inputs[rl.ENTROPY] is True
+    else:
+        assert rl.POSITIONS not in inputs and rl.ENTROPY not in inputs

@@ -20,17 +20,15 @@ installed:
   (``logprobs_from_logits``, ``entropy_from_logits``), zeros elsewhere; the entropy only when verl asks for it.
 
 Every number verl reads is the same as without it (``tests/test_verl_response_logits.py`` compares values and
-gradients; a run's ``training/rollout_probs_diff_max``, the actor against vLLM, stays at its usual 1e-4). Without
-the variable, or with verl's default (non-fused) path, nothing changes. The demo turns it on (scripts/demo.sh).
+gradients; a run's ``training/rollout_probs_diff_max``, the actor against vLLM, stays where it was, 1e-4 to 4e-4
+on the demo). Without the variable, with verl's default (non-fused) path, another fused backend or Ulysses
+sequence parallelism, nothing changes. The demo turns it on (scripts/demo.sh).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
-
-logger = logging.getLogger(__name__)
 
 ENV = "MEDVLTHINKER_RESPONSE_LOGITS"
 POSITIONS = "medvlthinker_response_positions"
