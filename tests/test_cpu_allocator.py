@@ -58,7 +58,9 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     assert default["kept"] is False and default["faults_per_step"] > 100_000, default
     assert kept["kept"] is True and kept["faults_per_step"] < default["faults_per_step"] / 4, (default, kept)
     # the price: the heap keeps its high-water mark, which must stop rising once the steps repeat
-    assert kept["peak_rss_40"] <= kept["peak_rss_20"] * 1.25, kept  # a leak of 65 MB a step would be 1.5x
+    # once in some runs the heap takes one more round of the step's blocks (2.59 -> 3.24 GB between steps 20 and 40,
+    # in 2 of 7 runs on one day); a leak of 65 MB a step would add 1.3 GB over those 20 steps
+    assert kept["peak_rss_40"] - kept["peak_rss_20"] < 1.0, kept
 
 
 def test_the_switch_turns_it_off():
