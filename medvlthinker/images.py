@@ -38,36 +38,60 @@ def _describe(obj: Any) -> str:
     return repr(obj)[:120]
 
 
+def _open(obj: Any, base_dir: str | os.PathLike | None = None) -> Image.Image:
+    """Any stored form of an image -> an opened ``PIL.Image`` (header read, pixels not decoded yet)."""
+    if isinstance(obj, Image.Image):
+        return obj
+    if isinstance(obj, dict):
+        if obj.get("bytes"):
+            return Image.open(io.BytesIO(obj["bytes"]))
+        if obj.get("path"):
+            return _open(obj["path"], base_dir)
+        raise ImageDecodeError("image dict has neither bytes nor path")
+    if isinstance(obj, (bytes, bytearray)):
+        return Image.open(io.BytesIO(bytes(obj)))
+    if isinstance(obj, (str, os.PathLike)):
+        path = os.path.join(base_dir, obj) if base_dir and not os.path.isabs(obj) else obj
+        if not os.path.exists(path):
+            raise ImageDecodeError(f"image file not found: {path}")
+        return Image.open(path)
+    raise ImageDecodeError(f"unsupported image value of type {type(obj).__name__}")
+
+
 def decode_image(obj: Any, base_dir: str | os.PathLike | None = None) -> Image.Image:
     """Any stored form of an image -> a fully loaded RGB ``PIL.Image``.
 
     ``base_dir`` resolves relative paths (a jsonl file's image folder).
     """
     try:
-        if isinstance(obj, Image.Image):
-            img = obj
-        elif isinstance(obj, dict):
-            if obj.get("bytes"):
-                img = Image.open(io.BytesIO(obj["bytes"]))
-            elif obj.get("path"):
-                return decode_image(obj["path"], base_dir)
-            else:
-                raise ImageDecodeError("image dict has neither bytes nor path")
-        elif isinstance(obj, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(bytes(obj)))
-        elif isinstance(obj, (str, os.PathLike)):
-            path = os.path.join(base_dir, obj) if base_dir and not os.path.isabs(obj) else obj
-            if not os.path.exists(path):
-                raise ImageDecodeError(f"image file not found: {path}")
-            img = Image.open(path)
-        else:
-            raise ImageDecodeError(f"unsupported image value of type {type(obj).__name__}")
+        img = _open(obj, base_dir)
         img.load()
     except ImageDecodeError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"cannot decode {_describe(obj)}: {e}") from e
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def check_image(obj: Any, base_dir: str | os.PathLike | None = None) -> tuple[int, int]:
+    """Check a stored image without decoding its pixels; return its size.
+
+    Reads the header (format, size, mode) and lets PIL verify what it can without decoding (a PNG's chunk
+    checksums, which a truncated or corrupted file fails). A pass over a large data set at a fraction of a full
+    decode's cost; an image whose compressed pixel data is broken beyond that still fails when it is decoded for
+    use, naming its row.
+    """
+    if isinstance(obj, Image.Image):
+        return obj.size
+    try:
+        img = _open(obj, base_dir)
+        size = img.size
+        img.verify()
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageDecodeError(f"cannot decode {_describe(obj)}: {e}") from e
+    return size
 
 
 def pmc_resize(img: Image.Image) -> Image.Image:

@@ -1,6 +1,7 @@
 """vLLM (CPU build) against transformers on the same synthetic eval set, greedy: the record files must agree in
 everything but the generated text (and its token count). The vLLM run streams its 12 rows through a window of 2
-requests, refilled as each finishes; the engine's own count of unfinished requests must never exceed it. One
+requests, refilled as each finishes; the engine's own count of unfinished requests must never exceed it, and its
+multimodal processor cache is off. One
 engine start, in a subprocess (vLLM's CPU build wants a __main__ guard)."""
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ def test_vllm_and_hf_records_agree(tmp_path, tiny_model_dir, eval_dataset_dir):
         assert proc.returncode == 0, proc.stderr[-4000:]
         outs[backend] = out
         logs[backend] = proc.stderr
-    peak = re.search(r"rank 0/1 vllm: 12 rows, \d+ output tokens .*window 2, at most (\d+) requests in flight",
-                     logs["vllm"])
+    peak = re.search(r"rank 0/1 vllm: 12 rows, \d+ output tokens .*window 2, at most (\d+) requests in flight; "
+                     r"multimodal processor cache (\w+)", logs["vllm"])
     assert peak and int(peak.group(1)) == 2, logs["vllm"][-2000:]
+    assert peak.group(2) == "off"  # read from the engine: a one-pass run keeps no processed images
     vllm_records = read_records(outs["vllm"] / "eval_results.jsonl")
     hf_records = read_records(outs["hf"] / "eval_results.jsonl")
     assert len(vllm_records) == 12

@@ -151,22 +151,28 @@ def validate_dataset(ds, *, check_images: bool = False, source: str = "the data 
     return n
 
 
-def check_dataset_images(ds, *, source: str = "the data set", progress: bool = True) -> None:
-    """Decode every image of every row; a failure raises :class:`SchemaError` naming the row."""
-    from datasets import Image, Sequence
+def check_dataset_images(ds, *, source: str = "the data set", progress: bool = True, decode: bool = True) -> None:
+    """Check every image of every row; a failure raises :class:`SchemaError` naming the row.
+
+    ``decode``: decode every image's pixels (:func:`medvlthinker.images.decode_image`); else read each header and
+    verify what can be verified without decoding (:func:`medvlthinker.images.check_image`), for a stage that
+    decodes every image itself afterwards.
+    """
     from tqdm.auto import tqdm
 
-    from medvlthinker.images import decode_image
+    from medvlthinker.data.paging import raw_rows
+    from medvlthinker.images import check_image, decode_image
 
+    # read through Arrow as stored: a cast to undecoded images would write a copy of every image first
     raw = ds.select_columns(["images", "dataset_name", "dataset_index"])
-    raw = raw.cast_column("images", Sequence(Image(decode=False)))
-    rows = tqdm(raw, total=len(raw), desc="checking images", unit="row", disable=not progress or len(raw) < 64)
+    rows = tqdm(raw_rows(raw), total=len(raw), desc="checking images", unit="row",
+                disable=not progress or len(raw) < 64)
     for position, row in enumerate(rows):
         try:
             validate_row(
                 {**row, "question": "", "options": '{"A": ""}', "answer_label": "A", "answer": ""},
                 check_images=True,
-                image_decoder=decode_image,
+                image_decoder=decode_image if decode else check_image,
             )
         except SchemaError as exc:
             raise _with_source(

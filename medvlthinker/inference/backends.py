@@ -69,46 +69,61 @@ def cpu_engine_defaults() -> dict[str, Any]:
     return {"dtype": "float32", "enforce_eager": True}
 
 
+def vllm_engine_args(
+    model: str,
+    *,
+    tp_size: int = 1,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
+    limit_mm_per_prompt: dict[str, int] | None = None,
+    seed: int = 42,
+    dtype: str | None = None,
+    enforce_eager: bool | None = None,
+    tokenizer: str | None = None,
+    load_format: str = "auto",
+    mm_processor_cache_gb: float = 0.0,
+    **engine_kwargs: Any,
+) -> dict[str, Any]:
+    """The ``vllm.LLM`` arguments of a :class:`VllmBackend` (``engine_kwargs`` are passed through and win)."""
+    kwargs: dict[str, Any] = cpu_engine_defaults() if _on_cpu() else {"dtype": "bfloat16"}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if enforce_eager is not None:
+        kwargs["enforce_eager"] = enforce_eager
+    if max_model_len is not None:
+        kwargs["max_model_len"] = max_model_len
+    if limit_mm_per_prompt is not None:
+        kwargs["limit_mm_per_prompt"] = dict(limit_mm_per_prompt)
+    if tokenizer is not None:
+        kwargs["tokenizer"] = tokenizer
+    # off by default: a run sees each image once, so the cache only holds memory (RunConfig's help says more)
+    kwargs["mm_processor_cache_gb"] = mm_processor_cache_gb
+    kwargs.update(engine_kwargs)
+    return {"model": str(model), "tensor_parallel_size": tp_size, "gpu_memory_utilization": gpu_memory_utilization,
+            "seed": seed, "load_format": load_format, **kwargs}
+
+
 class VllmBackend:
-    """vLLM offline engine. ``limit_mm_per_prompt`` defaults to the most images a row of the run has (videos 0:
-    the profiler then never builds a dummy video, on CPU or GPU)."""
+    """vLLM offline engine, built from :func:`vllm_engine_args`. ``limit_mm_per_prompt`` defaults to the most
+    images a row of the run has (videos 0: the profiler then never builds a dummy video, on CPU or GPU);
+    ``mm_processor_cache_gb`` is 0 (vLLM's cache of processed images off) unless given."""
 
     name = "vllm"
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        tp_size: int = 1,
-        gpu_memory_utilization: float = 0.9,
-        max_model_len: int | None = None,
-        limit_mm_per_prompt: dict[str, int] | None = None,
-        seed: int = 42,
-        dtype: str | None = None,
-        enforce_eager: bool | None = None,
-        tokenizer: str | None = None,
-        load_format: str = "auto",
-        **engine_kwargs: Any,
-    ) -> None:
+    def __init__(self, model: str, **kwargs: Any) -> None:
         from vllm import LLM
 
-        kwargs: dict[str, Any] = cpu_engine_defaults() if _on_cpu() else {"dtype": "bfloat16"}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        if enforce_eager is not None:
-            kwargs["enforce_eager"] = enforce_eager
-        if max_model_len is not None:
-            kwargs["max_model_len"] = max_model_len
-        if limit_mm_per_prompt is not None:
-            kwargs["limit_mm_per_prompt"] = dict(limit_mm_per_prompt)
-        if tokenizer is not None:
-            kwargs["tokenizer"] = tokenizer
-        kwargs.update(engine_kwargs)
-        self.engine_args = {
-            "model": str(model), "tensor_parallel_size": tp_size, "gpu_memory_utilization": gpu_memory_utilization,
-            "seed": seed, "load_format": load_format, **kwargs,
-        }
+        self.engine_args = vllm_engine_args(model, **kwargs)
         self.llm = LLM(**self.engine_args)
+
+    @property
+    def mm_processor_cache(self) -> str:
+        """``on`` or ``off``: whether the engine holds a multimodal processor cache (read from the engine), or
+        ``unknown`` where this vLLM version keeps it elsewhere."""
+        renderer = getattr(self.llm.llm_engine, "renderer", None)
+        if renderer is None or not hasattr(renderer, "mm_processor_cache"):
+            return "unknown"
+        return "off" if renderer.mm_processor_cache is None else "on"
 
     @classmethod
     def from_llm(cls, llm: Any) -> VllmBackend:

@@ -46,17 +46,18 @@ class InferenceWorker:
     """One engine of the pool. ``run`` is a generator: records come back to the driver as they finish."""
 
     def __init__(self, config: dict[str, Any], worker: int, max_images: int) -> None:
-        from medvlthinker.inference.runner import RunConfig, _make_backend, _make_builder, load_rows, raw_images
+        from medvlthinker.inference.runner import RunConfig, _make_backend, _make_builder, load_rows
 
         self.config = RunConfig(**config)
         self.worker = worker
-        self.rows = raw_images(load_rows(self.config, check_images=False))
+        self.rows = load_rows(self.config, check_images=False)
         self.builder = _make_builder(self.config)
         self.backend = _make_backend(self.config, max_images)
 
     def run(self, queue: Any):
         import ray
 
+        from medvlthinker.data.paging import raw_rows
         from medvlthinker.inference.runner import stream_records
 
         window = self.config.window or self.backend.default_window(self.config.sampling)
@@ -64,7 +65,7 @@ class InferenceWorker:
 
         def rows():
             while positions := ray.get(queue.take.remote(take)):
-                yield from self.rows.select(positions)
+                yield from raw_rows(self.rows, positions)
 
         for record in stream_records(self.config, rows(), self.builder, self.backend, window=window):
             yield record

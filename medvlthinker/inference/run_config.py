@@ -91,6 +91,14 @@ class RunConfig:
     window: int | None = option(None, "requests in flight per engine (default: the engine's batch capacity, vLLM "
                                 "max_num_seqs / n x 1.25; hf: --batch_size; api: 8 concurrent requests); memory "
                                 "grows with it, not with the rows")
+    mm_processor_cache_gb: float = option(0.0, "vLLM's multimodal processor cache per engine, GiB: it keeps every "
+                                          "image's processed pixels in case the same image comes again, which "
+                                          "never happens in an eval or pass-rate run (one image a row, each row "
+                                          "once), so it only costs memory (about 6 MB a 1000x1000 row, up to its "
+                                          "size); 0 turns it off. vLLM's own default is 4")
+    full_image_check: bool = option(False, "decode every image before the engine starts (one more full pass over "
+                                    "the images); by default each image's header and checksums are checked "
+                                    "first and its pixels decoded once, when its request is built")
     ray: bool = option(False, "run the engines as a Ray actor pool sharing one row queue (multi-node)")
     ray_address: str | None = option(None, "Ray cluster to join (default: RAY_ADDRESS, as set by ray job submit; "
                                      "else a local cluster)")
@@ -115,6 +123,9 @@ class RunConfig:
             raise ValueError(f"--node_rank {self.node_rank} must be in 0..{self.node_size - 1} (--node_size)")
         if self.window is not None and self.window < 1:
             raise ValueError(f"--window must be >= 1, got {self.window}; fix: leave it out for the engine's capacity")
+        if self.mm_processor_cache_gb < 0:
+            raise ValueError(f"--mm_processor_cache_gb must be >= 0, got {self.mm_processor_cache_gb}; fix: 0 (off) "
+                             "or a size in GiB")
         if self.ray and self.node_size > 1:
             raise ValueError("--ray spreads the engines over the whole cluster itself; fix: drop --node_size and "
                              "--node_rank (launch once, e.g. with ray job submit)")

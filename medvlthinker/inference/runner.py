@@ -1,6 +1,7 @@
 """The resumable, data-parallel inference runner behind ``eval/run_offline_inference.py``.
 
-One run = validate the data set (schema, and every image decoded and discarded) -> assign the rows to
+One run = validate the data set (schema, and every image's header and checksums; its pixels are decoded once,
+when its request is built) -> assign the rows to
 ``node_size * dp_size`` ranks, interleaved (rank r takes rows r, r + world, ...) -> one engine per GPU slice
 (``CUDA_VISIBLE_DEVICES``), each streaming its rows through the engine with at most ``window`` requests in flight
 (built lazily, refilled as requests finish) and appending each finished record to its shard file -> merge into
@@ -44,11 +45,16 @@ from medvlthinker.inference.run_config import (  # noqa: F401  callers import th
 
 
 def load_rows(config: RunConfig, *, check_images: bool):
-    """The run's data set (validated; images decoded when ``check_images``)."""
-    from medvlthinker.data import load_unified
+    """The run's data set, validated. With ``check_images`` every image is checked too: its header and checksums
+    (each is decoded once, later, when its request is built), or its pixels with ``config.full_image_check``."""
+    from medvlthinker.data import check_dataset_images, load_unified
 
-    return load_unified(config.dataset_name, config.split, subset=config.subset, size=config.dataset_size,
-                        validate=True, check_images=check_images and not config.ignore_image)
+    ds = load_unified(config.dataset_name, config.split, subset=config.subset, size=config.dataset_size,
+                      validate=True)
+    if check_images and not config.ignore_image and "images" in ds.column_names:
+        check_dataset_images(ds, source=config.dataset_name, progress=config.progress,
+                             decode=config.full_image_check)
+    return ds
 
 
 def finished_indices(output_dir: str | os.PathLike) -> set[int]:
@@ -112,23 +118,27 @@ def _make_builder(config: RunConfig):
                           prompt_mode=config.prompt_mode, instruction=instruction)
 
 
+def backend_kwargs(config: RunConfig, max_images: int) -> dict[str, Any]:
+    """The arguments :func:`medvlthinker.inference.backends.make_backend` gets for ``config``'s backend."""
+    if config.backend == "vllm":
+        limit = config.limit_mm_per_prompt if config.limit_mm_per_prompt is not None else max(max_images, 1)
+        # --engine_kwargs go to the engine as they are, over the flags'
+        return {**dict(tp_size=config.tp_size, gpu_memory_utilization=config.gpu_memory_utilization,
+                       max_model_len=config.max_model_len, seed=config.seed, dtype=config.dtype,
+                       limit_mm_per_prompt={"image": 0 if config.ignore_image else limit, "video": 0},
+                       mm_processor_cache_gb=config.mm_processor_cache_gb), **config.engine_kwargs}
+    if config.backend == "api":
+        return {**dict(base_url=config.api_base, api_key_env=config.api_key_env), **config.engine_kwargs}
+    return dict(dtype=config.dtype, batch_size=config.batch_size)
+
+
 def _make_backend(config: RunConfig, max_images: int):
     from medvlthinker.compat.cpu_allocator import keep_freed_memory_on_cpu
     from medvlthinker.inference.backends import make_backend
 
     if config.backend != "api":
         keep_freed_memory_on_cpu()
-    if config.backend == "vllm":
-        limit = config.limit_mm_per_prompt if config.limit_mm_per_prompt is not None else max(max_images, 1)
-        return make_backend("vllm", config.model, tp_size=config.tp_size,
-                            gpu_memory_utilization=config.gpu_memory_utilization,
-                            max_model_len=config.max_model_len, seed=config.seed, dtype=config.dtype,
-                            limit_mm_per_prompt={"image": 0 if config.ignore_image else limit, "video": 0},
-                            **config.engine_kwargs)
-    if config.backend == "api":
-        return make_backend("api", config.model, base_url=config.api_base, api_key_env=config.api_key_env,
-                            **config.engine_kwargs)
-    return make_backend("hf", config.model, dtype=config.dtype, batch_size=config.batch_size)
+    return make_backend(config.backend, config.model, **backend_kwargs(config, max_images))
 
 
 def max_images_per_row(ds) -> int:
@@ -143,16 +153,6 @@ def max_images_per_row(ds) -> int:
         lengths = lengths.take(indices.column(0))
     top = pc.max(lengths).as_py()
     return int(top or 0)
-
-
-def raw_images(ds):
-    """``ds`` with its images left as stored bytes: the request builder decodes each one and names the row when
-    one is unreadable (datasets' own decoding would raise a bare PIL error mid-iteration)."""
-    if "images" not in ds.column_names:
-        return ds
-    from medvlthinker.data import unified_features
-
-    return ds.cast_column("images", unified_features(image_decode=False)["images"])
 
 
 def stream_records(config: RunConfig, rows, builder: Any, backend: Any, *, window: int | None = None):
@@ -180,6 +180,7 @@ class RankSummary:
     seconds: float = 0.0
     window: int = 0
     peak_in_flight: int = 0
+    mm_processor_cache: str | None = None
 
     def add(self, record: dict[str, Any]) -> None:
         self.rows += 1
@@ -187,9 +188,10 @@ class RankSummary:
 
     def line(self, backend: str) -> str:
         rate = self.output_tokens / self.seconds if self.seconds else 0.0
+        cache = f"; multimodal processor cache {self.mm_processor_cache}" if self.mm_processor_cache else ""
         return (f"rank {self.rank}/{self.world} {backend}: {self.rows} rows, {self.output_tokens} output tokens in "
                 f"{self.seconds:.1f} s ({rate:.1f} tokens/s); window {self.window}, at most "
-                f"{self.peak_in_flight} requests in flight")
+                f"{self.peak_in_flight} requests in flight{cache}")
 
 
 def run_rank(config: RunConfig, rank: int, *, validated: bool = False, backend: Any = None,
@@ -204,6 +206,7 @@ def run_rank(config: RunConfig, rank: int, *, validated: bool = False, backend: 
     """
     from tqdm.auto import tqdm
 
+    from medvlthinker.data.paging import raw_rows
     from medvlthinker.inference.assign import interleaved_positions
 
     world = config.world_size
@@ -217,7 +220,8 @@ def run_rank(config: RunConfig, rank: int, *, validated: bool = False, backend: 
     if not validated and not config.ignore_image:
         from medvlthinker.data import check_dataset_images
 
-        check_dataset_images(todo, source=config.dataset_name, progress=config.progress)
+        check_dataset_images(todo, source=config.dataset_name, progress=config.progress,
+                             decode=config.full_image_check)
     builder = builder or _make_builder(config)
     if backend is None:
         backend = _make_backend(config, max_images if max_images is not None else max_images_per_row(ds))
@@ -227,7 +231,7 @@ def run_rank(config: RunConfig, rank: int, *, validated: bool = False, backend: 
     start = time.perf_counter()
     try:
         with ShardWriter(path) as writer:
-            for record in stream_records(config, raw_images(todo), builder, backend, window=summary.window):
+            for record in stream_records(config, raw_rows(todo), builder, backend, window=summary.window):
                 writer.write(record)
                 summary.add(record)
                 bar.update(1)
@@ -235,6 +239,7 @@ def run_rank(config: RunConfig, rank: int, *, validated: bool = False, backend: 
         bar.close()  # ends the bar's line, so an error message after it starts a line of its own
     summary.seconds = time.perf_counter() - start
     summary.peak_in_flight = getattr(backend, "peak_in_flight", 0)
+    summary.mm_processor_cache = getattr(backend, "mm_processor_cache", None)
     print(summary.line(config.backend), file=sys.stderr, flush=True)
     return summary.rows
 
@@ -259,8 +264,8 @@ def run(config: RunConfig) -> dict[str, Any] | None:
     from medvlthinker.inference import run_state
 
     out = Path(config.output_dir)
-    # the whole set, every image decoded and discarded: nothing starts on bad data, nothing is kept, and nothing
-    # already in the output directory is touched before this passes
+    # the whole set, every image checked: nothing starts on bad data, and nothing already in the output directory
+    # is touched before this passes
     ds = load_rows(config, check_images=True)
     num_rows = len(ds)
     max_images = max_images_per_row(ds)
