@@ -90,3 +90,63 @@ def test_truncated_image_stops_before_generation(tmp_path, tiny_model_dir):
     with pytest.raises(SchemaError, match=rf"dataset_index=2.*cannot be decoded"):
         run(config)
     assert not list((tmp_path / "out").glob("shard-*"))
+
+
+def test_memory_trace_measures_growth_per_row(tmp_path):
+    """The benchmark's sampler on a process that keeps 4 MB a row and one that keeps nothing."""
+    import sys
+
+    from medvlthinker.inference.memory_trace import summarize, trace
+
+    child = (
+        "import sys, time\n"
+        "keep, held = sys.argv[1] == 'keep', []\n"
+        "with open(sys.argv[2], 'w') as out:\n"
+        "    for _ in range(60):\n"
+        "        block = bytearray(4 * 2**20)\n"
+        "        block[::4096] = b'x' * len(block[::4096])\n"
+        "        if keep:\n"
+        "            held.append(block)\n"
+        "        out.write('{}\\n'); out.flush(); time.sleep(0.05)\n"
+    )
+    slopes = {}
+    for mode in ("keep", "drop"):
+        rows = tmp_path / f"{mode}.jsonl"
+        code, samples = trace([sys.executable, "-c", child, mode, str(rows)], str(rows), interval=0.02)
+        assert code == 0
+        slopes[mode] = summarize(samples, 60)["slope_anon_mb_per_row"]
+    assert 3.5 < slopes["keep"] < 4.5
+    assert abs(slopes["drop"]) < 0.2
+
+
+def _rss_file() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("RssFile"))
+
+
+def test_reading_rows_releases_the_mapped_pages(tmp_path):
+    """A pass over a memory-mapped data set leaves its pages out of the resident set (they stay in the page cache);
+    a plain pass keeps every page it read."""
+    import datasets
+
+    from medvlthinker.data import load_unified
+    from medvlthinker.data.paging import raw_rows
+
+    rows = synthetic.make_image_rows(n=40, seed=1, image_size=(8, 8))
+    for pos, row in enumerate(rows):
+        row["images"] = [{"bytes": bytes([pos]) * (2 * 2**20), "path": None}]
+    synthetic.to_dataset(rows).save_to_disk(str(tmp_path / "data"))
+    size = 40 * 2 * 2**20
+
+    ds = load_unified(str(tmp_path / "data"), validate=False)
+    before = _rss_file()
+    seen = [len(r["images"][0]["bytes"]) for r in raw_rows(ds)]
+    released = _rss_file() - before
+    assert seen == [2 * 2**20] * 40
+    plain = datasets.load_from_disk(str(tmp_path / "data")).with_format("arrow")
+    before = _rss_file()
+    for start in range(0, 40, 8):
+        plain[start:start + 8].to_pylist()
+    kept = _rss_file() - before
+    assert kept > 0.8 * size
+    assert released < 0.1 * size
