@@ -17,6 +17,7 @@ Arms alternate order over ``--repeats``; medians are printed.
     python benchmarks/benchmark_memory.py --window 0                        # the runner's default window
     python benchmarks/benchmark_memory.py --n 16                            # pass-rate mode (n=16, temperature 1)
     python benchmarks/benchmark_memory.py --backend hf --arms runner
+    python benchmarks/benchmark_memory.py --arms runner --ray               # the engine in a Ray pool's actor
     python benchmarks/benchmark_memory.py --rows 1200 --image_size 224      # more rows, smaller images
 """
 
@@ -84,13 +85,14 @@ def _raw_child(data: str, out: str, model: str, window: int, n: int, max_model_l
 @click.option("--window", type=int, default=8, help="requests in flight (the runner's --window); 0: its default")
 @click.option("--n", type=int, default=1, help="samples per row (16: pass-rate mode, temperature 1)")
 @click.option("--backend", type=click.Choice(["vllm", "hf"]), default="vllm")
+@click.option("--ray", is_flag=True, help="the runner arm as a Ray pool of one engine (--ray --dp_size 1)")
 @click.option("--arms", default="runner,raw", help="comma-separated: runner, raw (vLLM only)")
 @click.option("--repeats", type=int, default=1)
 @click.option("--model", default=None, help="default: the tiny test model")
 @click.option("--max_model_len", type=int, default=2048)
 @click.option("--json_out", type=click.Path(dir_okay=False), default=None, help="also write the figures here")
 @click.option("--child_raw", nargs=2, default=None, hidden=True)
-def main(rows, image_size, window, n, backend, arms, repeats, model, max_model_len, json_out, child_raw):
+def main(rows, image_size, window, n, backend, ray, arms, repeats, model, max_model_len, json_out, child_raw):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if model is None:
@@ -121,6 +123,7 @@ def main(rows, image_size, window, n, backend, arms, repeats, model, max_model_l
                            "--max_model_len", str(max_model_len), "--batch_size", str(window or 8)]
                     cmd += ["--window", str(window)] if window else []
                     cmd += ["--temperature", "1.0"] if n > 1 else []
+                    cmd += ["--ray"] if ray else []
                     pattern = str(out / "shard-*.jsonl")
                 else:
                     cmd = [sys.executable, __file__, "--child_raw", str(tmp / "data"), str(out), "--model", model,
@@ -133,7 +136,7 @@ def main(rows, image_size, window, n, backend, arms, repeats, model, max_model_l
                 summary = summarize(samples, rows)
                 results[name].append(summary)
                 click.echo(f"repetition {rep}, {name}: " + json.dumps(summary))
-    label = f"window {window}" if window else "default window"
+    label = (f"window {window}" if window else "default window") + (", Ray pool" if ray else "")
     click.echo(f"{backend}, {rows} rows of one {image_size}x{image_size} image, {label}, n={n}, max_tokens 2; "
                f"medians over {repeats} repetition(s):")
     table = {}
@@ -149,7 +152,8 @@ def main(rows, image_size, window, n, backend, arms, repeats, model, max_model_l
                    f"{med.get('slope_anon_mb_per_row', float('nan')):.3f}); {med['seconds']:.0f} s")
     if json_out:
         Path(json_out).write_text(json.dumps({"settings": {"rows": rows, "image_size": image_size, "window": window,
-                                                          "n": n, "backend": backend, "repeats": repeats},
+                                                          "n": n, "backend": backend, "ray": ray,
+                                                          "repeats": repeats},
                                               "medians": table, "runs": results}, indent=2))
 
 
