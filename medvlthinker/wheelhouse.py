@@ -37,18 +37,20 @@ class WheelhouseError(UserError):
 
 
 def gpu_requirements(python_version: str) -> list[str]:
-    """The `gpu` extra of pyproject.toml with its markers evaluated for ``python_version``.
+    """What ``pip install -e '.[gpu]'`` asks for: the project's dependencies and its `gpu` extra (pyproject.toml),
+    markers evaluated for ``python_version``.
 
     >>> reqs = gpu_requirements("3.10")
-    >>> "accelerate==1.14.0" in reqs, "accelerate==1.15.0" in reqs, "vllm==0.24.0" in reqs
-    (True, False, True)
+    >>> "accelerate==1.14.0" in reqs, "accelerate==1.15.0" in reqs, "vllm==0.24.0" in reqs, "click>=8.1" in reqs
+    (True, False, True, True)
     """
     try:
         from packaging.requirements import Requirement
     except ImportError:  # a bare interpreter: pip carries its own copy
         from pip._vendor.packaging.requirements import Requirement
 
-    extra = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["gpu"]
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    extra = project["dependencies"] + project["optional-dependencies"]["gpu"]
     env = {"python_version": python_version, "python_full_version": python_version + ".0"}
     reqs = [Requirement(r) for r in extra]
     return [str(r).split(";")[0].strip() for r in reqs if r.marker is None or r.marker.evaluate(env)]
@@ -63,7 +65,7 @@ def target_args(python_version: str, platforms: tuple[str, ...] = PLATFORMS) -> 
             *[a for p in platforms for a in ("--platform", p)]]
 
 
-_NO_DISTRIBUTION = re.compile(r"No matching distribution found for ([A-Za-z0-9_.\-]+)")
+_NO_DISTRIBUTION = re.compile(r"No matching distribution found for (\S+)")
 
 
 def _pip(args: list[str]) -> subprocess.CompletedProcess:
