@@ -16,7 +16,7 @@ test suite runs it). The parts, in order (docs/performance.md says how to read e
 5. ``merge``: the merge of the GRPO checkpoint (``train/merge.sh verl``), then load and generate.
 
 Each part runs in its own process (a crash or an out-of-memory kill of one leaves the others running, and each
-starts with the whole GPU); its log goes to ``OUT/logs/PART.log``. A part whose prerequisite is missing (no GPU,
+starts with the whole GPU), except parts 1 and 2, which share one vLLM engine; the logs go to ``OUT/logs/``. A part whose prerequisite is missing (no GPU,
 no flash-attn for the paper's remove-padding, a vLLM that does not import, no GRPO checkpoint to merge) fails with
 one line naming it. The figures, the pass/fail of each part and the versions it ran with are printed as one JSON
 document and written to ``OUT/cluster_check.json`` beside ``OUT/cluster_check.md``, a readable summary.
@@ -48,6 +48,8 @@ from medvlthinker.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("eval_runner", "pass_rate", "grpo", "sft", "merge")
+PROCESSES = (("eval_runner", "pass_rate"), ("grpo",), ("sft",), ("merge",))
+"""The parts each process runs: parts 1 and 2 share one vLLM engine (its start-up is most of their time)."""
 RL_CONFIG = ROOT / "configs" / "rl" / "qwen2.5-vl-3b_rl_pmc.yaml"
 SFT_CONFIG = ROOT / "configs" / "sft" / "qwen2.5-vl-3b_sft_m23k.yaml"
 RATIO_GOAL = 0.95
@@ -85,8 +87,8 @@ PROFILES = {
                    pass_rate_questions=64, pass_rate_n=16, pass_rate_max_tokens=256, rl_overlay="cluster_check",
                    rl_rows=16, sft_steps=10, sft_overrides=(), part_timeout_s=1800),
     # tiny sizes everywhere: the whole check runs in the test suite
-    "cpu": Profile(name="cpu", model="tiny", device="cpu", requests=16, image_size=56, max_tokens=16, repeats=3,
-                   pass_rate_questions=4, pass_rate_n=16, pass_rate_max_tokens=8, rl_overlay="cpu", rl_rows=4,
+    "cpu": Profile(name="cpu", model="tiny", device="cpu", requests=16, image_size=56, max_tokens=8, repeats=3,
+                   pass_rate_questions=2, pass_rate_n=16, pass_rate_max_tokens=8, rl_overlay="cpu", rl_rows=4,
                    sft_steps=10, sft_overrides=("bf16=false", "gradient_checkpointing=false", "max_length=256",
                                                 "trainer_args.use_cpu=true", "dataloader_num_workers=0"),
                    part_timeout_s=900),
@@ -187,6 +189,8 @@ class Context:
     profile: Profile
     work: Path
     remove_padding: bool = True
+    rl_overrides: tuple[str, ...] = ()  # appended to the grpo part's Hydra overrides (the last value of a key wins)
+    engine: Any = None  # the vLLM engine of parts 1 and 2, which run in one process
 
     @property
     def model_dir(self) -> Path:
@@ -227,12 +231,17 @@ def _throughput(ctx: Context, *, requests: int, max_tokens: int, n: int) -> dict
 
     require(gpu_problem(ctx.profile), vllm_problem())
     model = prepare_model(ctx, weights=False)
-    load_format = "dummy" if ctx.profile.model != "tiny" else "auto"
+    if ctx.engine is None:
+        from medvlthinker.inference.backends import VllmBackend
+
+        ctx.engine = VllmBackend(str(model), gpu_memory_utilization=ctx.profile.gpu_memory_utilization,
+                                 max_model_len=4096, limit_mm_per_prompt={"image": 1, "video": 0}, seed=42,
+                                 load_format="dummy" if ctx.profile.model != "tiny" else "auto")
     with tempfile.TemporaryDirectory(dir=ctx.work) as tmp:
         results, window = compare_raw_and_runner(
             str(model), tmp, num_requests=requests, max_tokens=max_tokens, image_size=ctx.profile.image_size, n=n,
-            repeats=ctx.profile.repeats, load_format=load_format,
-            gpu_memory_utilization=ctx.profile.gpu_memory_utilization)
+            repeats=ctx.profile.repeats, gpu_memory_utilization=ctx.profile.gpu_memory_utilization, max_model_len=4096,
+            backend=ctx.engine)
     ratios = [b / a for a, b in zip(results["raw"], results["runner"])]
     figures = {
         "requests": requests, "samples_per_request": n, "output_tokens": max_tokens,
@@ -266,7 +275,7 @@ def grpo_overrides(ctx: Context, model: Path, parquet: Path, gpus: int) -> list[
         if not ctx.remove_padding:
             overrides += ["actor_rollout_ref.model.use_remove_padding=false",
                           "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"]
-    return overrides
+    return overrides + list(ctx.rl_overrides)
 
 
 def part_grpo(ctx: Context) -> dict[str, Any]:
@@ -292,18 +301,15 @@ def part_grpo(ctx: Context) -> dict[str, Any]:
     overlay = ROOT / "configs" / "rl" / "overlays" / f"{ctx.profile.rl_overlay}.yaml"
     cmd = ["bash", str(ROOT / "train" / "rl" / "train.sh"), str(RL_CONFIG), str(overlay),
            *grpo_overrides(ctx, model, parquet, gpus)]
-    print("+ " + " ".join(cmd), flush=True)
     started = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        rc, log = run_logged(cmd, env)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     seconds = time.perf_counter() - started
-    print(proc.stdout, flush=True)
-    steps = step_metrics(proc.stdout)
-    if proc.returncode != 0:
-        raise PartFailed(f"train/rl/train.sh ended with exit code {proc.returncode} after {len(steps)} step(s): "
-                         f"{_last_error(proc.stdout)}")
+    steps = step_metrics(log)
+    if rc != 0:
+        raise PartFailed(f"train/rl/train.sh ended with exit code {rc} after {len(steps)} step(s): {_last_error(log)}")
     if sorted(steps) != [1, 2]:
         raise PartFailed(f"verl logged steps {sorted(steps)}, not [1, 2]; see the log")
     last = steps[2]
@@ -388,15 +394,12 @@ def part_merge(ctx: Context) -> dict[str, Any]:
                          "grpo part (it did not pass or was skipped)")
     target = ctx.work / "merged"
     cmd = ["bash", str(ROOT / "train" / "merge.sh"), "verl", str(ctx.grpo_actor), str(target)]
-    print("+ " + " ".join(cmd), flush=True)
     started = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, "PYTHON": sys.executable}, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    rc, log = run_logged(cmd, {**os.environ, "PYTHON": sys.executable})
     seconds = time.perf_counter() - started
-    print(proc.stdout, flush=True)
-    if proc.returncode != 0:
-        raise PartFailed(f"train/merge.sh verl ended with exit code {proc.returncode}: {_last_error(proc.stdout)}")
-    generated = [line for line in proc.stdout.splitlines() if line.startswith("check: generated")]
+    if rc != 0:
+        raise PartFailed(f"train/merge.sh verl ended with exit code {rc}: {_last_error(log)}")
+    generated = [line for line in log.splitlines() if line.startswith("check: generated")]
     if not generated:
         raise PartFailed("the merged model was not loaded and generated from (no 'check: generated' line)")
     return {"seconds_merge_load_generate": seconds, "generated": generated[-1].removeprefix("check: generated ")}
@@ -406,6 +409,20 @@ PART_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "eval_runner": part_eval_runner, "pass_rate": part_pass_rate, "grpo": part_grpo, "sft": part_sft,
     "merge": part_merge,
 }
+
+
+def run_logged(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``cmd`` from the repository root, copying its output to this process's as it comes (the part's log);
+    returns the exit code and the output."""
+    print("+ " + " ".join(cmd), flush=True)
+    lines = []
+    with subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            lines.append(line)
+        sys.stdout.flush()
+    return proc.returncode, "".join(lines)
 
 
 def _last_error(log: str) -> str:
@@ -437,40 +454,48 @@ def run_part(name: str, ctx: Context, result_path: Path) -> None:
 # ---------------------------------------------------------------- the driver
 
 
-def _launch(name: str, ctx: Context, logs: Path) -> dict[str, Any]:
-    result_path = ctx.work / f"{name}.result.json"
-    result_path.unlink(missing_ok=True)
-    log = logs / f"{name}.log"
-    cmd = [sys.executable, "-m", "medvlthinker.cluster_check", "--profile", ctx.profile.name, "--part", name,
-           "--work", str(ctx.work)] + ([] if ctx.remove_padding else ["--no_remove_padding"])
-    started = time.perf_counter()
+def result_path(work: Path, name: str) -> Path:
+    return work / f"{name}.result.json"
+
+
+def _launch(names: list[str], ctx: Context, logs: Path) -> dict[str, dict[str, Any]]:
+    """Run ``names`` in one process (parts 1 and 2 share its vLLM engine); one result each."""
+    for name in names:
+        result_path(ctx.work, name).unlink(missing_ok=True)
+    log = logs / f"{'+'.join(names)}.log"
+    cmd = [sys.executable, "-m", "medvlthinker.cluster_check", "--profile", ctx.profile.name, "--part",
+           ",".join(names), "--work", str(ctx.work)] + ([] if ctx.remove_padding else ["--no_remove_padding"]) \
+        + [a for o in ctx.rl_overrides for a in ("--rl_override", o)]
+    timeout = ctx.profile.part_timeout_s * len(names)
     with log.open("w") as fh:
         try:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                                timeout=ctx.profile.part_timeout_s).returncode
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = None
-    if result_path.is_file():
-        result = json.loads(result_path.read_text())
-    elif rc is None:
-        result = {"status": "fail", "cause": f"did not finish within {ctx.profile.part_timeout_s} s; see {log}",
-                  "figures": None}
-    else:
-        last = _last_error(log.read_text(errors="replace"))
-        result = {"status": "fail", "cause": f"its process ended with exit code {rc} and no result ({last}); "
-                  f"see {log}", "figures": None}
-    result["seconds"] = time.perf_counter() - started
-    result["log"] = str(log)
-    return result
+    results = {}
+    for name in names:
+        if result_path(ctx.work, name).is_file():
+            result = json.loads(result_path(ctx.work, name).read_text())
+        elif rc is None:
+            result = {"status": "fail", "cause": f"did not finish within {timeout} s; see {log}", "figures": None,
+                      "seconds": None}
+        else:
+            last = _last_error(log.read_text(errors="replace"))
+            result = {"status": "fail", "cause": f"its process ended with exit code {rc} and no result ({last}); "
+                      f"see {log}", "figures": None, "seconds": None}
+        result["log"] = str(log)
+        results[name] = result
+    return results
 
 
 def run_check(profile: Profile, out: Path, *, skip: set[str] = frozenset(), remove_padding: bool = True,
-              keep_work: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
+              rl_overrides: tuple[str, ...] = (), keep_work: bool = False,
+              echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every part not in ``skip``, one process each, and write ``out/cluster_check.{json,md}``."""
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    ctx = Context(profile=profile, work=out / "work", remove_padding=remove_padding)
+    ctx = Context(profile=profile, work=out / "work", remove_padding=remove_padding, rl_overrides=rl_overrides)
     if ctx.work.exists():
         shutil.rmtree(ctx.work)
     ctx.work.mkdir()
@@ -484,19 +509,22 @@ def run_check(profile: Profile, out: Path, *, skip: set[str] = frozenset(), remo
     }
     started = time.perf_counter()
     no_gpu = gpu_problem(profile)  # every part needs it: said once, without starting a process a part
-    for name in PARTS:
-        if name in skip:
-            doc["parts"][name] = {"status": "skipped", "cause": "--skip", "figures": None}
+    for group in PROCESSES:
+        names = [name for name in group if name not in skip]
+        for name in group:
+            if name in skip:
+                doc["parts"][name] = {"status": "skipped", "cause": "--skip", "figures": None}
+            elif no_gpu:
+                doc["parts"][name] = {"status": "fail", "cause": no_gpu, "figures": None, "seconds": None}
+                echo(f"[cluster check] {name}: fail: {no_gpu}")
+        if not names or no_gpu:
             continue
-        if no_gpu:
-            doc["parts"][name] = {"status": "fail", "cause": no_gpu, "figures": None, "seconds": 0.0}
-            echo(f"[cluster check] {name}: fail: {no_gpu}")
-            continue
-        echo(f"[cluster check] {name} ...")
-        result = _launch(name, ctx, logs)
-        doc["parts"][name] = result
-        echo(f"[cluster check] {name}: {result['status']} ({result['seconds']:.0f} s)"
-             + (f": {result['cause']}" if result["cause"] else ""))
+        echo(f"[cluster check] {', '.join(names)} ...")
+        for name, result in _launch(names, ctx, logs).items():
+            doc["parts"][name] = result
+            took = f" ({result['seconds']:.0f} s)" if result["seconds"] is not None else ""
+            echo(f"[cluster check] {name}: {result['status']}{took}" + (f": {result['cause']}" if result["cause"] else ""))
+    doc["parts"] = {name: doc["parts"][name] for name in PARTS}
     doc["seconds"] = time.perf_counter() - started
     doc["passed"] = all(p["status"] != "fail" for p in doc["parts"].values())
     if not keep_work:
@@ -565,10 +593,12 @@ def _parse_skip(values: tuple[str, ...]) -> set[str]:
               help="cluster_check.json, cluster_check.md and logs/ go here")
 @click.option("--no_remove_padding", is_flag=True,
               help="GRPO without the paper's remove-padding (SDPA attention), for a node without flash-attn")
+@click.option("--rl_override", "rl_overrides", multiple=True,
+              help="a Hydra override (key=value) for the grpo part, after the check's own (repeat)")
 @click.option("--keep_work", is_flag=True, help="keep OUT/work (the model, checkpoints and data of the parts)")
-@click.option("--part", type=click.Choice(PARTS), default=None, hidden=True)
+@click.option("--part", default=None, hidden=True)
 @click.option("--work", type=click.Path(file_okay=False), default=None, hidden=True)
-def main(profile_name, skip, out, no_remove_padding, keep_work, part, work):
+def main(profile_name, skip, out, no_remove_padding, rl_overrides, keep_work, part, work):
     """Run the cluster check and print its JSON document."""
     for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                        "WANDB_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
@@ -577,11 +607,13 @@ def main(profile_name, skip, out, no_remove_padding, keep_work, part, work):
         os.environ.setdefault(key, value)
     profile = PROFILES[profile_name]
     if part is not None:
-        run_part(part, Context(profile=profile, work=Path(work), remove_padding=not no_remove_padding),
-                 Path(work) / f"{part}.result.json")
+        ctx = Context(profile=profile, work=Path(work), remove_padding=not no_remove_padding,
+                      rl_overrides=tuple(rl_overrides))
+        for name in part.split(","):
+            run_part(name, ctx, result_path(ctx.work, name))
         return
     doc = run_check(profile, Path(out), skip=_parse_skip(skip), remove_padding=not no_remove_padding,
-                    keep_work=keep_work, echo=lambda line: click.echo(line, err=True))
+                    rl_overrides=tuple(rl_overrides), keep_work=keep_work, echo=lambda line: click.echo(line, err=True))
     click.echo(json.dumps(doc, indent=2))
     click.echo(f"written: {Path(out) / 'cluster_check.json'}, {Path(out) / 'cluster_check.md'}", err=True)
     if not doc["passed"]:

@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +43,7 @@ def test_gpu_profile_without_a_gpu_fails_each_part_with_one_line(tmp_path):
         assert key in doc["versions"]
     summary = (tmp_path / "cluster_check.md").read_text()
     assert summary.count("| fail | ") == len(PARTS) and "Result: FAIL" in summary
+    assert not (tmp_path / "work").exists()  # removed unless --keep_work
 
 
 def test_a_vllm_that_does_not_import_fails_its_parts_with_one_line(tmp_path):
@@ -112,22 +112,15 @@ def test_the_gpu_overlay_passes_verls_validation():
 # ---------------------------------------------------------------- the CPU profile, end to end
 
 
-@pytest.fixture(scope="module")
-def cpu_check(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cluster_check")
-    started = time.perf_counter()
-    proc = run_script("--profile", "cpu", "--out", str(out), timeout=1500)
-    return {"proc": proc, "out": out, "seconds": time.perf_counter() - started}
-
-
 def _positive(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_cpu_profile_runs_every_part_and_prints_the_json(cpu_check):
-    proc, out = cpu_check["proc"], cpu_check["out"]
+def test_cpu_profile_runs_every_part_and_prints_the_json(cluster_check_cpu):
+    # the run (conftest.py) also feeds tests/test_grpo_cpu.py, which checks its GRPO steps and merge in detail
+    proc, out = cluster_check_cpu["proc"], cluster_check_cpu["out"]
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = printed_document(proc)
     assert doc == json.loads((out / "cluster_check.json").read_text())
@@ -154,5 +147,5 @@ def test_cpu_profile_runs_every_part_and_prints_the_json(cpu_check):
     assert parts["merge"]["generated"]
     summary = (out / "cluster_check.md").read_text()
     assert "Result: PASS" in summary and summary.count("| pass | ") == len(PARTS)
-    assert not (out / "work").exists()  # the models and checkpoints are removed unless --keep_work
-    print(f"cluster check, cpu profile: {cpu_check['seconds']:.0f} s")
+    assert (out / "work" / "merged").is_dir()  # --keep_work
+    print(f"cluster check, cpu profile: {cluster_check_cpu['seconds']:.0f} s")

@@ -22,12 +22,22 @@ needs_pypi = pytest.mark.skipif(not pypi_reachable(), reason="PyPI is not reacha
                                 "reads package metadata from it")
 
 
+@pytest.fixture(scope="module")
+def resolutions():
+    """The three resolutions at once: each spends most of its ~2 minutes waiting on PyPI."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(PYTHON_VERSIONS)) as pool:
+        futures = {version: pool.submit(resolve, version) for version in PYTHON_VERSIONS}
+    return {version: future.result() for version, future in futures.items()}
+
+
 @needs_pypi
 @pytest.mark.network
 @pytest.mark.slow
 @pytest.mark.parametrize("python_version", PYTHON_VERSIONS)
-def test_the_gpu_extra_resolves_to_wheels_for_cpython_x86_64(python_version):
-    result = resolve(python_version)
+def test_the_gpu_extra_resolves_to_wheels_for_cpython_x86_64(python_version, resolutions):
+    result = resolutions[python_version]
     packages = result["packages"]
     assert not_wheels(result) == [] and result["built"] == []
     # every pin of the extra is what resolves, the CUDA build of torch with its CUDA libraries
