@@ -91,7 +91,7 @@ PROFILES = {
                    pass_rate_questions=2, pass_rate_n=16, pass_rate_max_tokens=8, rl_overlay="cpu", rl_rows=4,
                    sft_steps=10, sft_overrides=("bf16=false", "gradient_checkpointing=false", "max_length=256",
                                                 "trainer_args.use_cpu=true", "dataloader_num_workers=0"),
-                   part_timeout_s=900),
+                   part_timeout_s=1200),
 }
 
 

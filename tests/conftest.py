@@ -116,5 +116,5 @@ def cluster_check_cpu(tmp_path_factory, tiny_model_dir, train_text_rows, train_i
            *[a for o in overrides for a in ("--rl_override", o)]]
     env = {**os.environ, "PYTHON": sys.executable, "MEDVLTHINKER_COMPAT_VERBOSE": "1", "RAY_DEDUP_LOGS": "0"}
     started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2400)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     return {"proc": proc, "out": out, "model": model, "seconds": time.perf_counter() - started}
