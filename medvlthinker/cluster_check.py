@@ -621,4 +621,4 @@ def main(profile_name, skip, out, no_remove_padding, rl_overrides, keep_work, pa
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="cluster_check.sh")
