@@ -141,12 +141,14 @@ def not_wheels(resolution: dict) -> list[str]:
     return sorted(name for name, url in resolution["sources"].items() if not url.split("#")[0].endswith(".whl"))
 
 
-def build_wheelhouse(dest: str | Path, python_version: str, *, platforms: tuple[str, ...] = PLATFORMS) -> dict:
+def build_wheelhouse(dest: str | Path, python_version: str, *, platforms: tuple[str, ...] = PLATFORMS,
+                     requirements: list[str] | None = None) -> dict:
     """Download every wheel of the gpu extra for the target into ``dest`` (GBs: torch and the CUDA libraries),
     building pure-Python source-only ones, plus the project's build backend. Returns the resolution and the files."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    resolution = resolve(python_version, platforms=platforms, wheelhouse=dest, build_source_only=True)
+    resolution = resolve(python_version, platforms=platforms, requirements=requirements, wheelhouse=dest,
+                         build_source_only=True)
     pinned = [f"{name}=={version}" for name, version in sorted(resolution["packages"].items())]
     fetched = _pip(["download", "--no-deps", "--dest", str(dest), "--find-links", str(dest),
                     *target_args(python_version, platforms), *pinned])

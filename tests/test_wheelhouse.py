@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from medvlthinker.wheelhouse import PYTHON_VERSIONS, WheelhouseError, gpu_requirements, not_wheels, resolve, target_args
+from medvlthinker.wheelhouse import (PYTHON_VERSIONS, WheelhouseError, build_wheelhouse, gpu_requirements,
+                                     not_wheels, resolve, target_args)
 
 
 def pypi_reachable() -> bool:
@@ -59,13 +60,17 @@ def test_the_gpu_extra_resolves_to_wheels_for_cpython_x86_64(python_version, res
 @needs_pypi
 @pytest.mark.network
 @pytest.mark.slow
-def test_a_source_only_package_is_built_when_pure_python_and_named_otherwise(tmp_path):
-    # pylatexenc 2.10 exists on PyPI as a source archive only
-    with pytest.raises(WheelhouseError, match=r"^pylatexenc==2.10: has no wheel for CPython 3.12 x86-64 on PyPI"):
-        resolve("3.12", requirements=["pylatexenc==2.10"])
-    result = resolve("3.12", requirements=["pylatexenc==2.10"], wheelhouse=tmp_path, build_source_only=True)
+def test_a_wheelhouse_for_another_python_builds_pure_source_only_packages(tmp_path):
+    # pylatexenc 2.10 exists on PyPI as a source archive only; PyYAML is compiled, one wheel per CPython
+    with pytest.raises(WheelhouseError, match=r"^pylatexenc==2.10: has no wheel for CPython 3.10 x86-64 on PyPI"):
+        resolve("3.10", requirements=["pylatexenc==2.10"])
+    result = build_wheelhouse(tmp_path, "3.10", requirements=["pylatexenc==2.10", "pyyaml==6.0.2"])
     assert result["built"] == ["pylatexenc-2.10-py3-none-any.whl"]
-    assert (tmp_path / result["built"][0]).is_file() and result["packages"] == {"pylatexenc": "2.10"}
+    assert result["packages"] == {"pylatexenc": "2.10", "pyyaml": "6.0.2"}
+    wheels = sorted(p.name for p in tmp_path.glob("*.whl"))
+    assert wheels == result["wheels"]
+    assert any(w.startswith("PyYAML-6.0.2-cp310-cp310-manylinux") for w in wheels), wheels  # for 3.10, not this one
+    assert any(w.startswith("setuptools-") for w in wheels), wheels  # the backend of the editable install
 
 
 def test_a_python_outside_the_projects_range_is_one_line():
