@@ -87,6 +87,9 @@ def test_merge_without_a_grpo_checkpoint_names_the_grpo_part(tmp_path):
     result = json.loads((tmp_path / "merge.json").read_text())
     assert result["status"] == "fail"
     assert result["cause"].startswith("no GRPO checkpoint at ") and "run the grpo part" in result["cause"]
+    # in the part's own process too, the gpu profile on this machine stops at the GPU, before anything else
+    cluster_check.run_part("merge", Context(profile=PROFILES["gpu"], work=tmp_path), tmp_path / "merge.json")
+    assert json.loads((tmp_path / "merge.json").read_text())["cause"].startswith("no GPU: torch ")
 
 
 def test_unknown_part_is_one_line(tmp_path):
