@@ -194,7 +194,7 @@ class Context:
 
     @property
     def model_dir(self) -> Path:
-        return self.work / "model"
+        return self.work / "qwen2.5-vl-3b"
 
     @property
     def grpo_actor(self) -> Path:
@@ -210,9 +210,10 @@ def prepare_model(ctx: Context, *, weights: bool) -> Path:
         return tiny_model_path()
     target = ctx.model_dir
     if not (target / "config.json").is_file():
-        from medvlthinker.tiny import write_config_only_model
+        from medvlthinker.inference.workloads import benchmark_model
 
-        write_config_only_model(ctx.profile.model, target)
+        # configs/models/qwen2.5-vl-3b and the Qwen2.5 tokenizer, as the throughput benchmark builds them
+        target = Path(benchmark_model(None, True, ctx.work)[0])
     if weights and not (target / "model.safetensors.index.json").is_file() and not (target / "model.safetensors").is_file():
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
@@ -223,6 +224,8 @@ def prepare_model(ctx: Context, *, weights: bool) -> Path:
         model.save_pretrained(target)
         AutoProcessor.from_pretrained(target).save_pretrained(target)
         del model
+        if ctx.profile.device == "cuda":
+            torch.cuda.empty_cache()  # the part's own run (verl's processes, TRL) needs the whole GPU
     return target
 
 
