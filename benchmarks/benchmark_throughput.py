@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
-from pathlib import Path
 
 import click
 
@@ -39,50 +37,25 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 @click.option("--gpu_memory_utilization", type=float, default=0.9)
 @click.option("--max_model_len", type=int, default=4096)
 def main(model, num_requests, max_tokens, image_size, repeats, window, gpu_memory_utilization, max_model_len):
-    import datasets
     import torch
-    from transformers import AutoProcessor
 
-    from medvlthinker import synthetic
-    from medvlthinker.inference.backends import VllmBackend
-    from medvlthinker.inference.requests import RequestBuilder
-    from medvlthinker.inference.runner import RunConfig
-    from medvlthinker.inference.workloads import arms_report, benchmark_model, interleaved_repeats, runner_arm
+    from medvlthinker.inference.workloads import arms_report, benchmark_model, compare_raw_and_runner
 
     on_gpu = torch.cuda.is_available()
     num_requests = num_requests or (256 if on_gpu else 64)
     max_tokens = max_tokens or (512 if on_gpu else 32)
     image_size = image_size or (448 if on_gpu else 56)
     with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        model_dir, load_format = benchmark_model(model, on_gpu, tmp)
-        rows = synthetic.make_image_rows(n=num_requests, seed=0, image_size=(image_size, image_size))
-        synthetic.to_dataset(rows).save_to_disk(str(tmp / "data"))
-        backend = VllmBackend(model_dir, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                              limit_mm_per_prompt={"image": 1, "video": 0}, seed=42, load_format=load_format)
-        llm = backend.llm
-        builder = RequestBuilder(AutoProcessor.from_pretrained(model_dir))
-        base = RunConfig(model=model_dir, output_dir="", dataset_name=str(tmp / "data"), temperature=1.0,
-                         max_tokens=max_tokens, ignore_eos=True, progress=False, window=window,
-                         gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
-        params = base.sampling.to_vllm()
-        warm = [builder.build(row).vllm_input() for row in rows[: min(8, len(rows))]]
-        llm.generate(warm, params, use_tqdm=False)  # warm-up, not timed
-
-        def raw() -> float:
-            t0 = time.perf_counter()
-            stored = datasets.load_from_disk(str(tmp / "data"))
-            inputs = [builder.build(row).vllm_input() for row in stored]
-            outputs = llm.generate(inputs, params, use_tqdm=False)
-            return sum(len(c.token_ids) for o in outputs for c in o.outputs) / (time.perf_counter() - t0)
-
-        results = interleaved_repeats({"raw": raw, "runner": runner_arm(base, tmp, backend, builder)}, repeats)
-        capacity = backend.default_window(base.sampling)
+        model_dir, load_format = benchmark_model(model, on_gpu, tmp_name)
+        results, window = compare_raw_and_runner(
+            model_dir, tmp_name, num_requests=num_requests, max_tokens=max_tokens, image_size=image_size,
+            repeats=repeats, window=window, load_format=load_format, gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len)
 
     device = torch.cuda.get_device_name(0) if on_gpu else "CPU (vLLM CPU build)"
     click.echo(f"device: {device}; model: {model_dir if model else ('3B dummy' if on_gpu else 'tiny')}")
     click.echo(f"workload: {num_requests} requests, one {image_size}x{image_size} image, {max_tokens} output tokens; "
-               f"runner window {window or capacity}")
+               f"runner window {window}")
     medians = {"raw": "raw vLLM LLM.generate:", "runner": "runner (run_rank):"}
     for line in arms_report(results, repeats, ratio="ratio", medians=medians, summary="ratio runner/raw"):
         click.echo(line)

@@ -11,53 +11,29 @@ Needs PyPI; not part of the test suite.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 import click
 
 from medvlthinker import cli
+from medvlthinker.wheelhouse import PLATFORMS, resolve
 
-ROOT = Path(__file__).resolve().parent.parent
 STACK = ("torch", "vllm", "verl", "transformers", "trl", "accelerate", "ray", "tensordict", "datasets")
-
-
-def gpu_requirements(python_version: str) -> list[str]:
-    """The `gpu` extra of pyproject.toml, markers evaluated for ``python_version``."""
-    from packaging.requirements import Requirement
-
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
-    env = {"python_version": python_version, "python_full_version": python_version + ".0"}
-    reqs = [Requirement(r) for r in extra]
-    return [str(r).split(";")[0].strip() for r in reqs if r.marker is None or r.marker.evaluate(env)]
 
 
 @cli.command()
 @click.option("--python_version", default="3.11", show_default=True)
-@click.option("--platform", "platforms", multiple=True, show_default=True,
-              default=[f"manylinux_2_{n}_x86_64" for n in range(5, 40)] + ["manylinux2014_x86_64", "linux_x86_64"])
+@click.option("--platform", "platforms", multiple=True, default=PLATFORMS, help="default: manylinux x86-64")
 def main(python_version, platforms):
     work = Path(tempfile.mkdtemp(prefix="gpu-resolution-"))
-    report = work / "report.json"
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-           "--target", str(work / "target"), "--only-binary=:all:", "--implementation", "cp",
-           "--python-version", python_version, *[a for p in platforms for a in ("--platform", p)],
-           *gpu_requirements(python_version)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        errors = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("ERROR")]
-        raise cli.UserError("pyproject.toml [gpu]", f"the gpu extra does not resolve for Python {python_version} "
-                            f"({' '.join(errors[-2:]) or proc.stderr.strip()[-300:]})",
-                            fix="relax or pin the conflicting requirements of the extra")
-    installed = {i["metadata"]["name"].lower(): i for i in json.loads(report.read_text())["install"]}
-    click.echo(f"gpu extra, Python {python_version}: {len(installed)} packages")
+    packages = resolve(python_version, platforms=tuple(platforms))["packages"]
+    click.echo(f"gpu extra, Python {python_version}: {len(packages)} packages")
     for name in STACK:
-        click.echo(f"  {name:13s} {installed[name]['metadata']['version'] if name in installed else '-'}")
-    trl = installed["trl"]["metadata"]["version"]
+        click.echo(f"  {name:13s} {packages.get(name, '-')}")
+    trl = packages["trl"]
     wheel_dir = work / "trl"
     fetched = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
                               str(wheel_dir), f"trl=={trl}"], capture_output=True, text=True)

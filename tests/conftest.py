@@ -65,3 +65,56 @@ def train_text_rows():
 def train_image_rows():
     """PMC-VQA-shaped single-image rows with reasoning."""
     return synthetic.make_image_rows(n=16, seed=2)
+
+
+def sensitive_copy(model_dir, out, scale: float = 8.0):
+    """The tiny random model with every matrix scaled by ``scale``. The tiny model's near-uniform next-token
+    distribution hides a wrong input (a picture the rollout sees as noise changes a token's log probability by
+    less than 1e-3); scaled, its outputs depend strongly on every input, so the two engines must really agree."""
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, out)
+    weights = load_file(str(Path(out) / "model.safetensors"))
+    save_file({k: v * scale if v.dim() >= 2 else v for k, v in weights.items()}, str(Path(out) / "model.safetensors"),
+              metadata={"format": "pt"})
+    return Path(out)
+
+
+GRPO_TEXT_ROWS = 2  # data.train_batch_size of the CPU overlay: the whole first batch
+
+
+@pytest.fixture(scope="session")
+def cluster_check_cpu(tmp_path_factory, tiny_model_dir, train_text_rows, train_image_rows):
+    """One run of ``scripts/cluster_check.sh --profile cpu --keep_work`` (all five parts), shared by
+    tests/test_cluster_check.py and tests/test_grpo_cpu.py: its grpo part is the suite's verl GRPO run and its merge
+    part the merge of that checkpoint. The grpo part gets what test_grpo_cpu.py checks: the scaled tiny model, a
+    first batch without pictures (an m23k step) then one with pictures, in that order, a reward that spreads the
+    rollouts of a prompt, and a step size that moves the weights visibly in two steps (the paper's 1e-6 would round
+    away); and the compat modules report what they install."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from medvlthinker.converters.verl_format import convert_to_verl, write_verl_parquet
+
+    root = Path(__file__).resolve().parent.parent
+    work = tmp_path_factory.mktemp("cluster_check")
+    model = sensitive_copy(tiny_model_dir, work / "model")
+    parquet = work / "train.parquet"
+    rows = train_text_rows[:GRPO_TEXT_ROWS] + train_image_rows[:6]
+    write_verl_parquet(convert_to_verl(synthetic.to_dataset(rows)), parquet)
+    out = work / "out"
+    overrides = [f"actor_rollout_ref.model.path={model}", f"data.train_files=[{parquet}]",
+                 f"data.val_files=[{parquet}]", "data.shuffle=false",
+                 f"reward.custom_reward_function.path={root / 'tests' / 'spread_reward.py'}",
+                 "actor_rollout_ref.actor.optim.lr=1e-3"]
+    cmd = ["bash", str(root / "scripts" / "cluster_check.sh"), "--profile", "cpu", "--out", str(out), "--keep_work",
+           *[a for o in overrides for a in ("--rl_override", o)]]
+    env = {**os.environ, "PYTHON": sys.executable, "MEDVLTHINKER_COMPAT_VERBOSE": "1", "RAY_DEDUP_LOGS": "0"}
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    return {"proc": proc, "out": out, "model": model, "seconds": time.perf_counter() - started}

@@ -4,32 +4,23 @@ The paper config runs with its CPU-sized twin (configs/rl/overlays/cpu.yaml): vL
 actor and reference on gloo, remove-padding and gradient checkpointing on, the project's fixes of verl
 (medvlthinker/compat/verl_fixes.py) and the CPU profile's work-arounds installed in the workers. The first step's
 batch has no picture (as in every m23k arm), the second one has pictures.
+
+The run is the grpo part of the cluster check's CPU profile, and the merge its merge part (the ``cluster_check_cpu``
+fixture in conftest.py, shared with tests/test_cluster_check.py): one verl run serves both files.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from medvlthinker import synthetic
 from medvlthinker.analysis.demo_summary import step_metrics
 from medvlthinker.compat import verl_cpu
-from medvlthinker.converters.verl_format import convert_to_verl, write_verl_parquet
-
-ROOT = Path(__file__).resolve().parent.parent
-PAPER_CONFIG = ROOT / "configs" / "rl" / "qwen2.5-vl-3b_rl_pmc.yaml"
-OVERLAY = ROOT / "configs" / "rl" / "overlays" / "cpu.yaml"
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
-TEXT_ROWS = 2  # data.train_batch_size of the CPU overlay: the whole first batch
 
 
 def installed_by_process(log: str) -> dict[str, set[str]]:
@@ -45,51 +36,24 @@ def installed_by_process(log: str) -> dict[str, set[str]]:
     return found
 
 
-def sensitive_copy(model_dir: Path, out: Path, scale: float = 8.0) -> Path:
-    """The tiny random model with every matrix scaled by ``scale``. The tiny model's near-uniform next-token
-    distribution hides a wrong input (a picture the rollout sees as noise changes a token's log probability by
-    less than 1e-3); scaled, its outputs depend strongly on every input, so the two engines must really agree."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(model_dir, out)
-    weights = load_file(str(out / "model.safetensors"))
-    save_file({k: v * scale if v.dim() >= 2 else v for k, v in weights.items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})
-    return out
-
-
 @pytest.fixture(scope="module")
-def grpo_run(tmp_path_factory, tiny_model_dir, train_text_rows, train_image_rows):
-    work = tmp_path_factory.mktemp("grpo")
-    model = sensitive_copy(Path(tiny_model_dir), work / "model")
-    parquet = work / "train.parquet"
-    # in this order, unshuffled: step 1 is a batch without pictures (an m23k step), step 2 one with pictures
-    rows = train_text_rows[:TEXT_ROWS] + train_image_rows[:6]
-    write_verl_parquet(convert_to_verl(synthetic.to_dataset(rows)), parquet)
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
-    env = {**os.environ, "PYTHON": sys.executable, "MEDVLTHINKER_COMPAT_VERBOSE": "1", "RAY_TMPDIR": ray_tmp,
-           "RAY_DEDUP_LOGS": "0", "PREFLIGHT_ROWS": "4"}
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # verl's async vLLM server runs its own engine processes
-    ckpt = work / "ckpt"
-    cmd = ["bash", str(ROOT / "train" / "rl" / "train.sh"), str(PAPER_CONFIG), str(OVERLAY),
-           f"actor_rollout_ref.model.path={model}", f"data.train_files=[{parquet}]",
-           f"data.val_files=[{parquet}]", "data.shuffle=false",
-           f"reward.custom_reward_function.path={ROOT / 'tests' / 'spread_reward.py'}",
-           # a step size that moves bf16 weights visibly in two steps (the paper's 1e-6 would round away)
-           "actor_rollout_ref.actor.optim.lr=1e-3", f"trainer.default_local_dir={ckpt}"]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    log = proc.stdout + proc.stderr
-    (work / "log.txt").write_text(log)
-    return {"rc": proc.returncode, "log": log, "ckpt": ckpt, "work": work, "model": model}
+def grpo_run(cluster_check_cpu):
+    out: Path = cluster_check_cpu["out"]
+    parts = {}
+    if (out / "cluster_check.json").is_file():
+        import json
+
+        parts = json.loads((out / "cluster_check.json").read_text())["parts"]
+    log = (out / "logs" / "grpo.log").read_text() if (out / "logs" / "grpo.log").is_file() else ""
+    return {"passed": parts.get("grpo", {}).get("status") == "pass", "cause": parts.get("grpo", {}).get("cause"),
+            "log": log, "ckpt": out / "work" / "grpo" / "ckpt", "model": cluster_check_cpu["model"],
+            "merged": out / "work" / "merged", "merge": parts.get("merge", {}),
+            "merge_log": (out / "logs" / "merge.log").read_text() if (out / "logs" / "merge.log").is_file() else ""}
 
 
 def test_two_grpo_steps_complete(grpo_run):
     log = grpo_run["log"]
-    assert grpo_run["rc"] == 0, log[-6000:]
+    assert grpo_run["passed"], (grpo_run["cause"], log[-6000:])
     assert "preflight passed" in log
     steps = step_metrics(log)
     assert sorted(steps) == [1, 2], log[-3000:]
@@ -121,14 +85,13 @@ def test_workers_installed_every_needed_work_around(grpo_run):
 
 
 def test_checkpoint_merges_into_a_model_that_generates_and_moved(grpo_run):
-    assert grpo_run["rc"] == 0
+    assert grpo_run["passed"], grpo_run["cause"]
     actor = grpo_run["ckpt"] / "global_step_2" / "actor"
     assert (actor / "model_world_size_1_rank_0.pt").is_file()
-    merged = grpo_run["work"] / "merged"
-    proc = subprocess.run(["bash", str(ROOT / "train" / "merge.sh"), "verl", str(actor), str(merged)],
-                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "check: generated" in proc.stdout + proc.stderr
+    # train/merge.sh verl, run by the check's merge part, then its load-and-generate check
+    assert grpo_run["merge"].get("status") == "pass", (grpo_run["merge"], grpo_run["merge_log"][-3000:])
+    assert "check: generated" in grpo_run["merge_log"]
+    merged = grpo_run["merged"]
 
     import torch
     from safetensors.torch import load_file

@@ -212,3 +212,52 @@ def arms_report(results: dict[str, list[float]], repeats: int, *, ratio: str, me
               for name, values in results.items()]
     lines.append(f"median {summary} over {repeats} interleaved repetitions: {median_of(ratios):.3f}")
     return lines
+
+
+def compare_raw_and_runner(model_dir: str, tmp: str | os.PathLike, *, num_requests: int, max_tokens: int,
+                           image_size: int, n: int = 1, repeats: int = 3, window: int | None = None,
+                           load_format: str = "auto", gpu_memory_utilization: float = 0.9,
+                           max_model_len: int = 4096, backend: Any = None) -> tuple[dict[str, list[float]], int]:
+    """Output tokens/s of raw ``LLM.generate`` and of the runner (``run_rank``) on one engine and one workload:
+    ``num_requests`` one-image rows, ``n`` samples each of exactly ``max_tokens`` tokens (ignore_eos), temperature
+    1.0, the arms interleaved ``repeats`` times. Returns ``({"raw": [...], "runner": [...]}, the runner's window)``.
+
+    Both arms do the work any run must: render the prompts and resize the images (the runner's RequestBuilder,
+    shared), then generate. The raw arm builds every input first and calls ``LLM.generate`` once (the original's
+    pattern); the runner arm also loads and validates the data set, streams the rows through the engine's window,
+    grades and appends each record to a shard file. ``backend``: a ``VllmBackend`` of ``model_dir`` to reuse
+    (default: a new engine).
+    """
+    import datasets
+    from transformers import AutoProcessor
+
+    from medvlthinker import synthetic
+    from medvlthinker.inference.backends import VllmBackend
+    from medvlthinker.inference.requests import RequestBuilder
+    from medvlthinker.inference.runner import RunConfig
+
+    tmp = Path(tmp)
+    rows = synthetic.make_image_rows(n=num_requests, seed=0, image_size=(image_size, image_size))
+    synthetic.to_dataset(rows).save_to_disk(str(tmp / "data"))
+    if backend is None:
+        backend = VllmBackend(model_dir, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                              limit_mm_per_prompt={"image": 1, "video": 0}, seed=42, load_format=load_format)
+    llm = backend.llm
+    builder = RequestBuilder(AutoProcessor.from_pretrained(model_dir))
+    base = RunConfig(model=model_dir, output_dir="", dataset_name=str(tmp / "data"), temperature=1.0,
+                     max_tokens=max_tokens, n=n, ignore_eos=True, progress=False, window=window,
+                     gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+    params = base.sampling.to_vllm()
+    warm = [builder.build(row).vllm_input() for row in rows[: min(8, len(rows))]]
+    llm.generate(warm, params, use_tqdm=False)  # warm-up, not timed
+
+    def raw() -> float:
+        t0 = time.perf_counter()
+        stored = datasets.load_from_disk(str(tmp / "data"))
+        inputs = [builder.build(row).vllm_input() for row in stored]
+        outputs = llm.generate(inputs, params, use_tqdm=False)
+        return sum(len(c.token_ids) for o in outputs for c in o.outputs) / (time.perf_counter() - t0)
+
+    results = interleaved_repeats({"raw": raw, "runner": runner_arm(base, tmp, backend, builder)}, repeats)
+    return results, window or backend.default_window(base.sampling)
+
