@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from medvlthinker.inference.image_modes import with_image_mode
 from medvlthinker.inference.records import (
     ARGS_FILE,
     ShardWriter,
@@ -163,7 +164,7 @@ def stream_records(config: RunConfig, rows, builder: Any, backend: Any, *, windo
     with the number of rows.
     """
     window = window or config.window or backend.default_window(config.sampling)
-    requests = (builder.build(row) for row in rows)
+    requests = (builder.build(row) for row in with_image_mode(rows, config))
     for request, completions in backend.generate(requests, config.sampling, window=window):
         yield make_record(request.row, request.prompt, request.prompt_tokens, request.image_tokens, completions,
                           llava_med_rule=config.llava_med_rule)
