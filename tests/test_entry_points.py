@@ -33,6 +33,7 @@ CASES = [
     ("eval/merge_results.py", ["--no_such_flag"], "--no_such_flag"),
     ("analysis/make_tables.py", ["--no_such_flag"], "--no_such_flag"),
     ("analysis/make_plots.py", ["--no_such_flag"], "--no_such_flag"),
+    ("analysis/make_ablation_tables.py", ["--no_such_flag"], "--no_such_flag"),
     ("analysis/make_report.py", ["--no_such_flag"], "--no_such_flag"),
     ("train/sft/train_sft.py", [MISSING + ".yaml"], MISSING),
     ("train/rl/preflight.py", [MISSING + ".yaml"], MISSING),
