@@ -140,25 +140,6 @@ def test_check_overlap_script_is_deterministic(sets, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- near-duplicate images
-def scan(seed, size=(320, 256)):
-    """A stained-slide-like picture, all of one modality: a bright elliptical section (its size and place vary) on
-    black, smooth structures inside, fine noise, a warm tint (so that a grey copy differs in its pixels)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(seed)
-    w, h = size
-    low = Image.fromarray((rng.random((6, 6)) * 255).astype("uint8")).resize(size, Image.BICUBIC)
-    mid = Image.fromarray((rng.random((24, 24)) * 255).astype("uint8")).resize(size, Image.BICUBIC)
-    mask = Image.new("L", size, 0)
-    x0, y0 = rng.uniform(0.04, 0.12) * w, rng.uniform(0.06, 0.14) * h
-    ImageDraw.Draw(mask).ellipse((x0, y0, w - rng.uniform(0.04, 0.12) * w, h - rng.uniform(0.06, 0.14) * h), fill=255)
-    img = Image.composite(Image.blend(low, mid, 0.35), Image.new("L", size, 0), mask)
-    noise = Image.fromarray((rng.normal(0, 12, (h, w)) + 128).clip(0, 255).astype("uint8"))
-    grey = Image.blend(img, noise, 0.1)
-    return Image.merge("RGB", (grey, grey.point(lambda v: int(v * 0.8)), grey.point(lambda v: int(v * 0.65))))
-
-
 def _jpeg(img, quality=40):
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
@@ -171,7 +152,7 @@ def _crop(img, share):
     return img.crop((dx, dy, w - dx, h - dy))
 
 
-SCANS = [scan(seed) for seed in range(6)]
+SCANS = [synthetic.draw_scan(seed) for seed in range(6)]
 PLANTED = {  # eval position -> the training copy, as figures travel between data sets
     0: _crop(SCANS[0], 0.03),                                          # 3% off every side
     1: SCANS[1].resize((160, 128)),                                    # half the size
@@ -187,7 +168,7 @@ def scan_sets():
                  for k in range(6)]
     train_rows = [_row(f"Train question {k}?", [img], "pmc_vqa", 100 + k) for k, img in PLANTED.items()]
     # distinct scans of the same modality, none a copy of an eval scan
-    train_rows += [_row(f"Other question {k}?", [scan(1000 + k)], "pmc_vqa", 200 + k) for k in range(40)]
+    train_rows += [_row(f"Other question {k}?", [synthetic.draw_scan(1000 + k)], "pmc_vqa", 200 + k) for k in range(40)]
     return synthetic.to_dataset(train_rows), synthetic.to_dataset(eval_rows)
 
 
