@@ -59,9 +59,15 @@ def main(eval_images, train_images, sample_eval, sample_train, image_size, num_p
     import numpy as np
 
     from medvlthinker import synthetic
-    from medvlthinker.overlap import DEFAULT_IMAGE_THRESHOLD, NearImageIndex, find_overlap, perceptual_hash
+    from medvlthinker.overlap import (
+        DEFAULT_IMAGE_THRESHOLD,
+        NearImageIndex,
+        check_image_threshold,
+        find_overlap,
+        perceptual_hash,
+    )
 
-    threshold = DEFAULT_IMAGE_THRESHOLD if threshold is None else threshold
+    threshold = check_image_threshold(DEFAULT_IMAGE_THRESHOLD if threshold is None else threshold)
     datasets.disable_caching()
     eval_ds = synthetic.to_dataset(_scan_rows(sample_eval, 0, image_size, "pmc_vqa"))
     train_ds = synthetic.to_dataset(_scan_rows(sample_train, 10**6, image_size, "pmc_vqa"))

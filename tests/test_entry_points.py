@@ -39,6 +39,7 @@ CASES = [
     ("train/rl/preflight.py", [MISSING + ".yaml"], MISSING),
     ("scripts/check_gpu_resolution.py", ["--no_such_flag"], "--no_such_flag"),
     ("benchmarks/benchmark_balance.py", [], "--eval_set_means"),
+    ("benchmarks/benchmark_overlap_images.py", ["--threshold", "40"], "--image_threshold 40"),
     ("benchmarks/benchmark_cpu_allocator.py", ["--repeats", "x"], "--repeats"),
     ("benchmarks/benchmark_convert.py", ["--rows", "x"], "--rows"),
     ("benchmarks/benchmark_memory.py", ["--backend", "tpu"], "tpu"),
