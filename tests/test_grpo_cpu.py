@@ -4,6 +4,10 @@ The paper config runs with its CPU-sized twin (configs/rl/overlays/cpu.yaml): vL
 actor and reference on gloo, remove-padding and gradient checkpointing on, the project's fixes of verl
 (medvlthinker/compat/verl_fixes.py) and the CPU profile's work-arounds installed in the workers. The first step's
 batch has no picture (as in every m23k arm), the second one has pictures.
+
+The run has online filtering on as well (configs/rl/overlays/online_filter.yaml: one verl start-up serves both
+tests): the test reward gives every rollout of the first picture question the same score, so verl's replay buffer
+must drop that group at the second step and fill the batch with the next questions.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +32,7 @@ from medvlthinker.converters.verl_format import convert_to_verl, write_verl_parq
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_CONFIG = ROOT / "configs" / "rl" / "qwen2.5-vl-3b_rl_pmc.yaml"
 OVERLAY = ROOT / "configs" / "rl" / "overlays" / "cpu.yaml"
+ONLINE_FILTER = ROOT / "configs" / "rl" / "overlays" / "online_filter.yaml"
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 TEXT_ROWS = 2  # data.train_batch_size of the CPU overlay: the whole first batch
@@ -72,18 +78,20 @@ def grpo_run(tmp_path_factory, tiny_model_dir, train_text_rows, train_image_rows
            "RAY_DEDUP_LOGS": "0", "PREFLIGHT_ROWS": "4"}
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # verl's async vLLM server runs its own engine processes
     ckpt = work / "ckpt"
-    cmd = ["bash", str(ROOT / "train" / "rl" / "train.sh"), str(PAPER_CONFIG), str(OVERLAY),
+    cmd = ["bash", str(ROOT / "train" / "rl" / "train.sh"), str(PAPER_CONFIG), str(OVERLAY), str(ONLINE_FILTER),
            f"actor_rollout_ref.model.path={model}", f"data.train_files=[{parquet}]",
            f"data.val_files=[{parquet}]", "data.shuffle=false",
            f"reward.custom_reward_function.path={ROOT / 'tests' / 'spread_reward.py'}",
            # a step size that moves bf16 weights visibly in two steps (the paper's 1e-6 would round away)
            "actor_rollout_ref.actor.optim.lr=1e-3", f"trainer.default_local_dir={ckpt}"]
+    start = time.monotonic()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     log = proc.stdout + proc.stderr
     (work / "log.txt").write_text(log)
+    print(f"GRPO run: {time.monotonic() - start:.0f} s", file=sys.stderr)
     return {"rc": proc.returncode, "log": log, "ckpt": ckpt, "work": work, "model": model}
 
 
@@ -106,6 +114,20 @@ def test_two_grpo_steps_complete(grpo_run):
         assert m["training/rollout_probs_diff_max"] < 5e-5, (n, m["training/rollout_probs_diff_max"])
         # every rollout stops at max_response_length: equal lengths, the case the position-id fix exists for
         assert m["response_length/min"] == m["response_length/max"] == 16.0
+
+
+def test_online_filtering_dropped_the_equal_reward_group_and_refilled(grpo_run):
+    log = grpo_run["log"]
+    assert grpo_run["rc"] == 0, log[-6000:]
+    assert "online filtering: groups with equal reward are dropped and replaced" in log  # the preflight saw it
+    steps = step_metrics(log)
+    # step 1, two text questions with spread rewards: nothing to drop
+    assert steps[1].get("training/filter_groups/evicted_samples", 0) == 0, steps[1]
+    # step 2: the picture question whose rollouts all scored 0.5 was dropped, more questions were drawn, and the
+    # step still trained on a full batch of groups with a spread of rewards
+    assert steps[2]["training/filter_groups/evicted_samples"] == 1, steps[2]
+    assert steps[2]["training/filter_groups/discarded_surplus_samples"] >= 1, steps[2]
+    assert steps[2]["critic/advantages/max"] > 0 > steps[2]["critic/advantages/min"], steps[2]
 
 
 def test_workers_installed_every_needed_work_around(grpo_run):
