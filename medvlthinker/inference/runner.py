@@ -253,12 +253,16 @@ def _rank_entry(config_dict: dict[str, Any], rank: int, devices: list[str], max_
 def run(config: RunConfig) -> dict[str, Any] | None:
     """Validate, run this node's ``dp_size`` ranks (or the Ray pool), and merge when every row has a record.
 
-    Returns the accuracy table, or None when other nodes still have rows to write. A rerun into a directory
+    Returns the accuracy table, or None when other nodes still have rows to write. Each call adds its wall seconds,
+    devices and the run's generated tokens to ``cost.json`` (:mod:`medvlthinker.inference.cost`). A rerun into a directory
     holding another run's records stops (:mod:`medvlthinker.inference.run_state`); ``overwrite`` sets the old
     outputs aside once the data set has passed validation and restores them if this run fails.
     """
     from medvlthinker.inference import run_state
 
+    from medvlthinker.inference.cost import record_cost
+
+    start = time.perf_counter()
     out = Path(config.output_dir)
     # the whole set, every image decoded and discarded: nothing starts on bad data, nothing is kept, and nothing
     # already in the output directory is touched before this passes
@@ -277,6 +281,7 @@ def run(config: RunConfig) -> dict[str, Any] | None:
         run_state.restore(out, aside)  # a failed --overwrite run leaves the previous results as they were
         raise
     run_state.discard(aside)
+    record_cost(config, time.perf_counter() - start)
     return result
 
 
