@@ -87,3 +87,12 @@ def test_a_model_without_its_reference_run_is_one_line(runs, tmp_path):
     proc = subprocess.run([sys.executable, "analysis/make_ablation_tables.py", "--run", f"m={runs['as_is']}",
                            "--output_dir", str(tmp_path / "t")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "neither another --image_mode nor an answer-only run" in proc.stderr
+
+
+def test_the_paper_table_does_not_average_two_conditions_as_repeats(runs):
+    from medvlthinker.analysis import tables
+
+    with pytest.raises(AnalysisError, match=r"model 'm': .*blank is a run with \{'image_mode': 'blank'.*fix: give "
+                                            r"them different names"):
+        tables.make_tables([f"m={runs['as_is']}", f"m={runs['blank']}"], n_resamples=10)
+    assert tables.make_tables([f"m={runs['as_is']}", f"b={runs['blank']}"], n_resamples=10).table.rows

@@ -22,7 +22,6 @@ prompt in every mode, are reported on a line of their own ("text-only"), where e
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,10 +33,9 @@ from medvlthinker import stats
 from medvlthinker.analysis import AnalysisError
 from medvlthinker.analysis.paper_table import row_values
 from medvlthinker.analysis.render import md_table
-from medvlthinker.analysis.runs import ModelRuns, graded, load_records, parse_run_specs
+from medvlthinker.analysis.runs import ModelRuns, graded, load_records, parse_run_specs, run_condition
 from medvlthinker.benchmarks import BENCHMARKS
 from medvlthinker.inference.image_modes import IMAGE_MODES
-from medvlthinker.inference.records import ARGS_FILE
 from medvlthinker.staging import write_json, write_text
 
 TEXT_ONLY = "text-only"
@@ -47,29 +45,6 @@ PROMPTS = ("think", "answer_only")
 """The conditions of the think/answer-only table: the paper's instruction and ``answer_only``."""
 
 _IMAGE_MARKERS = ("<|image_pad|>", "<image>", "<start_of_image>")
-
-
-def run_condition(run_dir: str | os.PathLike) -> dict[str, str]:
-    """``{"image_mode": ..., "prompt": ...}`` of a run, from its args.json (a run without one, such as the original
-    recipe's result files, is the paper's: ``as_is`` and ``think``). ``prompt`` is ``think`` for the paper's
-    instruction, ``answer_only``, or ``other`` (another instruction).
-
-    >>> run_condition("/nonexistent")
-    {'image_mode': 'as_is', 'prompt': 'think'}
-    """
-    path = Path(run_dir)
-    args_path = (path if path.is_dir() else path.parent) / ARGS_FILE
-    args: dict[str, Any] = {}
-    if args_path.is_file():
-        try:
-            args = json.loads(args_path.read_text())["args"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AnalysisError(f"{args_path}: unreadable ({exc}); fix: rerun the eval into that directory") from None
-    mode = "none" if args.get("ignore_image") else args.get("image_mode") or "as_is"
-    instruction = args.get("instruction_prompt")
-    prompt = "think" if instruction in (None, "medvlthinker") else (
-        "answer_only" if instruction == "answer_only" else "other")
-    return {"image_mode": mode, "prompt": prompt}
 
 
 def has_images(record: Mapping[str, Any]) -> bool:
