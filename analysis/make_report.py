@@ -24,16 +24,20 @@ from medvlthinker.analysis.cli_options import COMPARISON_OPTIONS, FIGURE_OPTIONS
 @flag("samples_per_benchmark", default=8, help="Rows per benchmark and model in the sample browser.")
 @flag("rl_log", type=click.Path(exists=True, dir_okay=False),
       help="verl's console log of an RL run: adds the mean-reward curve.")
+@flag("reliance_run", multiple=True, metavar="MODEL=DIR",
+      help="An eval run of MODEL with --image_mode (as_is, blank, shuffled, none; its args.json says which): adds "
+           "the visual-reliance table (docs/experiments.md).")
 @flag("title", default="MedVLThinker evaluation report", help="Report title.")
 def main(runs, runs_root, grading, eval_data, eval_split, published_model, sampling_run, pass_rate_dir,
          pass_rate_rollouts, pass_at_k_grading, majority_drops_unconverted, compare, paired, n_resamples, output_dir,
-         seed, samples_per_benchmark, rl_log, title):
+         seed, samples_per_benchmark, rl_log, reliance_run, title):
     out = report.make_report(
         output_dir, run_specs=runs, runs_root=runs_root, eval_data=eval_data, eval_split=eval_split,
         sampling_runs=sampling_run, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
         published_models=published_model, compare=compare, paired=paired, grading_mode=grading,
         pass_at_k_grading=pass_at_k_grading, drop_unconverted=majority_drops_unconverted,
         n_resamples=n_resamples, seed=seed, samples_per_benchmark=samples_per_benchmark, title=title, rl_log=rl_log,
+        reliance_runs=reliance_run,
     )
     click.echo(f"report: {out['report']}")
     click.echo(f"tables: {out['tables']['md']} (also .tex, .tsv, .json)")

@@ -25,8 +25,12 @@ from medvlthinker.analysis.cli_options import COMPARISON_OPTIONS, RUN_OPTIONS, f
 @flag("no_cluster", is_flag=True, help="Resample rows, not images (default: cluster by misc.image_id).")
 @flag("published", type=click.Path(dir_okay=False), default=None,
       help="Published results CSV (default: the paper's, shipped with the package).")
+@flag("cost", is_flag=True, help="Add the cost column: device-hours per row from the runs' cost.json and --rl_log "
+                                 "(cost.md, cost.json; docs/experiments.md).")
+@flag("rl_log", multiple=True, metavar="MODEL=LOG",
+      help="verl's console log of MODEL's RL run, for --cost (seconds per step, tokens/s per device).")
 def main(runs, runs_root, grading, eval_data, eval_split, compare, paired, n_resamples, output_dir, alpha, seed,
-         no_cluster, published):
+         no_cluster, published, cost, rl_log):
     try:
         result = tables.make_tables(
             runs, runs_root, grading_mode=grading, n_resamples=n_resamples, alpha=alpha, seed=seed,
@@ -37,6 +41,21 @@ def main(runs, runs_root, grading, eval_data, eval_split, compare, paired, n_res
         raise click.ClickException(str(exc)) from None
     paths = tables.write_tables(result.table, output_dir, result.comparison, result.paired)
     click.echo(tables.to_markdown(result.table, result.comparison, result.paired))
+    if cost or rl_log:
+        from medvlthinker.analysis import cost as cost_module
+        from medvlthinker.staging import write_json, write_text
+
+        logs = dict(spec.split("=", 1) for spec in rl_log if "=" in spec)
+        if len(logs) != len(rl_log):
+            raise click.UsageError("--rl_log: expected MODEL=LOG")
+        unknown = sorted(set(logs) - {m.name for m in result.models})
+        if unknown:
+            raise click.UsageError(f"--rl_log {unknown[0]}=...: no run named {unknown[0]!r}")
+        rows = cost_module.cost_rows(result.models, logs)
+        text = cost_module.cost_markdown(rows)
+        paths["cost_md"] = str(write_text(f"{output_dir}/cost.md", text + "\n"))
+        paths["cost_json"] = str(write_json(f"{output_dir}/cost.json", rows))
+        click.echo(text)
     click.echo("wrote " + ", ".join(paths.values()))
 
 

@@ -308,9 +308,21 @@ def warmup_examples(n: int, seed: int, caption_share: float = 0.5, batch_size: i
     return [example for block in blocks for example in block]
 
 
+def reliance_rows(eval_rows: list[dict], n_text: int, seed: int) -> list[dict]:
+    """The visual-reliance set (docs/experiments.md): the evaluation set's option questions (the benchmarks with more
+    than two options; their dataset_index kept) and ``n_text`` text-only questions (``dataset_name`` "text_only",
+    indices after the evaluation set's). Under ``--image_mode blank`` or ``shuffled`` a model that reads the picture
+    falls to the chance rate on the former (the answers are balanced, :func:`make_image_rows`), while the latter,
+    the same prompt in every mode, are the control."""
+    options = [r for r in eval_rows if EVAL_BENCHMARKS[r["dataset_name"]][0] > 2]
+    start = max(r["dataset_index"] for r in eval_rows) + 1
+    return options + make_text_rows(n_text, seed=seed, start_index=start, dataset_name="text_only")
+
+
 def write_task_data(out_dir, rows_per_benchmark: int = 16, train_rows: int = 96, warmup_rows: int = 1024,
                     seed: int = 0) -> dict[str, str]:
-    """The demo's data sets (save_to_disk dirs): ``eval`` (six benchmarks), ``train_pmc_vqa`` (image rows for
+    """The demo's data sets (save_to_disk dirs): ``eval`` (six benchmarks), ``reliance`` (:func:`reliance_rows`),
+    ``train_pmc_vqa`` (image rows for
     pass-rate, SFT and RL) and ``train_m23k`` (text-only rows) in the unified schema, and ``warmup`` (the base's
     warm-start corpus, :func:`warmup_examples`, already an SFT data set)."""
     import datasets
@@ -324,6 +336,7 @@ def write_task_data(out_dir, rows_per_benchmark: int = 16, train_rows: int = 96,
     held_questions = {(r["question"], r["options"]) for r in eval_rows}
     sets = {
         "eval": eval_rows,
+        "reliance": reliance_rows(eval_rows, rows_per_benchmark, seed=seed * 1000 + 104),
         "train_pmc_vqa": _drop_seen(make_train_rows(train_rows, seed=seed * 1000 + 101), held_hashes, held_questions),
         "train_m23k": make_text_rows(train_rows, seed=seed * 1000 + 102),
     }

@@ -10,6 +10,14 @@ of the first ``|x| - ceil(t |x|) + 1`` n-grams of each), which finds every pair 
 only a few candidates per question. Images match when their decoded pixels hash the same
 (:func:`medvlthinker.images.image_sha256`), whatever the file format.
 
+Near-duplicate images (``near_images``: a figure re-cropped by a few percent, resized, re-encoded as JPEG or turned
+grey, as figures travel between data sets) are pairs whose perceptual hashes (imagehash's 64-bit pHash: the signs
+of the lowest 8 x 8 frequencies of the image's DCT, on its greyscale 32 x 32 reduction) differ in at most
+``image_threshold`` bits (Hamming distance). Candidates come from a multi-index over the eval hashes
+(:class:`NearImageIndex`): the 64 bits are cut into 4 bands of 16, and two hashes within distance t agree to
+within t // 4 bits on at least one band (pigeonhole), so each train hash looks up only the eval hashes whose band
+lies within that radius of its own, and the distance is computed for those candidates alone.
+
 >>> normalize_question("<image 1> What is  shown in the CT-scan?")
 'what is shown in the ct scan'
 >>> index = NearDuplicateIndex(["what is shown in the ct scan", "which organ is enlarged"], threshold=0.7)
@@ -33,7 +41,14 @@ from typing import Any
 _IMAGE_TAG = re.compile(r"<image\s*\d*>", re.IGNORECASE)
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
-KINDS = ("exact_question", "near_question", "identical_image")
+KINDS = ("exact_question", "near_question", "identical_image", "near_image")
+
+HASH_BITS = 64
+BANDS = 4
+MAX_IMAGE_THRESHOLD = 16
+"""The largest Hamming threshold accepted: pHashes of unrelated images differ in about 32 of 64 bits (standard
+deviation about 4), so beyond 16 unrelated pairs start to pass."""
+DEFAULT_IMAGE_THRESHOLD = 10
 
 
 def normalize_question(text: str | None) -> str:
@@ -113,14 +128,35 @@ class NearDuplicateIndex:
 
 
 # ------------------------------------------------------------------------------------------------------ images
-def _hash_item(item: tuple[int, int, Any]) -> tuple[int, int, str | None]:
-    from medvlthinker.images import ImageDecodeError, image_sha256
+def check_image_threshold(threshold: int) -> int:
+    """``threshold`` when it is a Hamming distance the index serves (0..16); else ValueError naming the flag."""
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold <= MAX_IMAGE_THRESHOLD:
+        raise ValueError(f"--image_threshold {threshold!r} is out of range; fix: an integer number of differing bits "
+                         f"of the 64-bit pHash, 0..{MAX_IMAGE_THRESHOLD} (default {DEFAULT_IMAGE_THRESHOLD})")
+    return threshold
+
+
+def perceptual_hash(img) -> int:
+    """The 64-bit pHash of a decoded image as an int (imagehash's ``phash``, hash_size 8).
+
+    >>> from PIL import Image
+    >>> perceptual_hash(Image.new("RGB", (40, 30), (9, 9, 9))) == perceptual_hash(Image.new("L", (80, 60), 9))
+    True
+    """
+    import imagehash
+
+    return int(str(imagehash.phash(img, hash_size=8)), 16)
+
+
+def _hash_item(item: tuple[int, int, Any], perceptual: bool = False) -> tuple[int, int, str | None, int | None]:
+    from medvlthinker.images import ImageDecodeError, decode_image, image_sha256
 
     position, image_position, image = item
     try:
-        return position, image_position, image_sha256(image)
+        img = decode_image(image)
+        return position, image_position, image_sha256(img), perceptual_hash(img) if perceptual else None
     except ImageDecodeError:
-        return position, image_position, None
+        return position, image_position, None, None
 
 
 def _image_items(ds, batch_size: int = 64) -> Iterator[tuple[int, int, Any]]:
@@ -135,24 +171,125 @@ def _image_items(ds, batch_size: int = 64) -> Iterator[tuple[int, int, Any]]:
             position += 1
 
 
-def image_hashes(ds, *, num_proc: int = 1, desc: str = "hashing images") -> dict[int, list[str]]:
-    """``{row position: [pixel hash per image]}`` for rows with images (an undecodable image hashes to nothing)."""
+@dataclass
+class ImageHashes:
+    """Per row position with images: the pixel hash of each image, and (``perceptual``) its pHash."""
+
+    pixels: dict[int, list[str]] = field(default_factory=dict)
+    perceptual: dict[int, list[int]] = field(default_factory=dict)
+
+
+def hash_images(ds, *, num_proc: int = 1, perceptual: bool = False, desc: str = "hashing images") -> ImageHashes:
+    """Decode every image of ``ds`` once and hash it (an undecodable image hashes to nothing)."""
+    import functools
+
     from tqdm.auto import tqdm
 
-    out: dict[int, list[str]] = defaultdict(list)
+    out = ImageHashes(defaultdict(list), defaultdict(list))
+    work = functools.partial(_hash_item, perceptual=perceptual)
     items = _image_items(ds)
     if num_proc > 1:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(num_proc) as pool:
-            for position, _, digest in tqdm(pool.imap(_hash_item, items, chunksize=16), desc=desc, unit="img"):
+            results = tqdm(pool.imap(work, items, chunksize=16), desc=desc, unit="img")
+            for position, _, digest, phash in results:
                 if digest:
-                    out[position].append(digest)
+                    out.pixels[position].append(digest)
+                if phash is not None:
+                    out.perceptual[position].append(phash)
     else:
-        for position, _, digest in tqdm(map(_hash_item, items), desc=desc, unit="img"):
+        for position, _, digest, phash in tqdm(map(work, items), desc=desc, unit="img"):
             if digest:
-                out[position].append(digest)
-    return dict(out)
+                out.pixels[position].append(digest)
+            if phash is not None:
+                out.perceptual[position].append(phash)
+    return ImageHashes(dict(out.pixels), dict(out.perceptual))
+
+
+def image_hashes(ds, *, num_proc: int = 1, desc: str = "hashing images") -> dict[int, list[str]]:
+    """``{row position: [pixel hash per image]}`` for rows with images (an undecodable image hashes to nothing)."""
+    return hash_images(ds, num_proc=num_proc, desc=desc).pixels
+
+
+def _band_probes(width: int, radius: int):
+    """Every ``width``-bit mask with at most ``radius`` bits set (the keys within ``radius`` of a band's key)."""
+    import itertools
+
+    import numpy as np
+
+    masks = [0]
+    for k in range(1, radius + 1):
+        masks += [sum(1 << b for b in bits) for bits in itertools.combinations(range(width), k)]
+    return np.array(masks, dtype=np.uint64)
+
+
+class NearImageIndex:
+    """Multi-index hashing over 64-bit hashes: :meth:`pairs` returns every (query, indexed) pair within Hamming
+    distance ``threshold``, looking at the candidates of :data:`BANDS` band tables only (numpy, no Python loop over
+    pairs).
+
+    >>> index = NearImageIndex([0b1011, 1 << 63, 0xFFFF], threshold=2)
+    >>> [(int(q), int(i), int(d)) for q, i, d in zip(*index.pairs([0b1000, 0xFFFF0000]))]
+    [(0, 0, 2), (0, 1, 2)]
+    """
+
+    def __init__(self, hashes: Sequence[int], *, threshold: int = DEFAULT_IMAGE_THRESHOLD) -> None:
+        import numpy as np
+
+        self.threshold = check_image_threshold(threshold)
+        self.hashes = np.asarray([int(h) for h in hashes], dtype=np.uint64)
+        self.width = HASH_BITS // BANDS
+        self.radius = threshold // BANDS
+        self.probes = _band_probes(self.width, self.radius)
+        self.tables = []
+        for band in range(BANDS):
+            keys = self._band(self.hashes, band)
+            order = np.argsort(keys, kind="stable")
+            self.tables.append((keys[order], order))
+
+    def _band(self, hashes, band: int):
+        import numpy as np
+
+        return (hashes >> np.uint64(band * self.width)) & np.uint64((1 << self.width) - 1)
+
+    def pairs(self, queries: Sequence[int], chunk: int = 1 << 15):
+        """``(query positions, indexed positions, distances)``: numpy arrays of every pair within the threshold,
+        sorted by query then indexed position."""
+        import numpy as np
+
+        queries = np.asarray([int(h) for h in queries], dtype=np.uint64)
+        found_q, found_i = [], []
+        for start in range(0, len(queries), chunk):
+            block = queries[start:start + chunk]
+            cand_q, cand_i = [], []
+            for band, (keys, order) in enumerate(self.tables):
+                own = self._band(block, band)
+                for mask in self.probes:
+                    wanted = own ^ mask
+                    left = np.searchsorted(keys, wanted, side="left")
+                    right = np.searchsorted(keys, wanted, side="right")
+                    counts = right - left
+                    hit = np.nonzero(counts)[0]
+                    if not len(hit):
+                        continue
+                    reps = counts[hit]
+                    offsets = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+                    cand_q.append(np.repeat(hit, reps) + start)
+                    cand_i.append(order[np.repeat(left[hit], reps) + offsets])
+            if not cand_q:
+                continue
+            q, i = np.concatenate(cand_q), np.concatenate(cand_i)
+            distance = np.bitwise_count(queries[q] ^ self.hashes[i])
+            keep = distance <= self.threshold
+            found_q.append(q[keep])
+            found_i.append(i[keep])
+        if not found_q:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        pairs = np.unique(np.stack([np.concatenate(found_q), np.concatenate(found_i)]), axis=1)
+        q, i = pairs[0], pairs[1]
+        return q, i, np.bitwise_count(queries[q] ^ self.hashes[i]).astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -166,6 +303,7 @@ class OverlapReport:
     ngram: int
     with_options: bool
     images_compared: bool
+    image_threshold: int | None = None
     # eval dataset_name -> kind -> number of eval rows with at least one match of that kind
     eval_rows_matched: dict[str, dict[str, int]] = field(default_factory=dict)
     # kind -> number of train rows with at least one match of that kind
@@ -177,6 +315,32 @@ class OverlapReport:
         if not with_matches:
             out.pop("matches")
         return out
+
+    def flagged_train_indices(self) -> set[tuple[str, int]]:
+        """(dataset_name, dataset_index) of every training row with a match of any kind."""
+        return {(m["train_dataset_name"], int(m["train_dataset_index"])) for m in self.matches}
+
+    def examples(self, per_kind: int = 3) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Per eval benchmark and kind, the first ``per_kind`` matching pairs (by eval then train dataset_index)."""
+        out: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+        for match in sorted(self.matches, key=lambda m: (m["eval_dataset_index"], m["train_dataset_index"])):
+            for kind in match["kinds"]:
+                shown = out[match["eval_dataset_name"]][kind]
+                if len(shown) < per_kind:
+                    shown.append(match)
+        return {name: dict(kinds) for name, kinds in sorted(out.items())}
+
+    def examples_text(self, per_kind: int = 2) -> str:
+        """:meth:`examples` as lines: benchmark, kind, the two dataset_index values, distance or similarity."""
+        lines = []
+        for name, kinds in self.examples(per_kind).items():
+            for kind, matches in kinds.items():
+                for m in matches:
+                    how = (f"pHash distance {m['image_distance']}" if kind == "near_image"
+                           else f"question similarity {m['question_similarity']}")
+                    lines.append(f"{name} {kind}: eval {m['eval_dataset_index']} ~ train "
+                                 f"{m['train_dataset_name']} {m['train_dataset_index']} ({how})")
+        return "\n".join(lines)
 
     def table(self) -> str:
         kinds = [*KINDS, "question_and_image"]
@@ -215,10 +379,14 @@ def find_overlap(
     ngram: int = 4,
     with_options: bool = False,
     compare_images: bool = True,
+    near_images: bool = False,
+    image_threshold: int = DEFAULT_IMAGE_THRESHOLD,
     num_proc: int = 1,
 ) -> OverlapReport:
     """Every (train row, eval row) pair sharing a normalised question (exact), a near-duplicate question
-    (n-gram Jaccard >= threshold, not exact) or an identical image, for two unified data sets."""
+    (n-gram Jaccard >= threshold, not exact), an identical image, or (``near_images``) a near-duplicate image
+    (pHash Hamming distance <= ``image_threshold``, not identical), for two unified data sets."""
+    check_image_threshold(image_threshold)
     from tqdm.auto import tqdm
 
     columns = ["question", "options", "dataset_name", "dataset_index"]
@@ -243,25 +411,35 @@ def find_overlap(
             if (i, j) not in pairs:
                 pairs[(i, j)] = {"near_question": True, "similarity": similarity}
 
-    if compare_images:
-        eval_hashes = image_hashes(eval_ds, num_proc=num_proc, desc="hashing eval images")
+    if compare_images or near_images:
+        eval_hashes = hash_images(eval_ds, num_proc=num_proc, perceptual=near_images, desc="hashing eval images")
+        train_hashes = hash_images(train, num_proc=num_proc, perceptual=near_images, desc="hashing train images")
         by_hash: dict[str, list[int]] = defaultdict(list)
-        for j, digests in eval_hashes.items():
+        for j, digests in eval_hashes.pixels.items():
             for digest in set(digests):
                 by_hash[digest].append(j)
-        for i, digests in image_hashes(train, num_proc=num_proc, desc="hashing train images").items():
+        for i, digests in train_hashes.pixels.items():
             for j in sorted({j for digest in set(digests) for j in by_hash.get(digest, ())}):
                 pairs.setdefault((i, j), {})["identical_image"] = True
+        if near_images:
+            for (i, j), distance in near_image_pairs(train_hashes.perceptual, eval_hashes.perceptual,
+                                                     image_threshold).items():
+                flags = pairs.setdefault((i, j), {})
+                if not flags.get("identical_image"):
+                    flags["near_image"] = True
+                flags["image_distance"] = distance
 
     report = OverlapReport(
         train_rows=len(train_texts), eval_rows=len(eval_texts), threshold=threshold, ngram=ngram,
-        with_options=with_options, images_compared=compare_images,
+        with_options=with_options, images_compared=compare_images or near_images,
+        image_threshold=image_threshold if near_images else None,
     )
     eval_sets: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     train_sets: dict[str, set[int]] = defaultdict(set)
     for (i, j), flags in sorted(pairs.items()):
         kinds = [k for k in KINDS if flags.get(k)]
-        if flags.get("identical_image") and (flags.get("exact_question") or flags.get("near_question")):
+        if (flags.get("identical_image") or flags.get("near_image")) and (
+                flags.get("exact_question") or flags.get("near_question")):
             kinds.append("question_and_image")
         for kind in kinds:
             eval_sets[ev["dataset_name"][j]][kind].add(j)
@@ -276,6 +454,7 @@ def find_overlap(
             "eval_dataset_index": ev["dataset_index"][j],
             "kinds": kinds,
             "question_similarity": round(similarity, 4),
+            "image_distance": flags.get("image_distance"),
             "same_options": _options_key(tr["options"][i]) == _options_key(ev["options"][j]),
             "train_question": tr["question"][i],
             "eval_question": ev["question"][j],
@@ -288,9 +467,32 @@ def find_overlap(
     return report
 
 
+def near_image_pairs(train: Mapping[int, Sequence[int]], eval_: Mapping[int, Sequence[int]],
+                     threshold: int) -> dict[tuple[int, int], int]:
+    """``{(train position, eval position): smallest distance}`` over the rows' pHashes within ``threshold``."""
+    eval_rows = [j for j, hashes in eval_.items() for _ in hashes]
+    train_rows = [i for i, hashes in train.items() for _ in hashes]
+    if not eval_rows or not train_rows:
+        return {}
+    index = NearImageIndex([h for hashes in eval_.values() for h in hashes], threshold=threshold)
+    out: dict[tuple[int, int], int] = {}
+    for q, e, d in zip(*index.pairs([h for hashes in train.values() for h in hashes])):
+        key = (train_rows[int(q)], eval_rows[int(e)])
+        out[key] = min(int(d), out.get(key, HASH_BITS))
+    return out
+
+
+def without_flagged(train, report: OverlapReport):
+    """``train`` without the rows :meth:`OverlapReport.flagged_train_indices` names."""
+    flagged = report.flagged_train_indices()
+    keep = [p for p, (name, index) in enumerate(zip(train["dataset_name"], train["dataset_index"]))
+            if (name, int(index)) not in flagged]
+    return train.select(keep)
+
+
 def write_overlap(report: OverlapReport, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """``overlap_report.json`` (counts and settings), ``overlap_matches.jsonl`` (one pair a line) and
-    ``overlap_table.txt`` in ``out_dir``."""
+    """``overlap_report.json`` (counts and settings), ``overlap_matches.jsonl`` (one pair a line),
+    ``overlap_table.txt`` and ``overlap_examples.json`` (a few pairs per benchmark and kind) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -303,4 +505,6 @@ def write_overlap(report: OverlapReport, out_dir: str | os.PathLike) -> dict[str
         "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in report.matches), encoding="utf-8"
     )
     paths["table"].write_text(report.table() + "\n", encoding="utf-8")
+    paths["examples"] = out_dir / "overlap_examples.json"
+    paths["examples"].write_text(json.dumps(report.examples(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return paths

@@ -32,7 +32,15 @@ STEP_BY_STEP_INSTRUCTION_PROMPT = (
 )
 """The instruction the original gives LLaVA-Med and HuatuoGPT-Vision in place of :data:`INSTRUCTION_PROMPT`."""
 
-INSTRUCTION_PROMPTS = {"medvlthinker": INSTRUCTION_PROMPT, "step_by_step": STEP_BY_STEP_INSTRUCTION_PROMPT}
+ANSWER_ONLY_INSTRUCTION_PROMPT = (
+    "You will solve a problem/request. Do not explain your reasoning; write only your final answer within "
+    "<answer> </answer> tags."
+)
+"""The answer-only instruction (docs/protocol.md section 2): the paper's answer tags without the think block, for
+the think/answer-only comparison (docs/experiments.md). Not the paper's: it is used only when asked for."""
+
+INSTRUCTION_PROMPTS = {"medvlthinker": INSTRUCTION_PROMPT, "step_by_step": STEP_BY_STEP_INSTRUCTION_PROMPT,
+                       "answer_only": ANSWER_ONLY_INSTRUCTION_PROMPT}
 """Instructions by name (the runner's ``--instruction_prompt``)."""
 
 PROMPT_MODES = ("qwen_chat", "raw_image_tokens", "gemma3")

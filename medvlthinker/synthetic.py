@@ -55,6 +55,25 @@ def draw_image(colour: str, shape: str, size: tuple[int, int], seed: int) -> Ima
     return img
 
 
+def draw_scan(seed: int, size: tuple[int, int] = (320, 256)) -> Image.Image:
+    """A stained-slide-like picture, every one of the same modality: a bright elliptical section (its size and place
+    vary) on black, smooth structures inside, fine noise and a warm tint. Distinct seeds give distinct pictures
+    that still look alike, the hard case for a near-duplicate image check."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    low = Image.fromarray((rng.random((6, 6)) * 255).astype("uint8")).resize(size, Image.BICUBIC)
+    mid = Image.fromarray((rng.random((24, 24)) * 255).astype("uint8")).resize(size, Image.BICUBIC)
+    mask = Image.new("L", size, 0)
+    x0, y0 = rng.uniform(0.04, 0.12) * w, rng.uniform(0.06, 0.14) * h
+    ImageDraw.Draw(mask).ellipse((x0, y0, w - rng.uniform(0.04, 0.12) * w, h - rng.uniform(0.06, 0.14) * h), fill=255)
+    img = Image.composite(Image.blend(low, mid, 0.35), Image.new("L", size, 0), mask)
+    noise = Image.fromarray((rng.normal(0, 12, (h, w)) + 128).clip(0, 255).astype("uint8"))
+    grey = Image.blend(img, noise, 0.1)
+    return Image.merge("RGB", (grey, grey.point(lambda v: int(v * 0.8)), grey.point(lambda v: int(v * 0.65))))
+
+
 def image_to_png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")

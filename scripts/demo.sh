@@ -13,7 +13,8 @@
 # DEMO_PASS_N (samples per training question; the paper uses 16), DEMO_ROWS_PER_BENCHMARK, DEMO_TRAIN_ROWS,
 # DEMO_WARMUP_STEPS, DEMO_SFT_STEPS, DEMO_RL_STEPS (epochs over the RL questions, one step each), DEMO_RL_LR,
 # DEMO_RL_BATCH (the RL questions, drawn from the curated band), DEMO_RL_ROLLOUTS (answers a question),
-# DEMO_RL_MINI_BATCH (questions an actor update), DEMO_RL_PPO_EPOCHS, DEMO_MAX_TOKENS.
+# DEMO_RL_MINI_BATCH (questions an actor update), DEMO_RL_PPO_EPOCHS, DEMO_MAX_TOKENS, DEMO_RELIANCE_MODELS (the models
+# of the visual-reliance table: base sft rl).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,6 +36,7 @@ RL_BATCH=${DEMO_RL_BATCH:-8}
 RL_ROLLOUTS=${DEMO_RL_ROLLOUTS:-8}
 RL_MINI_BATCH=${DEMO_RL_MINI_BATCH:-2}
 RL_PPO_EPOCHS=${DEMO_RL_PPO_EPOCHS:-2}
+RELIANCE_MODELS=${DEMO_RELIANCE_MODELS:-base sft rl}
 
 # Offline, and vLLM's CPU build in-process with a small KV cache.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
@@ -119,19 +121,31 @@ env -u VLLM_ENABLE_V1_MULTIPROCESSING RAY_TMPDIR="$ray_tmp" PREFLIGHT_ROWS=4 \
 stage "9/11 merge the RL actor (verl's FSDP shards) into a Hugging Face model directory"
 bash train/merge.sh verl "$OUT/checkpoints/rl/global_step_$RL_STEPS/actor" "$OUT/model/rl"
 
-stage "10/11 eval of the base, SFT and RL models on the six benchmarks (greedy, $BACKEND)"
+stage "10/11 eval of the base, SFT and RL models on the six benchmarks, and with blank and shuffled images (greedy, $BACKEND)"
 for model in base sft rl; do
   echo "--- $model"
   "$PY" eval/run_offline_inference.py --model "$OUT/model/$model" --backend "$BACKEND" \
     --dataset_name "$OUT/data/eval" --temperature 0.0 --top_p 1.0 --n 1 --seed 42 \
     --max_tokens "$MAX_TOKENS" --output_dir "$OUT/eval/$model/run1"
 done
+# Visual reliance (docs/experiments.md): the option questions with their own, blank and shuffled pictures, and
+# text-only questions as the control, on the reliance set only (the yes/no benchmarks would add rows, not a finding).
+reliance_runs=()
+for model in $RELIANCE_MODELS; do
+  for mode in as_is blank shuffled; do
+    echo "--- $model, --image_mode $mode"
+    "$PY" eval/run_offline_inference.py --model "$OUT/model/$model" --backend "$BACKEND" \
+      --dataset_name "$OUT/data/reliance" --image_mode "$mode" --temperature 0.0 --top_p 1.0 --n 1 --seed 42 \
+      --max_tokens "$MAX_TOKENS" --output_dir "$OUT/eval_reliance/$model/$mode"
+    reliance_runs+=(--reliance_run "$model=$OUT/eval_reliance/$model/$mode")
+  done
+done
 
 stage "11/11 table, plots, reward curve, HTML report and summary"
 "$PY" analysis/make_report.py --run "base=$OUT/eval/base/run1" --run "sft=$OUT/eval/sft/run1" \
   --run "rl=$OUT/eval/rl/run1" --eval_data "$OUT/data/eval" \
   --pass_rate_dir "$OUT/pass_rate/pmc_vqa" --pass_rate_rollouts "$PASS_N" --sampling_run "sft=$OUT/pass_rate/pmc_vqa" \
-  --rl_log "$OUT/rl/train.log" --paired sft base \
+  --rl_log "$OUT/rl/train.log" --paired sft base "${reliance_runs[@]}" \
   --title "MedVLThinker demo (tiny Qwen2.5-VL, synthetic task)" --output_dir "$OUT/report"
 
 stage "done"
@@ -146,6 +160,7 @@ Outputs (under $OUT):
   curated set + distribution $OUT/data/curated_pmc_vqa, $OUT/data/curated_pmc_vqa_curation/
   verl RL parquet, RL log    $OUT/data/verl/{train,val}.parquet, $OUT/rl/train.log
   eval records + accuracy    $OUT/eval/{base,sft,rl}/run1/{eval_results.jsonl,accuracy.json}
+  visual-reliance runs       $OUT/eval_reliance/MODEL/{as_is,blank,shuffled}/, $OUT/report/tables/visual_reliance.md
   summary                    $OUT/summary.json
   table, plots, report       $OUT/report/ (open $OUT/report/report.html)
 EOF

@@ -83,6 +83,18 @@ def sensitive_copy(model_dir, out, scale: float = 8.0):
     return Path(out)
 
 
+def online_filter_overrides() -> list[str]:
+    """configs/rl/overlays/online_filter.yaml as Hydra overrides (its settings, read from the file)."""
+    from pathlib import Path
+
+    import yaml
+
+    overlay = Path(__file__).resolve().parent.parent / "configs" / "rl" / "overlays" / "online_filter.yaml"
+    settings = yaml.safe_load(overlay.read_text())["algorithm"]["filter_groups"]
+    return [f"algorithm.filter_groups.{key}={str(value).lower() if isinstance(value, bool) else value}"
+            for key, value in settings.items()]
+
+
 GRPO_TEXT_ROWS = 2  # data.train_batch_size of the CPU overlay: the whole first batch
 
 
@@ -111,7 +123,9 @@ def cluster_check_cpu(tmp_path_factory, tiny_model_dir, train_text_rows, train_i
     overrides = [f"actor_rollout_ref.model.path={model}", f"data.train_files=[{parquet}]",
                  f"data.val_files=[{parquet}]", "data.shuffle=false",
                  f"reward.custom_reward_function.path={root / 'tests' / 'spread_reward.py'}",
-                 "actor_rollout_ref.actor.optim.lr=1e-3"]
+                 "actor_rollout_ref.actor.optim.lr=1e-3",
+                 # configs/rl/overlays/online_filter.yaml (tests/test_grpo_cpu.py checks verl dropped a group)
+                 *online_filter_overrides()]
     cmd = ["bash", str(root / "scripts" / "cluster_check.sh"), "--profile", "cpu", "--out", str(out), "--keep_work",
            *[a for o in overrides for a in ("--rl_override", o)]]
     env = {**os.environ, "PYTHON": sys.executable, "MEDVLTHINKER_COMPAT_VERBOSE": "1", "RAY_DEDUP_LOGS": "0"}

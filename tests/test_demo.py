@@ -210,6 +210,8 @@ def test_reduced_demo_shows_the_effects(tmp_path):
         # pass rates and evals on the transformers backend: four vLLM engine starts fewer (vLLM's own path is tested
         # in test_inference; the RL stage still samples with vLLM)
         DEMO_BACKEND="hf",
+        # the visual-reliance runs of SFT only: three evals, not nine (make demo runs them for base, SFT and RL)
+        DEMO_RELIANCE_MODELS="sft",
     )
     returncode, stdout, stderr = run_in_own_session(["bash", str(ROOT / "scripts" / "demo.sh")], timeout=3600,
                                                     cwd=ROOT, env=env)
@@ -251,12 +253,45 @@ def test_reduced_demo_shows_the_effects(tmp_path):
         assert metrics["training/rollout_probs_diff_max"] < 2e-3, (step, metrics["training/rollout_probs_diff_max"])
         assert metrics["training/rollout_actor_probs_pearson_corr"] > 0.999, step
 
+    # visual reliance (docs/experiments.md): SFT answers the option questions from the picture, so with a blank or
+    # another question's picture it falls to the chance rate of the balanced answers (1/4), while the text-only
+    # questions, the same prompt in every mode, are answered exactly as before
+    by_mode = {mode: regraded(out / "eval_reliance/sft" / mode) for mode in ("as_is", "blank", "shuffled")}
+    option = {mode: [r for r in records if r["dataset_name"] != "text_only"] for mode, records in by_mode.items()}
+    accuracy = {mode: sum(grading.row_accuracy(r) for r in rows) / len(rows) for mode, rows in option.items()}
+    assert len(option["as_is"]) == 24 and accuracy["blank"] <= 0.25 + 0.1 and accuracy["shuffled"] <= 0.25 + 0.2, accuracy
+    assert accuracy["as_is"] > max(accuracy["blank"], accuracy["shuffled"]), accuracy
+    text = {mode: {r["dataset_index"]: r["rollouts"][0]["is_correct"] for r in records
+                   if r["dataset_name"] == "text_only"} for mode, records in by_mode.items()}
+    assert len(text["as_is"]) == 8 and text["blank"] == text["shuffled"] == text["as_is"], text
+    reliance = json.loads((out / "report/tables/visual_reliance.json").read_text())["models"]["sft"]
+    assert reliance["text-only"]["modes"]["blank"]["diff"] == 0.0 and reliance["PMC"]["vrs"] is not None
+    assert "Visual reliance" in (out / "report/report.html").read_text()
+
     table = (out / "report/tables/table.md").read_text()
     assert "| base |" in table and "| sft |" in table and "| rl |" in table
     html = (out / "report/report.html").read_text()
     assert "RL (GRPO): mean reward per training step" in html and "data:image/png;base64," in html
     assert "open " + str(out / "report/report.html") in stdout
     assert "What this shows: a synthetic task" in stdout
+
+
+def regraded(run_dir: Path) -> list[dict]:
+    from medvlthinker.inference.records import read_run
+    from medvlthinker.inference.regrade import regrade_records
+
+    return regrade_records(read_run(run_dir))
+
+
+def test_reliance_set_holds_the_option_questions_and_text_controls():
+    eval_rows = demo_task.make_eval_rows(4, seed=0)
+    rows = demo_task.reliance_rows(eval_rows, 5, seed=7)
+    options = [r for r in rows if r["images"]]
+    assert {r["dataset_name"] for r in options} == {"pmc_vqa", "MMMU-medical", "MedXpertQA-MM"}
+    assert options == [r for r in eval_rows if len(json.loads(r["options"])) > 2]  # the same rows and indices
+    texts = [r for r in rows if not r["images"]]
+    assert len(texts) == 5 and {r["dataset_name"] for r in texts} == {"text_only"}
+    assert min(r["dataset_index"] for r in texts) > max(r["dataset_index"] for r in eval_rows)
 
 
 def test_warm_start_blocks_match_the_warm_start_batch_and_skip_eval_pictures():

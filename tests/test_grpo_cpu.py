@@ -7,6 +7,10 @@ batch has no picture (as in every m23k arm), the second one has pictures.
 
 The run is the grpo part of the cluster check's CPU profile, and the merge its merge part (the ``cluster_check_cpu``
 fixture in conftest.py, shared with tests/test_cluster_check.py): one verl run serves both files.
+
+The run has online filtering on as well (configs/rl/overlays/online_filter.yaml's settings, as overrides): the test
+reward gives every rollout of the first picture question the same score, so verl's replay buffer must drop that
+group at the second step and fill the batch with the next questions.
 """
 
 from __future__ import annotations
@@ -70,6 +74,20 @@ def test_two_grpo_steps_complete(grpo_run):
         assert m["training/rollout_probs_diff_max"] < 5e-5, (n, m["training/rollout_probs_diff_max"])
         # every rollout stops at max_response_length: equal lengths, the case the position-id fix exists for
         assert m["response_length/min"] == m["response_length/max"] == 16.0
+
+
+def test_online_filtering_dropped_the_equal_reward_group_and_refilled(grpo_run):
+    log = grpo_run["log"]
+    assert grpo_run["passed"], (grpo_run["cause"], log[-6000:])
+    assert "online filtering: groups with equal reward are dropped and replaced" in log  # the preflight saw it
+    steps = step_metrics(log)
+    # step 1, two text questions with spread rewards: nothing to drop
+    assert steps[1].get("training/filter_groups/evicted_samples", 0) == 0, steps[1]
+    # step 2: the picture question whose rollouts all scored 0.5 was dropped, more questions were drawn, and the
+    # step still trained on a full batch of groups with a spread of rewards
+    assert steps[2]["training/filter_groups/evicted_samples"] == 1, steps[2]
+    assert steps[2]["training/filter_groups/discarded_surplus_samples"] >= 1, steps[2]
+    assert steps[2]["critic/advantages/max"] > 0 > steps[2]["critic/advantages/min"], steps[2]
 
 
 def test_workers_installed_every_needed_work_around(grpo_run):

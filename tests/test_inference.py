@@ -127,6 +127,11 @@ def test_hf_backend_run_writes_contract_files(tmp_path, tiny_model_dir, eval_dat
     before = (tmp_path / "shard-000-of-001.jsonl").read_text()
     run(config)
     assert (tmp_path / "shard-000-of-001.jsonl").read_text() == before
+    # the run's cost: each invocation's wall seconds and devices, the records' generated tokens
+    cost = json.loads((tmp_path / "cost.json").read_text())
+    assert [i["devices"] for i in cost["invocations"]] == [1, 1] and cost["invocations"][0]["seconds"] > 0
+    assert cost["generated_tokens"] == sum(r["output_tokens"] for rec in records for r in rec["rollouts"]) > 0
+    assert cost["device_hours"] == pytest.approx(cost["wall_seconds"] / 3600)
 
 
 class CountingBuilder(RequestBuilder):

@@ -13,7 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 from medvlthinker import synthetic
-from medvlthinker.overlap import NearDuplicateIndex, char_ngrams, find_overlap, jaccard, normalize_question
+from medvlthinker.overlap import (
+    NearDuplicateIndex,
+    NearImageIndex,
+    char_ngrams,
+    find_overlap,
+    jaccard,
+    normalize_question,
+    without_flagged,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,10 +107,10 @@ def test_find_overlap_kinds_and_counts(sets):
     assert pairs[(102, 2)]["kinds"] == ["identical_image"]
     assert pairs[(104, 3)]["kinds"] == ["exact_question"] and pairs[(104, 3)]["same_options"] is True
     assert report.eval_rows_matched["slake_closed"] == {
-        "exact_question": 0, "near_question": 1, "identical_image": 1, "question_and_image": 1}
+        "exact_question": 0, "near_question": 1, "identical_image": 1, "near_image": 0, "question_and_image": 1}
     assert report.eval_rows_matched["MMMU-medical"]["exact_question"] == 1
     assert report.train_rows_matched == {
-        "exact_question": 2, "near_question": 1, "identical_image": 2, "question_and_image": 1}
+        "exact_question": 2, "near_question": 1, "identical_image": 2, "near_image": 0, "question_and_image": 1}
     # a stricter threshold drops the near-duplicate; without images only the question matches remain
     strict = find_overlap(train, eval_, threshold=0.9, compare_images=False)
     assert {(m["train_dataset_index"], m["eval_dataset_index"]) for m in strict.matches} == {(100, 0), (104, 3)}
@@ -123,7 +131,98 @@ def test_check_overlap_script_is_deterministic(sets, tmp_path):
         assert result.exit_code == 0, result.output
         assert "4 matching pairs" in result.output
         digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / run).iterdir())})
-    assert digests[0] == digests[1] and set(digests[0]) == {"overlap_report.json", "overlap_matches.jsonl", "overlap_table.txt"}
+    assert digests[0] == digests[1] and set(digests[0]) == {"overlap_report.json", "overlap_matches.jsonl", "overlap_table.txt",
+                                                           "overlap_examples.json"}
     table = (tmp_path / "a" / "overlap_table.txt").read_text()
-    assert table.splitlines()[0].split() == ["benchmark", "exact_question", "near_question", "identical_image", "question_and_image"]
-    assert table.splitlines()[-1].split() == ["train", "rows", "2", "1", "2", "1"]
+    assert table.splitlines()[0].split() == ["benchmark", "exact_question", "near_question", "identical_image", "near_image",
+                                         "question_and_image"]
+    assert table.splitlines()[-1].split() == ["train", "rows", "2", "1", "2", "0", "1"]
+
+
+# ---------------------------------------------------------------------------------------------- near-duplicate images
+def _jpeg(img, quality=40):
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def _crop(img, share):
+    w, h = img.size
+    dx, dy = round(w * share), round(h * share)
+    return img.crop((dx, dy, w - dx, h - dy))
+
+
+SCANS = [synthetic.draw_scan(seed) for seed in range(6)]
+PLANTED = {  # eval position -> the training copy, as figures travel between data sets
+    0: _crop(SCANS[0], 0.03),                                          # 3% off every side
+    1: SCANS[1].resize((160, 128)),                                    # half the size
+    2: _jpeg(SCANS[2], quality=40),                                    # re-encoded as JPEG
+    3: SCANS[3].convert("L"),                                          # turned grey
+    4: _jpeg(_crop(SCANS[4], 0.02).resize((240, 192)).convert("L").convert("RGB"), quality=60),  # all at once
+}
+
+
+@pytest.fixture(scope="module")
+def scan_sets():
+    eval_rows = [_row(f"Eval question {k} about the scan?", [SCANS[k]], "pmc_vqa" if k % 2 else "slake_closed", k)
+                 for k in range(6)]
+    train_rows = [_row(f"Train question {k}?", [img], "pmc_vqa", 100 + k) for k, img in PLANTED.items()]
+    # distinct scans of the same modality, none a copy of an eval scan
+    train_rows += [_row(f"Other question {k}?", [synthetic.draw_scan(1000 + k)], "pmc_vqa", 200 + k) for k in range(40)]
+    return synthetic.to_dataset(train_rows), synthetic.to_dataset(eval_rows)
+
+
+def test_every_planted_near_duplicate_image_is_found_and_no_distinct_one(scan_sets):
+    train, eval_ = scan_sets
+    report = find_overlap(train, eval_, near_images=True)
+    found = {(m["train_dataset_index"], m["eval_dataset_index"]): m for m in report.matches}
+    assert set(found) == {(100 + k, k) for k in PLANTED}
+    for (_, k), match in found.items():
+        assert match["kinds"] == ["near_image"] and 0 <= match["image_distance"] <= 10, match
+    assert report.eval_rows_matched["slake_closed"]["near_image"] == 3
+    assert report.eval_rows_matched["pmc_vqa"]["near_image"] == 2
+    assert report.train_rows_matched["near_image"] == 5 and report.image_threshold == 10
+    examples = report.examples(per_kind=1)
+    assert examples["slake_closed"]["near_image"][0]["eval_dataset_index"] == 0
+    assert "slake_closed near_image: eval 0 ~ train pmc_vqa 100 (pHash distance" in report.examples_text()
+    # without the perceptual hashes none of them is found: no pixel is the same
+    assert not find_overlap(train, eval_).matches
+    # the training set without the flagged rows keeps every distinct scan
+    kept = without_flagged(train, report)
+    assert sorted(kept["dataset_index"]) == list(range(200, 240))
+
+
+def test_image_index_finds_exactly_the_pairs_of_a_full_comparison():
+    rng = random.Random(1)
+    indexed = [rng.getrandbits(64) for _ in range(300)]
+    queries = [rng.getrandbits(64) for _ in range(200)]
+    for h in indexed[:60]:  # copies with a few bits flipped, up to well past the threshold
+        flips = rng.sample(range(64), rng.randint(0, 14))
+        queries.append(h ^ sum(1 << b for b in flips))
+    for threshold in (0, 3, 10, 16):
+        q, i, d = NearImageIndex(indexed, threshold=threshold).pairs(queries)
+        fast = {(int(a), int(b), int(c)) for a, b, c in zip(q, i, d)}
+        brute = {(a, b, bin(x ^ y).count("1")) for a, x in enumerate(queries) for b, y in enumerate(indexed)
+                 if bin(x ^ y).count("1") <= threshold}
+        assert fast == brute and len(brute) >= 5
+    with pytest.raises(ValueError, match=r"--image_threshold 17 is out of range; fix: .* 0\.\.16"):
+        NearImageIndex(indexed, threshold=17)
+
+
+def test_write_train_without_the_flagged_rows_and_a_bad_threshold(scan_sets, tmp_path):
+    train, eval_ = scan_sets
+    train.save_to_disk(str(tmp_path / "train"))
+    eval_.save_to_disk(str(tmp_path / "eval"))
+    spec = importlib.util.spec_from_file_location("check_overlap", ROOT / "data_process" / "check_overlap.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = ["--train", str(tmp_path / "train"), "--eval", str(tmp_path / "eval"), "--output_dir", str(tmp_path / "o")]
+    result = CliRunner().invoke(module.main, [*args, "--write_train_without", str(tmp_path / "clean")])
+    assert result.exit_code == 0, result.output
+    assert "wrote 40 of 45 training rows (without the 5 flagged)" in result.output
+    import datasets
+
+    assert sorted(datasets.load_from_disk(str(tmp_path / "clean"))["dataset_index"]) == list(range(200, 240))
+    bad = CliRunner().invoke(module.main, [*args, "--image_threshold", "40"])
+    assert bad.exit_code == 1 and "error: --image_threshold 40 is out of range; fix:" in bad.output
+    assert not (tmp_path / "o" / "overlap_report.json").exists() or result.exit_code == 0

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import medvlthinker.prompts as prompts
+from medvlthinker import grading
 from medvlthinker.prompts import (
     INSTRUCTION_PROMPT,
     SFT_TARGET_TEMPLATE,
@@ -185,6 +186,22 @@ def test_step_by_step_instruction_is_byte_exact():
     assert prompts.resolve_instruction("Answer with a letter.") == "Answer with a letter."
     with pytest.raises(ValueError, match="unknown instruction prompt 'step_by_stpe'.*fix: one of"):
         prompts.resolve_instruction("step_by_stpe")
+
+
+ANSWER_ONLY_BYTES = (
+    b"You will solve a problem/request. Do not explain your reasoning; write only your final answer within "
+    b"<answer> </answer> tags."
+)
+
+
+def test_answer_only_instruction_is_byte_exact_and_not_the_default():
+    assert prompts.ANSWER_ONLY_INSTRUCTION_PROMPT.encode() == ANSWER_ONLY_BYTES
+    assert prompts.resolve_instruction("answer_only").encode() == ANSWER_ONLY_BYTES
+    assert prompts.resolve_instruction(None) == INSTRUCTION_PROMPT != prompts.ANSWER_ONLY_INSTRUCTION_PROMPT
+    text = build_user_text("What imaging modality is shown?", FOUR, prompts.ANSWER_ONLY_INSTRUCTION_PROMPT)
+    assert text.encode() == ANSWER_ONLY_BYTES + FOUR_TEXT[len(INSTRUCTION_PROMPT):].encode()
+    # the eval's graders read the answer-only output's tag like the paper's
+    assert grading.extract_answer("<answer> B </answer>", mode="regrade") == "B"
 
 
 def test_raw_image_tokens_prompt_byte_exact():

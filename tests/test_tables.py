@@ -328,3 +328,32 @@ def test_original_result_files_are_read_by_the_table_and_the_regrade(tmp_path, r
 
     save_unified(eval_set, tmp_path / "evalset")
     assert regrade(theirs, tmp_path / "r1", eval_data=str(tmp_path / "evalset")) == regrade(ours, tmp_path / "r2")
+
+
+def test_cost_column_from_the_runs_and_the_rl_log(tmp_path, rows):
+    records = make_records(rows, seed=1, p_correct=0.5)
+    runs = {}
+    for name, seconds, devices in (("base", 720.0, 8), ("rl", 360.0, 8)):
+        runs[name] = write_run(tmp_path / name, records)
+        (tmp_path / name / "cost.json").write_text(json.dumps({
+            "invocations": [{"seconds": seconds, "devices": devices, "backend": "vllm"}], "wall_seconds": seconds,
+            "device_hours": seconds * devices / 3600, "generated_tokens": 1000}))
+    log = tmp_path / "train.log"
+    log.write_text("{'trainer': {'n_gpus_per_node': 8, 'nnodes': 1}}\n"
+                   "(TaskRunner pid=1) step:1 - timing_s/step:np.float64(900.0) - perf/throughput:50.0\n"
+                   "(TaskRunner pid=1) step:2 - timing_s/step:900.0 - perf/throughput:70.0\n")
+    out = tmp_path / "tables"
+    cmd = [sys.executable, os.path.join(ROOT, "analysis", "make_tables.py"), "--run", f"base={runs['base']}",
+           "--run", f"rl={runs['rl']}", "--n_resamples", "50", "--output_dir", str(out)]
+    plain = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and not (out / "cost.json").exists()  # opt-in
+    result = subprocess.run(cmd + ["--cost", "--rl_log", f"rl={log}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    cost = json.loads((out / "cost.json").read_text())
+    assert cost["base"]["eval_device_hours"] == pytest.approx(1.6) and cost["base"]["device_hours"] == pytest.approx(1.6)
+    rl = cost["rl"]["rl"]
+    assert (rl["steps"], rl["seconds_per_step"], rl["tokens_per_second_per_device"], rl["devices"]) == (2, 900, 60, 8)
+    assert cost["rl"]["device_hours"] == pytest.approx(0.8 + 4.0)
+    assert "| rl | 0.800 | 4.000 | 900.0 | 60.0 | 4.800 |" in result.stdout
+    bad = subprocess.run(cmd + ["--rl_log", f"sft={log}"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--rl_log sft=...: no run named 'sft'" in bad.stderr

@@ -25,9 +25,10 @@ from typing import Any
 from medvlthinker import grading
 from medvlthinker.analysis import plots, tables
 from medvlthinker.analysis.tables import AVG, BENCHMARKS, COLUMNS, LABEL_OF, AnalysisError, ModelRuns
+from medvlthinker.inference.image_modes import IMAGE_MODES
 from medvlthinker.inference.settings import PASS_RATE
 from medvlthinker.schema import parse_options
-from medvlthinker.staging import write_text
+from medvlthinker.staging import write_json, write_text
 
 STATUSES = ("correct", "wrong", "unparsed")
 FIGURE_CAPTIONS = {
@@ -245,6 +246,7 @@ def render_report(
     *,
     title: str = "MedVLThinker evaluation report",
     subtitle: str | None = None,
+    reliance: Mapping[str, Any] | None = None,
 ) -> str:
     """The report as one HTML string."""
     import jinja2
@@ -264,6 +266,9 @@ def render_report(
         level=round(100 * (1 - result.table.alpha)),
         comparison=result.comparison,
         paired=result.paired,
+        reliance=reliance,
+        reliance_modes=[m for m in IMAGE_MODES[1:] if reliance and any(
+            m in line["modes"] for lines in reliance["models"].values() for line in lines.values())],
         figures=list(figures),
         sample_note=(
             f"{len(samples)} rows: per model, up to {per_cell} "
@@ -309,11 +314,14 @@ def make_report(
     samples_per_benchmark: int = 8,
     title: str = "MedVLThinker evaluation report",
     rl_log: str | os.PathLike | None = None,
+    reliance_runs: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Tables, figures and ``report.html`` in ``output_dir``: ``{"report": path, "tables": {...}, "plots": {...}}``.
 
     Writes ``output_dir/tables/table.{md,tex,tsv,json}``, ``output_dir/plots/*.{png,pdf}`` and
-    ``output_dir/report.html``. ``rl_log``, verl's console log of an RL run, adds the reward curve.
+    ``output_dir/report.html``. ``rl_log``, verl's console log of an RL run, adds the reward curve;
+    ``reliance_runs`` (``MODEL=DIR`` eval runs with ``--image_mode``, the ``as_is`` one among them) the
+    visual-reliance table (also ``output_dir/tables/visual_reliance.{md,json}``).
     """
     options = tables.eval_options(eval_data, eval_split) if eval_data is not None else None
     result = tables.make_tables(
@@ -332,7 +340,17 @@ def make_report(
     samples = collect_samples(
         result.models, per_benchmark=samples_per_benchmark, eval_data=eval_data, split=eval_split, seed=seed
     )
-    html = render_report(result, samples, figures_from(written), title=title)
+    reliance = None
+    if reliance_runs:
+        from medvlthinker.analysis import ablations
+
+        reliance = ablations.visual_reliance(
+            ablations.load_conditions(reliance_runs, "image_mode", grading_mode, options),
+            n_resamples=n_resamples, seed=seed)
+        write_json(os.path.join(output_dir, "tables", "visual_reliance.json"), reliance)
+        write_text(os.path.join(output_dir, "tables", "visual_reliance.md"),
+                   ablations.visual_reliance_markdown(reliance) + "\n")
+    html = render_report(result, samples, figures_from(written), title=title, reliance=reliance)
     path = os.path.join(output_dir, "report.html")
     write_text(path, html)
     return {"report": path, "tables": table_paths, "plots": written}

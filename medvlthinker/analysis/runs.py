@@ -9,10 +9,11 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from medvlthinker.analysis import AnalysisError
-from medvlthinker.inference.records import RESULTS_FILE, read_run, shard_files
+from medvlthinker.inference.records import ARGS_FILE, RESULTS_FILE, read_run, shard_files
 from medvlthinker.inference.regrade import GRADINGS, eval_options, regrade_records  # noqa: F401 (re-exported)
 
 
@@ -92,12 +93,42 @@ def _is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, RESULTS_FILE)) or bool(shard_files(path))
 
 
+def run_condition(run_dir: str | os.PathLike) -> dict[str, str]:
+    """``{"image_mode": ..., "prompt": ...}`` of a run, from its args.json (a run without one, such as the original
+    recipe's result files, is the paper's: ``as_is`` and ``think``). ``prompt`` is ``think`` for the paper's
+    instruction, ``answer_only``, or ``other`` (another instruction).
+
+    >>> run_condition("/nonexistent")
+    {'image_mode': 'as_is', 'prompt': 'think'}
+    """
+    path = Path(run_dir)
+    args_path = (path if path.is_dir() else path.parent) / ARGS_FILE
+    args: dict[str, Any] = {}
+    if args_path.is_file():
+        try:
+            args = json.loads(args_path.read_text())["args"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AnalysisError(f"{args_path}: unreadable ({exc}); fix: rerun the eval into that directory") from None
+    mode = "none" if args.get("ignore_image") else args.get("image_mode") or "as_is"
+    instruction = args.get("instruction_prompt")
+    prompt = "think" if instruction in (None, "medvlthinker") else (
+        "answer_only" if instruction == "answer_only" else "other")
+    return {"image_mode": mode, "prompt": prompt}
+
+
 def load_runs(
     pairs: Sequence[tuple[str, str]], grading_mode: str = "regrade", options: Mapping[int, Any] | None = None
 ) -> list[ModelRuns]:
     """Group ``(model, dir)`` pairs by model (first-seen order) and load and grade every repeat."""
     models: dict[str, ModelRuns] = {}
+    conditions: dict[str, tuple[str, dict[str, str]]] = {}
     for name, path in pairs:
+        # repeats are averaged per row: a run with another image mode or prompt is another experiment
+        condition = run_condition(path)
+        first = conditions.setdefault(name, (os.fspath(path), condition))
+        if first[1] != condition:
+            raise AnalysisError(f"model {name!r}: {path} is a run with {condition} but {first[0]} with {first[1]}; "
+                                "fix: give them different names, or compare them with analysis/make_ablation_tables.py")
         runs = models.setdefault(name, ModelRuns(name, [], []))
         runs.dirs.append(os.fspath(path))
         runs.repeats.append(graded(load_records(path), grading_mode, options))

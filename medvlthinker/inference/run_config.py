@@ -30,6 +30,12 @@ def _prompt_modes() -> list[str]:
     return list(PROMPT_MODES)
 
 
+def _image_modes() -> list[str]:
+    from medvlthinker.inference.image_modes import IMAGE_MODES
+
+    return list(IMAGE_MODES)
+
+
 def _instruction_names() -> str:
     from medvlthinker.prompts import INSTRUCTION_PROMPTS
 
@@ -66,7 +72,11 @@ class RunConfig:
     node_size: int = option(1, "nodes sharing the run")
     node_rank: int = option(0, "this node's rank")
     overwrite: bool = option(False, "delete this run's previous records instead of resuming")
-    ignore_image: bool = option(False, "text-only ablation: drop the images")
+    ignore_image: bool = option(False, "text-only ablation: drop the images (the same as --image_mode none)")
+    image_mode: str = option("as_is", "what the model is shown in place of each row's images: as_is (the paper), "
+                             "blank (a uniform grey image of the same size), shuffled (the images of another row of "
+                             "the same benchmark with as many images, seeded by --seed), none (no images, "
+                             "--ignore_image); docs/experiments.md", type=click.Choice(_image_modes()))
     gpu_memory_utilization: float = option(0.9, "share of each GPU's memory vLLM may take")
     max_model_len: int | None = option(None, "vLLM's context length (default: the model's)")
     limit_mm_per_prompt: int | None = option(None, "images per prompt the engine reserves for (default: the most "
@@ -106,6 +116,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         from medvlthinker.inference.backends import BACKENDS
+        from medvlthinker.inference.image_modes import check_image_mode
         from medvlthinker.prompts import PROMPT_MODES, resolve_instruction
 
         if self.backend not in BACKENDS:
@@ -116,6 +127,14 @@ class RunConfig:
             raise ValueError(f"--prompt_mode {self.prompt_mode} writes the model's tokens itself, the api backend "
                              "sends chat messages; fix: drop --prompt_mode (the server applies its chat template)")
         resolve_instruction(self.instruction_prompt)
+        check_image_mode(self.image_mode)
+        if self.ignore_image and self.image_mode not in ("as_is", "none"):
+            raise ValueError(f"--ignore_image drops the images, --image_mode {self.image_mode} replaces them; fix: "
+                             "give one of the two (--image_mode none is --ignore_image)")
+        # one spelling in the record: --ignore_image is --image_mode none
+        if self.ignore_image:
+            self.image_mode = "none"
+        self.ignore_image = self.image_mode == "none"
         for name in ("dp_size", "tp_size", "node_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")

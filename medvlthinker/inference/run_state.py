@@ -79,7 +79,8 @@ def check_same_run(output_dir: str | Path, current: dict[str, Any]) -> None:
 
 
 def _runner_files(out: Path) -> list[Path]:
-    return [*shard_files(out), *(p for p in (out / RESULTS_FILE, out / ACCURACY_FILE, out / ARGS_FILE) if p.exists())]
+    return [*shard_files(out), *(p for p in (out / RESULTS_FILE, out / ACCURACY_FILE, out / ARGS_FILE) if p.exists()),
+            *sorted(out.glob("cost*.json"))]
 
 
 def set_aside(output_dir: str | Path) -> Path | None:

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from medvlthinker.inference.image_modes import with_image_mode
 from medvlthinker.inference.records import (
     ARGS_FILE,
     ShardWriter,
@@ -163,7 +164,7 @@ def stream_records(config: RunConfig, rows, builder: Any, backend: Any, *, windo
     with the number of rows.
     """
     window = window or config.window or backend.default_window(config.sampling)
-    requests = (builder.build(row) for row in rows)
+    requests = (builder.build(row) for row in with_image_mode(rows, config))
     for request, completions in backend.generate(requests, config.sampling, window=window):
         yield make_record(request.row, request.prompt, request.prompt_tokens, request.image_tokens, completions,
                           llava_med_rule=config.llava_med_rule)
@@ -257,12 +258,16 @@ def _rank_entry(config_dict: dict[str, Any], rank: int, devices: list[str], max_
 def run(config: RunConfig) -> dict[str, Any] | None:
     """Validate, run this node's ``dp_size`` ranks (or the Ray pool), and merge when every row has a record.
 
-    Returns the accuracy table, or None when other nodes still have rows to write. A rerun into a directory
+    Returns the accuracy table, or None when other nodes still have rows to write. Each call adds its wall seconds,
+    devices and the run's generated tokens to ``cost.json`` (:mod:`medvlthinker.inference.cost`). A rerun into a directory
     holding another run's records stops (:mod:`medvlthinker.inference.run_state`); ``overwrite`` sets the old
     outputs aside once the data set has passed validation and restores them if this run fails.
     """
     from medvlthinker.inference import run_state
 
+    from medvlthinker.inference.cost import record_cost
+
+    start = time.perf_counter()
     out = Path(config.output_dir)
     # the whole set, every image checked: nothing starts on bad data, and nothing already in the output directory
     # is touched before this passes
@@ -281,6 +286,7 @@ def run(config: RunConfig) -> dict[str, Any] | None:
         run_state.restore(out, aside)  # a failed --overwrite run leaves the previous results as they were
         raise
     run_state.discard(aside)
+    record_cost(config, time.perf_counter() - start)
     return result
 
 

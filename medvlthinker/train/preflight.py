@@ -4,7 +4,8 @@ In order, stopping at the first problem with a :class:`PreflightError` that name
 fix:
 
 1. compose the config with Hydra (it extends verl's ``ppo_trainer``, so unknown keys fail here) and run verl's own
-   ``validate_config``, as ``main_ppo`` does; check that the rollout batch splits over the agent-loop workers;
+   ``validate_config``, as ``main_ppo`` does; check that the rollout batch splits over the agent-loop workers, and
+   that online filtering (``algorithm.filter_groups``) is on only where verl applies it;
 2. the reward: configured under ``reward.custom_reward_function`` (verl 0.9 silently ignores the old top-level
    ``custom_reward_function`` key and would run its default scorer, which fails on our data sources);
 3. the installed stack against the config's needs: verl's actor build imports TRL's value-head class whenever TRL
@@ -36,6 +37,7 @@ from medvlthinker.train.preflight_config import (  # noqa: F401
     PreflightError,
     PreflightReport,
     check_keys,
+    check_online_filter,
     check_reward_keys,
     check_reward_scores,
     compose_config,
@@ -318,6 +320,7 @@ def run_preflight(config: str | os.PathLike, overrides: list[str] | tuple[str, .
     check_keys(config, overrides, cfg, report)
     check_reward_keys(cfg, report)
     validate_with_verl(cfg, report)
+    check_online_filter(cfg, report)
     check_stack(cfg, report)
     check_picture_normalisation(cfg, report)
     check_verl_fixes(cfg, report)

@@ -108,6 +108,42 @@ def validate_with_verl(cfg, report: PreflightReport) -> None:
     report.ok(f"{sequences} rollouts a step split over {workers} agent-loop workers")
 
 
+ONLINE_FILTER_OVERLAY = "configs/rl/overlays/online_filter.yaml"
+
+
+def check_online_filter(cfg, report: PreflightReport) -> None:
+    """``algorithm.filter_groups`` (:data:`ONLINE_FILTER_OVERLAY`) only where verl 0.9.1 applies it: the v1 trainer's
+    built-in replay buffer, groups of at least two rollouts, GRPO's group advantages, and a reward known when the
+    group finishes (rule-based, or a reward model in its own resource pool)."""
+    filter_groups = cfg.algorithm.get("filter_groups") or {}
+    if not filter_groups.get("enable", False):
+        return
+    where = f"algorithm.filter_groups.enable=true ({ONLINE_FILTER_OVERLAY})"
+    problems = []
+    if not filter_groups.get("metric"):
+        problems.append(("algorithm.filter_groups.metric is empty", "algorithm.filter_groups.metric=reward"))
+    if not cfg.trainer.get("use_v1", False):
+        problems.append(("trainer.use_v1 is false (the legacy trainer ignores filter_groups)", "trainer.use_v1=true"))
+    sampler = cfg.trainer.get("v1", {}).get("sampler", {}).get("custom_sampler") or {}
+    if sampler.get("path"):
+        problems.append((f"trainer.v1.sampler.custom_sampler.path={sampler.get('path')!r} replaces the replay buffer "
+                         "that filters", "drop the custom sampler"))
+    if cfg.algorithm.adv_estimator != "grpo":
+        problems.append((f"algorithm.adv_estimator={cfg.algorithm.adv_estimator!r} is not GRPO's group advantage",
+                         "algorithm.adv_estimator=grpo"))
+    if cfg.actor_rollout_ref.rollout.n < 2:
+        problems.append((f"actor_rollout_ref.rollout.n={cfg.actor_rollout_ref.rollout.n} leaves no group to compare",
+                         "actor_rollout_ref.rollout.n=8 (the paper's)"))
+    reward_model = cfg.reward.get("reward_model") or {}
+    if reward_model.get("enable", False) and not reward_model.get("enable_resource_pool", False):
+        problems.append(("a colocated reward model scores only after sampling",
+                         "reward.reward_model.enable_resource_pool=true"))
+    if problems:
+        what, fix = problems[0]
+        raise PreflightError(f"{where} cannot apply to this config: {what}; fix: {fix}, or drop the overlay")
+    report.ok(f"online filtering: groups with equal {filter_groups.get('metric')} are dropped and replaced")
+
+
 # --------------------------------------------------------------------------------------------------- 2. reward
 def check_reward_keys(cfg, report: PreflightReport) -> None:
     legacy = cfg.get("custom_reward_function") or {}
