@@ -107,10 +107,14 @@ def shuffle_donors(dataset_names: Sequence[str], dataset_indices: Sequence[int],
 
 
 def image_keys(ds) -> list[tuple[str, ...] | None]:
-    """Per row of a ``datasets.Dataset`` whose images are stored bytes (``runner.raw_images``): the sha1 of each
-    image's bytes (of its path when it has no bytes), None for a row without images."""
+    """Per row of a unified ``datasets.Dataset``: the sha1 of each image's stored bytes (of its path when it has no
+    bytes), None for a row without images. The images are read as stored, a few rows at a time."""
+    from medvlthinker.data.paging import raw_rows
+
+    if "images" not in ds.column_names:
+        return [None] * len(ds)
     out: list[tuple[str, ...] | None] = []
-    for images in ds["images"] if "images" in ds.column_names else [None] * len(ds):
+    for images in (row["images"] for row in raw_rows(ds.select_columns(["images"]))):
         if not images:
             out.append(None)
             continue
@@ -120,8 +124,8 @@ def image_keys(ds) -> list[tuple[str, ...] | None]:
 
 
 class ImageSwap:
-    """The ``blank`` / ``shuffled`` transformation of rows. ``source`` is the whole data set of the run (images as
-    stored bytes), so a rank or a Ray worker holding part of the rows still draws the donors from every row."""
+    """The ``blank`` / ``shuffled`` transformation of rows. ``source`` is the whole data set of the run (its images
+    are read as stored), so a rank or a Ray worker holding part of the rows still draws the donors from every row."""
 
     def __init__(self, mode: str, source=None, seed: int = 0) -> None:
         self.mode = check_image_mode(mode)
@@ -141,7 +145,7 @@ class ImageSwap:
             return stored
         donor = self.donors.get(int(row["dataset_index"])) if self.mode == "shuffled" else None
         if donor is not None:
-            return list(self.source[donor]["images"])
+            return list(self.source.with_format("arrow")[donor:donor + 1].to_pylist()[0]["images"])
         return [blank_image(image_size(image)) for image in stored]
 
     def __call__(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
@@ -160,9 +164,9 @@ def with_image_mode(rows: Iterable[Mapping[str, Any]], config) -> Iterable[Mappi
         return rows
     source = None
     if mode == "shuffled":
-        from medvlthinker.inference.runner import load_rows, raw_images
+        from medvlthinker.inference.runner import load_rows
 
-        source = raw_images(load_rows(config, check_images=False))
+        source = load_rows(config, check_images=False)
     swap = ImageSwap(mode, source, seed=config.seed)
     if swap.unshuffled:
         import sys
