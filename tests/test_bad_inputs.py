@@ -452,3 +452,68 @@ def test_a_torn_shard_line_is_skipped_alike_and_a_torn_merged_file_refused(eval_
 
 def data_rows(eval_run):
     return [json.loads(line) for line in (eval_run["out"] / "eval_results.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------- image paths outside the data set's folder are never read
+@pytest.fixture()
+def outside(data, tmp_path):
+    """A jsonl data set whose row 1 points at a file outside its folder (``../secret/x.png``), row 2 at an absolute
+    path, and a parquet file whose ``path`` field leads out; the secret file's bytes must reach no output."""
+    from medvlthinker.data import load_unified
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(secret / "x.png")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(folder / "ok.png")
+    rows = [dict(r, images=["ok.png"]) for r in data["rows"][:3]]
+    rows[1]["images"] = ["../secret/x.png"]
+    jsonl = folder / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    absolute = folder / "absolute.jsonl"
+    absolute.write_text("".join(json.dumps(dict(r, images=[str(secret / "x.png")] if i == 2 else ["ok.png"])) + "\n"
+                                for i, r in enumerate(rows)))
+    parquet = folder / "rows.parquet"
+    load_unified(str(jsonl), allow_outside_images=True).to_parquet(str(parquet))  # paths kept, bytes not embedded
+    return {"jsonl": jsonl, "absolute": absolute, "parquet": parquet, "rows": rows, "secret": secret / "x.png"}
+
+
+@pytest.mark.parametrize("script", ["data_process/convert_verl_format.py", "data_process/convert_sft_format.py"])
+@pytest.mark.parametrize("source", ["jsonl", "absolute", "parquet"])
+def test_converters_refuse_an_image_path_outside_the_data_folder(outside, tmp_path, script, source):
+    index = outside["rows"][1 if source != "absolute" else 2]["dataset_index"]
+    out = tmp_path / ("out.parquet" if "verl" in script else "out")
+    expect_failure(script, outside[source], out, names=[f"dataset_index={index}", "outside the data set's folder",
+                                                       "--allow_outside_images"])
+    assert not out.exists()
+
+
+def test_the_outside_images_flag_lets_a_trusted_set_through(outside, tmp_path):
+    code, output = run("data_process/convert_verl_format.py", outside["jsonl"], tmp_path / "v.parquet",
+                       "--allow_outside_images")
+    assert code == 0, output
+
+
+def test_eval_refuses_an_image_path_outside_the_data_folder_before_the_model_loads(outside, tmp_path):
+    expect_failure("eval/run_offline_inference.py", "--model", _unloadable_model(tmp_path), "--backend", "hf",
+                   "--dataset_name", outside["jsonl"], "--output_dir", tmp_path / "run",
+                   names=[f"dataset_index={outside['rows'][1]['dataset_index']}", "outside the data set's folder"])
+
+
+def test_pmc_preparation_and_the_eval_set_builder_refuse_paths_out_of_their_folder(tmp_path):
+    from medvlthinker import eval_set
+    from medvlthinker.images import OutsideImageError
+    from medvlthinker.prepare.pmc_vqa import pmc_vqa_row
+    from medvlthinker.prepare.report import MalformedRow
+
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "secret.png")
+    record = {"Figure_path": "../secret.png", "Question": "Q?", "Answer": "x", "Choice A": "A:x", "Choice B": "B:y",
+              "Choice C": "C:z", "Choice D": "D:w", "Answer_label": "A"}
+    with pytest.raises(MalformedRow, match="image_outside.*outside the data set's folder"):
+        pmc_vqa_row(record, 0, figures, compat="lenient")
+    with pytest.raises(OutsideImageError, match="outside the data set's folder"):
+        eval_set._image_value("../secret.png", figures)
+    assert eval_set._image_value("../secret.png", figures, allow_outside=True)["bytes"]

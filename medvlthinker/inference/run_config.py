@@ -67,6 +67,8 @@ class RunConfig:
     node_rank: int = option(0, "this node's rank")
     overwrite: bool = option(False, "delete this run's previous records instead of resuming")
     ignore_image: bool = option(False, "text-only ablation: drop the images")
+    allow_outside_images: bool = option(False, "read image paths that lead outside the data set's folder (only for "
+                                        "a data set you trust)")
     gpu_memory_utilization: float = option(0.9, "share of each GPU's memory vLLM may take")
     max_model_len: int | None = option(None, "vLLM's context length (default: the model's)")
     limit_mm_per_prompt: int | None = option(None, "images per prompt the engine reserves for (default: the most "

@@ -48,7 +48,8 @@ def load_rows(config: RunConfig, *, check_images: bool):
     from medvlthinker.data import load_unified
 
     return load_unified(config.dataset_name, config.split, subset=config.subset, size=config.dataset_size,
-                        validate=True, check_images=check_images and not config.ignore_image)
+                        validate=True, check_images=check_images and not config.ignore_image,
+                        allow_outside_images=config.allow_outside_images)
 
 
 def finished_indices(output_dir: str | os.PathLike) -> set[int]:

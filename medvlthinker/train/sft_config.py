@@ -65,6 +65,8 @@ class SFTRunConfig(SFTConfig):
         "makes AdamW update bf16 weights.", "float32")
     attn_implementation: str = _help("'sdpa', 'eager' or 'flash_attention_2'.", "sdpa")
     max_train_samples: int | None = _help("Train on the first N examples.", None)
+    allow_outside_images: bool = _help("Read image paths of train_data that lead outside its folder (only for a "
+                                       "data set you trust).", False)
     resume: bool = _help("Resume from the newest checkpoint in output_dir.", True)
 
     # ---- TRL/transformers fields whose paper value differs from the library default
