@@ -459,7 +459,7 @@ def data_rows(eval_run):
 def outside(data, tmp_path):
     """A jsonl data set whose row 1 points at a file outside its folder (``../secret/x.png``), row 2 at an absolute
     path, and a parquet file whose ``path`` field leads out; the secret file's bytes must reach no output."""
-    from medvlthinker.data import load_unified
+    from medvlthinker.data.loading import unified_features
 
     secret = tmp_path / "secret"
     secret.mkdir()
@@ -475,7 +475,8 @@ def outside(data, tmp_path):
     absolute.write_text("".join(json.dumps(dict(r, images=[str(secret / "x.png")] if i == 2 else ["ok.png"])) + "\n"
                                 for i, r in enumerate(rows)))
     parquet = folder / "rows.parquet"
-    load_unified(str(jsonl), allow_outside_images=True).to_parquet(str(parquet))  # paths kept, bytes not embedded
+    with_paths = [dict(r, images=[{"path": str(folder / r["images"][0]), "bytes": None}]) for r in rows]
+    datasets.Dataset.from_list(with_paths, features=unified_features()).to_parquet(str(parquet))  # paths, no bytes
     return {"jsonl": jsonl, "absolute": absolute, "parquet": parquet, "rows": rows, "secret": secret / "x.png"}
 
 
