@@ -518,3 +518,47 @@ def test_pmc_preparation_and_the_eval_set_builder_refuse_paths_out_of_their_fold
     with pytest.raises(OutsideImageError, match="outside the data set's folder"):
         eval_set._image_value("../secret.png", figures)
     assert eval_set._image_value("../secret.png", figures, allow_outside=True)["bytes"]
+
+
+# ------------------------------------------- a resume is the same run: what the paths hold, the same samples
+def test_resume_with_new_weights_or_new_rows_at_the_same_paths_is_refused(data, tiny_model_dir, tmp_path,
+                                                                         tmp_path_factory):
+    import shutil
+
+    model, rows, out = tmp_path / "model", tmp_path / "rows", tmp_path / "run"
+    shutil.copytree(tiny_model_dir, model)
+    shutil.copytree(data["good"], rows)
+    args = ["--model", model, "--backend", "hf", "--dataset_name", rows, "--max_tokens", "2", "--output_dir", out]
+    code, output = run("eval/run_offline_inference.py", *args)
+    assert code == 0, output
+
+    other = _other_model(tmp_path_factory)  # same config.json, other weights
+    assert (other / "config.json").read_bytes() == (model / "config.json").read_bytes()
+    shutil.copy(other / "model.safetensors", model / "model.safetensors")
+    expect_failure("eval/run_offline_inference.py", *args, names=["holds records of another run", "model_sha256"],
+                   kept=[out])
+    shutil.copy(tiny_model_dir / "model.safetensors", model / "model.safetensors")
+
+    shutil.rmtree(rows)  # as many rows, other content
+    synthetic.to_dataset(synthetic.make_image_rows(n=8, seed=9)).save_to_disk(str(rows))
+    expect_failure("eval/run_offline_inference.py", *args, names=["holds records of another run", "data_sha256"],
+                   kept=[out])
+
+
+def test_a_killed_and_resumed_pass_rate_run_samples_as_an_uninterrupted_one(data, tiny_model_dir, tmp_path):
+    # The state a kill leaves: args.json and the first records of the shard. Sampling was seeded per engine, so
+    # the rows generated after the resume drew other samples than in one uninterrupted run.
+    args = ["--model", tiny_model_dir, "--backend", "hf", "--dataset_name", data["good"], "--temperature", "1.0",
+            "--n", "2", "--max_tokens", "4", "--batch_size", "4"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    code, output = run("eval/run_offline_inference.py", *args, "--output_dir", whole)
+    assert code == 0, output
+    resumed.mkdir()
+    (resumed / "args.json").write_bytes((whole / "args.json").read_bytes())
+    shard = (whole / "shard-000-of-001.jsonl").read_text().splitlines(keepends=True)
+    (resumed / "shard-000-of-001.jsonl").write_text("".join(shard[:3]))
+    code, output = run("eval/run_offline_inference.py", *args, "--output_dir", resumed)
+    assert code == 0, output
+    from medvlthinker.inference.records import read_records
+
+    assert read_records(resumed / "eval_results.jsonl") == read_records(whole / "eval_results.jsonl")

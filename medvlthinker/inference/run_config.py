@@ -60,6 +60,7 @@ class RunConfig:
     n: int = copy_field(SamplingSettings, "n")
     seed: int = copy_field(SamplingSettings, "seed")
     ignore_eos: bool = copy_field(SamplingSettings, "ignore_eos")
+    engine_seed_only: bool = copy_field(SamplingSettings, "engine_seed_only")
     dp_size: int = option(1, "data-parallel engines, one per GPU slice: on this node, or on the whole cluster "
                           "with --ray")
     tp_size: int = option(1, "tensor-parallel GPUs per engine (32B: 4)")

@@ -83,12 +83,15 @@ def library_versions() -> dict[str, str | None]:
 
 
 def write_args(config: RunConfig, num_rows: int) -> Path:
+    from medvlthinker.inference import run_state
+
     return write_json(Path(config.output_dir) / ARGS_FILE, {
         "args": asdict(config),
         "argv": sys.argv,
         "num_rows": num_rows,
         "sampling": config.sampling.to_dict(),
         "model_config_sha256": model_config_hash(config.model),
+        **run_state.content_hashes(asdict(config)),
         "versions": library_versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
@@ -270,7 +273,8 @@ def run(config: RunConfig) -> dict[str, Any] | None:
         aside = run_state.set_aside(out)
     elif not config.overwrite:
         run_state.check_same_run(out, run_state.fingerprint(asdict(config), num_rows=num_rows,
-                                                            model_config_sha256=model_config_hash(config.model)))
+                                                            model_config_sha256=model_config_hash(config.model),
+                                                            **run_state.content_hashes(asdict(config))))
     try:
         result = _run_validated(config, out, ds, num_rows, max_images)
     except BaseException:
