@@ -69,6 +69,8 @@ def make_record(request_row: Mapping[str, Any], prompt: str, prompt_tokens: int,
         if not isinstance(item, str):
             rollout["output_tokens"] = int(item.output_tokens)
             rollout["finish_reason"] = item.finish_reason
+            if getattr(item, "model", None):
+                rollout["model"] = item.model
         rollouts.append(rollout)
     return {
         "dataset_name": request_row["dataset_name"],

@@ -29,7 +29,7 @@ from medvlthinker.inference.records import ACCURACY_FILE, ARGS_FILE, RESULTS_FIL
 
 EXECUTION_SETTINGS = frozenset({
     "output_dir", "overwrite", "progress", "dp_size", "tp_size", "node_size", "node_rank", "window", "batch_size",
-    "gpu_memory_utilization", "engine_kwargs", "ray", "ray_address", "api_base", "api_key_env",
+    "gpu_memory_utilization", "engine_kwargs", "ray", "ray_address", "api_key_env",
     "allow_outside_images",
 })
 """RunConfig fields that change how a run is executed, not what its records hold: free to change on resume."""
