@@ -83,26 +83,22 @@ def check_inside(path: str | os.PathLike, bases: list[str | os.PathLike], *, all
 
 
 def check_model_limits(img: Image.Image) -> None:
-    """Raise :class:`ImageDecodeError` for an image Qwen2.5-VL cannot take (see the module docstring).
+    """Raise :class:`ImageDecodeError` for an image Qwen2.5-VL cannot take (see the module docstring); the caller
+    names the row and the fix (replace the image or drop the row).
 
     >>> check_model_limits(Image.new("RGB", (10, 2600)))
     Traceback (most recent call last):
-    medvlthinker.images.ImageDecodeError: the image is 10x2600 pixels, a side ratio of 260 (Qwen2.5-VL takes at most 200); fix: crop or pad the image to a side ratio of at most 200, or drop the row
+    medvlthinker.images.ImageDecodeError: the image is 10x2600 pixels, a side ratio of 260 (Qwen2.5-VL takes at most 200: crop or pad it)
     """
     w, h = img.size
     if min(w, h) < 1:
-        raise ImageDecodeError(None, f"the image is {w}x{h} pixels (an empty side)", fix="replace the image or drop the row")
+        raise ImageDecodeError(f"the image is {w}x{h} pixels (an empty side)")
     if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
-        raise ImageDecodeError(
-            None, f"the image is {w}x{h} pixels, a side ratio of {max(w, h) / min(w, h):.0f} (Qwen2.5-VL takes at most "
-            f"{MAX_ASPECT_RATIO})",
-            fix=f"crop or pad the image to a side ratio of at most {MAX_ASPECT_RATIO}, or drop the row",
-        )
+        raise ImageDecodeError(f"the image is {w}x{h} pixels, a side ratio of {max(w, h) / min(w, h):.0f} "
+                               f"(Qwen2.5-VL takes at most {MAX_ASPECT_RATIO}: crop or pad it)")
     if w * h > MAX_IMAGE_PIXELS:
-        raise ImageDecodeError(
-            None, f"the image is {w}x{h} pixels, over the {MAX_IMAGE_PIXELS} pixels PIL accepts (a decompression bomb?)",
-            fix="downscale the image or drop the row",
-        )
+        raise ImageDecodeError(f"the image is {w}x{h} pixels, over the {MAX_IMAGE_PIXELS} pixels PIL accepts (a "
+                               "decompression bomb, or a figure to downscale)")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

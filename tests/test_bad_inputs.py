@@ -562,3 +562,52 @@ def test_a_killed_and_resumed_pass_rate_run_samples_as_an_uninterrupted_one(data
     from medvlthinker.inference.records import read_records
 
     assert read_records(resumed / "eval_results.jsonl") == read_records(whole / "eval_results.jsonl")
+
+
+# ------------------------------------------------------------- images Qwen2.5-VL cannot take, named by row
+@pytest.fixture()
+def untakeable(data, tmp_path):
+    """A set whose row 2 holds a 10x2600 figure (side ratio 260), and one whose row 5 holds a decompression bomb (a
+    10,000 x 10,000 one-bit PNG of a few kB)."""
+    import io
+
+    def png(img):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+    thin, bomb = [dict(r) for r in data["rows"]], [dict(r) for r in data["rows"]]
+    thin[2]["images"] = [{"bytes": png(Image.new("RGB", (10, 2600), (200, 0, 0))), "path": None}]
+    bomb[5]["images"] = [{"bytes": png(Image.new("1", (10_000, 10_000))), "path": None}]
+    synthetic.to_dataset(thin).save_to_disk(str(tmp_path / "thin"))
+    synthetic.to_dataset(bomb).save_to_disk(str(tmp_path / "bomb"))
+    return {"path": tmp_path / "thin", "bomb_path": tmp_path / "bomb", "thin": thin[2]["dataset_index"],
+            "bomb": bomb[5]["dataset_index"]}
+
+
+@pytest.mark.parametrize("script", ["data_process/convert_verl_format.py", "data_process/convert_sft_format.py"])
+def test_converters_name_the_row_of_an_image_the_model_cannot_take(untakeable, tmp_path, script):
+    out = tmp_path / ("out.parquet" if "verl" in script else "out")
+    expect_failure(script, untakeable["path"], out,
+                   names=[f"dataset_index={untakeable['thin']}", "side ratio of 260", "at most 200"])
+    expect_failure(script, untakeable["bomb_path"], out,
+                   names=[f"dataset_index={untakeable['bomb']}", "decompression bomb"])
+
+
+def test_eval_names_an_image_the_model_cannot_take_before_the_model_loads(untakeable, tmp_path):
+    expect_failure("eval/run_offline_inference.py", "--model", _unloadable_model(tmp_path), "--backend", "hf",
+                   "--dataset_name", untakeable["path"], "--output_dir", tmp_path / "run",
+                   names=[f"dataset_index={untakeable['thin']}", "side ratio of 260"])
+
+
+def test_pmc_preparation_reports_a_figure_the_model_cannot_take(tmp_path):
+    from medvlthinker.prepare.pmc_vqa import pmc_vqa_row
+    from medvlthinker.prepare.report import MalformedRow
+
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    Image.new("RGB", (10, 2600)).save(figures / "thin.png")
+    record = {"Figure_path": "thin.png", "Question": "Q?", "Answer": "x", "Choice A": "A:x", "Choice B": "B:y",
+              "Choice C": "C:z", "Choice D": "D:w", "Answer_label": "A"}
+    with pytest.raises(MalformedRow, match="image_undecodable: thin.png: .*side ratio of 260"):
+        pmc_vqa_row(record, 0, figures, compat="lenient")
