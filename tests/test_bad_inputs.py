@@ -611,3 +611,30 @@ def test_pmc_preparation_reports_a_figure_the_model_cannot_take(tmp_path):
               "Choice C": "C:z", "Choice D": "D:w", "Answer_label": "A"}
     with pytest.raises(MalformedRow, match="image_undecodable: thin.png: .*side ratio of 260"):
         pmc_vqa_row(record, 0, figures, compat="lenient")
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(data, tiny_model_dir, tmp_path):
+    # Two runs writing into one folder both generated every row, and the folder then failed every rerun on the
+    # duplicate lines. The second run must stop at once and leave the first run's work whole.
+    import subprocess
+    import sys
+    import time
+
+    from medvlthinker.inference.records import read_records
+
+    out = tmp_path / "run"
+    args = ["--model", str(tiny_model_dir), "--backend", "hf", "--dataset_name", str(data["good"]), "--max_tokens",
+            "48", "--batch_size", "1", "--output_dir", str(out)]
+    first = subprocess.Popen([sys.executable, str(ROOT / "eval" / "run_offline_inference.py"), *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "args.json").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run must still be running"
+        expect_failure("eval/run_offline_inference.py", *args, names=[str(out), "another run", "--output_dir"])
+    finally:
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert sorted(r["dataset_index"] for r in read_records(out / "eval_results.jsonl")) == sorted(
+        r["dataset_index"] for r in data["rows"])

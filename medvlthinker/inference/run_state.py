@@ -21,6 +21,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,39 @@ def fingerprint(args: dict[str, Any], *, model_config_sha256: str | None, num_ro
     """
     kept = {k: v for k, v in args.items() if k not in EXECUTION_SETTINGS}
     return {**kept, "model_config_sha256": model_config_sha256, "num_rows": num_rows, **content}
+
+
+class RunLocked(UserError):
+    """Another run is writing into the same output directory."""
+
+
+LOCK_PREFIX = ".lock-node-"
+
+
+@contextmanager
+def output_lock(output_dir: str | Path, node_rank: int = 0) -> Iterator[None]:
+    """Hold ``output_dir``'s lock for this node while the block runs; a second run into the same folder (which
+    would generate every row again and leave each one recorded twice) raises :class:`RunLocked` at once.
+
+    The lock is an ``flock`` on an empty hidden file, one per node (the nodes of a multi-node run share the folder
+    and write their own shards); the system releases it when the process ends, so a killed run leaves no stale
+    lock. The file stays, empty, so the folder's content is the same before and after a refused run.
+    """
+    import fcntl
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{LOCK_PREFIX}{node_rank}"
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(str(out), f"another run (node {node_rank}) is writing into this folder",
+                            fix="wait for it to finish (then rerun to resume), or use another --output_dir") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def has_records(output_dir: str | Path) -> bool:

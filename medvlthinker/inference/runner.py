@@ -268,20 +268,21 @@ def run(config: RunConfig) -> dict[str, Any] | None:
     ds = load_rows(config, check_images=True)
     num_rows = len(ds)
     max_images = max_images_per_row(ds)
-    aside = None
-    if config.overwrite and config.node_rank == 0:
-        aside = run_state.set_aside(out)
-    elif not config.overwrite:
-        run_state.check_same_run(out, run_state.fingerprint(asdict(config), num_rows=num_rows,
-                                                            model_config_sha256=model_config_hash(config.model),
-                                                            **run_state.content_hashes(asdict(config))))
-    try:
-        result = _run_validated(config, out, ds, num_rows, max_images)
-    except BaseException:
-        run_state.restore(out, aside)  # a failed --overwrite run leaves the previous results as they were
-        raise
-    run_state.discard(aside)
-    return result
+    with run_state.output_lock(out, config.node_rank):  # a second run into the same folder stops here
+        aside = None
+        if config.overwrite and config.node_rank == 0:
+            aside = run_state.set_aside(out)
+        elif not config.overwrite:
+            run_state.check_same_run(out, run_state.fingerprint(asdict(config), num_rows=num_rows,
+                                                                model_config_sha256=model_config_hash(config.model),
+                                                                **run_state.content_hashes(asdict(config))))
+        try:
+            result = _run_validated(config, out, ds, num_rows, max_images)
+        except BaseException:
+            run_state.restore(out, aside)  # a failed --overwrite run leaves the previous results as they were
+            raise
+        run_state.discard(aside)
+        return result
 
 
 def _run_validated(config: RunConfig, out: Path, ds, num_rows: int, max_images: int) -> dict[str, Any] | None:
