@@ -638,3 +638,13 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(data,
     assert first.returncode == 0, err[-3000:]
     assert sorted(r["dataset_index"] for r in read_records(out / "eval_results.jsonl")) == sorted(
         r["dataset_index"] for r in data["rows"])
+
+
+@pytest.mark.parametrize("script", ["eval/regrade.py", "analysis/make_tables.py"])
+def test_regrade_and_tables_refuse_a_run_without_records(tmp_path, script):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "eval_results.jsonl").write_text("")
+    args = [run_dir] if script == "eval/regrade.py" else ["--run", f"m={run_dir}", "--output_dir", tmp_path / "t"]
+    expect_failure(script, *args, names=[str(run_dir), "holds no records"])
+    assert not (tmp_path / "t").exists() and sorted(p.name for p in run_dir.iterdir()) == ["eval_results.jsonl"]
