@@ -32,7 +32,8 @@ def _script(relpath: str):
 
 
 def run(relpath: str, *args) -> tuple[int, str]:
-    result = CliRunner().invoke(_script(relpath).main, [str(a) for a in args])
+    module = _script(relpath)
+    result = CliRunner().invoke(getattr(module, "main", None) or module.cli, [str(a) for a in args])
     return result.exit_code, result.output
 
 
@@ -648,3 +649,33 @@ def test_regrade_and_tables_refuse_a_run_without_records(tmp_path, script):
     args = [run_dir] if script == "eval/regrade.py" else ["--run", f"m={run_dir}", "--output_dir", tmp_path / "t"]
     expect_failure(script, *args, names=[str(run_dir), "holds no records"])
     assert not (tmp_path / "t").exists() and sorted(p.name for p in run_dir.iterdir()) == ["eval_results.jsonl"]
+
+
+def test_verl_merge_refuses_an_existing_target_before_any_work(tmp_path):
+    actor = tmp_path / "global_step_1" / "actor"
+    (actor / "huggingface").mkdir(parents=True)
+    (actor / "fsdp_config.json").write_text('{"FSDP_version": 2, "world_size": 1}')
+    (actor / "model_world_size_1_rank_0.pt").write_bytes(b"")
+    (actor / "huggingface" / "config.json").write_text("{}")
+    target = tmp_path / "merged"
+    target.mkdir()
+    (target / "model.safetensors").write_bytes(b"an earlier merge")
+    expect_failure("medvlthinker/train/merge.py", "verl", actor, target,
+                   names=[str(target), "already exists", "--overwrite"], kept=[target])
+    # with --overwrite a merge that fails (here: empty shards) leaves the earlier model as it was
+    code, output = run("medvlthinker/train/merge.py", "verl", actor, target, "--overwrite")
+    assert code == 1 and "verl's model merger failed" in error_line(output)
+    assert (target / "model.safetensors").read_bytes() == b"an earlier merge"
+
+
+@pytest.mark.parametrize("flags, names", [
+    (["--model", "./no/such/model"], ["--model ./no/such/model", "no such model folder"]),
+    (["--engine_kwargs", "{bad"], ["--engine_kwargs '{bad'", "is not JSON"]),
+    (["--engine_kwargs", "[1]"], ["--engine_kwargs '[1]'", "not an object"]),
+])
+def test_eval_names_a_missing_model_folder_and_bad_engine_kwargs(data, tiny_model_dir, tmp_path, flags, names):
+    args = {"--model": str(tiny_model_dir), "--backend": "hf", "--dataset_name": str(data["good"]),
+            "--output_dir": str(tmp_path / "run")}
+    args.update(dict(zip(flags[::2], flags[1::2])))
+    expect_failure("eval/run_offline_inference.py", *[x for kv in args.items() for x in kv], names=names)
+    assert not (tmp_path / "run").exists()

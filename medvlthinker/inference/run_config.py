@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from medvlthinker.data.sources import looks_local
+from medvlthinker.errors import UserError
 from medvlthinker.images import MAX_PIXELS, MIN_PIXELS
 from medvlthinker.inference.settings import SAMPLING_FIELDS, SamplingSettings
 from medvlthinker.options import copy_field, option
@@ -118,6 +120,10 @@ class RunConfig:
             raise ValueError(f"--node_rank {self.node_rank} must be in 0..{self.node_size - 1} (--node_size)")
         if self.window is not None and self.window < 1:
             raise ValueError(f"--window must be >= 1, got {self.window}; fix: leave it out for the engine's capacity")
+        if self.backend != "api" and looks_local(self.model) and not Path(self.model).expanduser().is_dir():
+            raise UserError(f"--model {self.model}", "no such model folder",
+                            fix="check the path (a folder holding config.json and the weights), or give a Hugging "
+                                "Face model name such as Qwen/Qwen2.5-VL-3B-Instruct")
         if self.ray and self.node_size > 1:
             raise ValueError("--ray spreads the engines over the whole cluster itself; fix: drop --node_size and "
                              "--node_rank (launch once, e.g. with ray job submit)")
@@ -129,6 +135,23 @@ class RunConfig:
     @property
     def world_size(self) -> int:
         return self.node_size * self.dp_size
+
+
+def parse_engine_kwargs(text: str | None) -> dict[str, Any]:
+    """``--engine_kwargs`` as a dict; text that is not a JSON object is a one-line error naming the flag.
+
+    >>> parse_engine_kwargs('{"enforce_eager": true}'), parse_engine_kwargs(None)
+    ({'enforce_eager': True}, {})
+    """
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError as exc:
+        raise UserError(f"--engine_kwargs {text!r}", f"is not JSON ({exc})",
+                        fix='write a JSON object in single quotes, e.g. --engine_kwargs \'{"enforce_eager": true}\'') from None
+    if not isinstance(value, dict):
+        raise UserError(f"--engine_kwargs {text!r}", f"is a JSON {type(value).__name__}, not an object",
+                        fix='write a JSON object, e.g. --engine_kwargs \'{"enforce_eager": true}\'')
+    return value
 
 
 def config_from_args(args: dict[str, Any]) -> RunConfig:
