@@ -679,3 +679,16 @@ def test_eval_names_a_missing_model_folder_and_bad_engine_kwargs(data, tiny_mode
     args.update(dict(zip(flags[::2], flags[1::2])))
     expect_failure("eval/run_offline_inference.py", *[x for kv in args.items() for x in kv], names=names)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, names", [
+    ("learning_rate=-1", ["learning_rate must be above 0", "fix:"]),
+    ("attn_implementation=flash_attention_2", ["flash-attn package is not installed", "sdpa"]),
+])
+def test_sft_refuses_a_bad_learning_rate_or_a_missing_flash_attn_before_the_model(data, tmp_path, override, names):
+    import importlib.util
+
+    if "flash" in override and importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    expect_failure("train/sft/train_sft.py", TINY_CONFIG, f"model_name_or_path={_unloadable_model(tmp_path)}",
+                   f"train_data={data['sft']}", f"output_dir={tmp_path / 'run'}", override, names=names)
