@@ -34,15 +34,17 @@ from medvlthinker import cli, eval_set, option_writer
 @click.option("--api_key_env", default=option_writer.API_KEY_ENV, show_default=True,
               help="Environment variable holding the API key (the key is never written anywhere).")
 @click.option("--workers", type=int, default=8, show_default=True, help="Rows asked for options at a time.")
-@click.option("--max_tries", type=int, default=option_writer.MAX_TRIES, show_default=True,
+@click.option("--max_tries", type=click.IntRange(min=1), default=option_writer.MAX_TRIES, show_default=True,
               help="Tries per row until the answer is among the written options.")
 @click.option("--on_failure", type=click.Choice(eval_set.ON_FAILURE), default="error", show_default=True,
               help="error: write nothing when a row fails; skip: write the others (failed indices stay unused).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--allow_outside_images", is_flag=True,
+              help="Read image paths that lead outside each source's folder (only for sources you trust).")
 def main(adaptllm, mmmu, medxpertqa, medxpertqa_images, output, options_cache, option_model, api_base, api_key_env,
-         workers, max_tries, on_failure, overwrite):
+         workers, max_tries, on_failure, overwrite, allow_outside_images):
     sources = eval_set.Sources(adaptllm=adaptllm, mmmu=mmmu, medxpertqa=medxpertqa,
-                               medxpertqa_images=medxpertqa_images)
+                               medxpertqa_images=medxpertqa_images, allow_outside_images=allow_outside_images)
     writer = option_writer.OpenAIChat(option_model, base_url=api_base, api_key_env=api_key_env)
     report = eval_set.build_eval_set(sources, output, complete=writer, options_cache=options_cache,
                                      on_failure=on_failure, overwrite=overwrite, workers=workers,

@@ -20,7 +20,8 @@ from medvlthinker.converters import conversion_options
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @conversion_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT_DIR.")
-def main(source, out_dir, split, subset, size, resize_pmc, num_proc, overwrite):
+def main(source, out_dir, split, subset, size, resize_pmc, num_proc, keep_image_bytes, allow_outside_images,
+         overwrite):
     """Convert SOURCE (Hub name, save_to_disk dir, .parquet or .jsonl in the unified schema) into OUT_DIR.
 
     Every row is validated, its images decoded, before OUT_DIR is written; a bad row stops the run naming it, and an
@@ -32,8 +33,9 @@ def main(source, out_dir, split, subset, size, resize_pmc, num_proc, overwrite):
 
     check_writable(out_dir, overwrite)  # before any work
 
-    ds = load_unified(source, split, subset=list(subset) or None, size=size, num_proc=num_proc)
-    sft = convert_to_sft(ds, resize_pmc=resize_pmc, num_proc=num_proc)
+    ds = load_unified(source, split, subset=list(subset) or None, size=size, num_proc=num_proc,
+                      allow_outside_images=allow_outside_images)
+    sft = convert_to_sft(ds, resize_pmc=resize_pmc, num_proc=num_proc, keep_image_bytes=keep_image_bytes)
     path = write_sft_dataset(sft, out_dir, overwrite=overwrite)
     n_images = sum(any(part["type"] == "image" for part in p[0]["content"]) for p in sft["prompt"])
     click.echo(f"wrote {len(sft)} SFT examples ({n_images} with images) to {path}")

@@ -23,7 +23,8 @@ from medvlthinker.converters import conversion_options
 @conversion_options
 @click.option("--rl_split", default="train", show_default=True, help="Written to extra_info.split.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT_PARQUET.")
-def main(source, out_parquet, split, subset, size, rl_split, resize_pmc, num_proc, overwrite):
+def main(source, out_parquet, split, subset, size, rl_split, resize_pmc, num_proc, keep_image_bytes, allow_outside_images,
+         overwrite):
     """Convert SOURCE (Hub name, save_to_disk dir, .parquet or .jsonl in the unified schema) into OUT_PARQUET.
 
     The row order of SOURCE is kept (curriculum runs read the file in order). Every row is validated, its images
@@ -34,8 +35,10 @@ def main(source, out_parquet, split, subset, size, rl_split, resize_pmc, num_pro
 
     check_verl_output(out_parquet, overwrite)  # before any work: the output name and an existing file
 
-    ds = load_unified(source, split, subset=list(subset) or None, size=size, num_proc=num_proc)
-    rl = convert_to_verl(ds, split=rl_split, resize_pmc=resize_pmc, num_proc=num_proc)
+    ds = load_unified(source, split, subset=list(subset) or None, size=size, num_proc=num_proc,
+                      allow_outside_images=allow_outside_images)
+    rl = convert_to_verl(ds, split=rl_split, resize_pmc=resize_pmc, num_proc=num_proc,
+                         keep_image_bytes=keep_image_bytes)
     path = write_verl_parquet(rl, out_parquet, overwrite=overwrite)
     n_images = sum(1 for images in rl["images"] if images)
     click.echo(f"wrote {len(rl)} verl RL rows ({n_images} with images) to {path}")

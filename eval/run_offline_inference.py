@@ -22,7 +22,7 @@ import json
 import click
 
 from medvlthinker import cli
-from medvlthinker.inference.run_config import RunConfig
+from medvlthinker.inference.run_config import RunConfig, parse_engine_kwargs
 from medvlthinker.inference.runner import run
 from medvlthinker.inference.settings import PRESETS, SAMPLING_FIELDS
 from medvlthinker.options import add_options, cli_options, preset_option
@@ -38,7 +38,7 @@ PRESET, FROM_PRESET = preset_option(
 @add_options([*cli_options(RunConfig, callbacks=FROM_PRESET), PRESET])
 def main(subset, engine_kwargs, **kwargs):
     names = [s for item in subset for s in item.split(",") if s] or None
-    table = run(RunConfig(subset=names, engine_kwargs=json.loads(engine_kwargs), **kwargs))
+    table = run(RunConfig(subset=names, engine_kwargs=parse_engine_kwargs(engine_kwargs), **kwargs))
     if table is not None:
         click.echo(json.dumps(table, indent=2))
 

@@ -100,14 +100,20 @@ def read_source(source: str | os.PathLike, config: str, split: str, folders: tup
                     fix=f"pass a copy of the {source} repository holding <config>/ as save_to_disk, parquet or jsonl")
 
 
-def _image_value(value: Any, base: Path | None = None) -> dict[str, Any]:
-    """An image as ``{"bytes", "path"}`` with the file's own bytes (not re-encoded)."""
+def _image_value(value: Any, base: Path | None = None, *, folders: list[Path] | None = None,
+                 allow_outside: bool = False) -> dict[str, Any]:
+    """An image as ``{"bytes", "path"}`` with the file's own bytes (not re-encoded). A path is read only inside
+    ``folders`` (default: ``base``), see :func:`medvlthinker.images.check_inside`."""
+    from medvlthinker.images import check_inside
+
     if isinstance(value, dict) and value.get("bytes"):
         return {"bytes": value["bytes"], "path": value.get("path")}
     path = value.get("path") if isinstance(value, dict) else value
     if not path:
         raise FileNotFoundError("image has neither bytes nor a path")
     file = Path(path) if base is None or Path(path).is_absolute() else base / path
+    check_inside(file, folders if folders is not None else [base] if base is not None else [],
+                 allow_outside=allow_outside)
     if not file.is_file():
         raise FileNotFoundError(f"image file not found: {file}")
     return {"bytes": file.read_bytes(), "path": Path(path).name}
@@ -221,6 +227,13 @@ class Sources:
     mmmu: str = MMMU
     medxpertqa: str = MEDXPERTQA
     medxpertqa_images: str | None = None  # default: <medxpertqa>/images
+    allow_outside_images: bool = False  # read image paths outside each source's folder (a source you trust)
+
+    def folders(self, source: str) -> list[Path]:
+        """Where an image path of ``source`` may lead: its local copy, or for a Hub name the download caches."""
+        from medvlthinker.data.loading import image_bases
+
+        return [Path(source)] if _is_local(source) else image_bases(source, "hub")
 
 
 class _Builder:
@@ -273,7 +286,8 @@ def build_rows(sources: Sources, complete: Completer | None, options_cache: str 
     ds, src = _adaptllm(sources, "PMC-VQA", report, PMC_VQA)
     for position, r in _iter_rows(ds):
         build.add(PMC_VQA, src, position, lambda r=r, position=position: _row(
-            PMC_VQA, [_image_value(r["image"])], pmc_question(r["input"]),
+            PMC_VQA, [_image_value(r["image"], folders=sources.folders(sources.adaptllm),
+                                    allow_outside=sources.allow_outside_images)], pmc_question(r["input"]),
             {k: r[k] for k in ("A", "B", "C", "D")}, r["label"],
             base_misc(ADAPTLLM, "PMC-VQA", EVAL_SPLIT, position)))
 
@@ -296,7 +310,9 @@ def build_rows(sources: Sources, complete: Completer | None, options_cache: str 
             raise ValueError(f"the LLM wrote no usable options in {result.attempts} tries: {result.errors[-1]}")
         options, label = options_from_writer(result.options, r["label"])
         misc = base_misc(ADAPTLLM, config, EVAL_SPLIT, position, source_answer=r["label"])
-        return _row(name, [_image_value(r["image"])], r["input"], options, label, misc, hash_=key)
+        image = _image_value(r["image"], folders=sources.folders(sources.adaptllm),
+                             allow_outside=sources.allow_outside_images)
+        return _row(name, [image], r["input"], options, label, misc, hash_=key)
 
     for name, (ds, src, keep) in closed.items():
         for position in keep:
@@ -318,7 +334,9 @@ def build_rows(sources: Sources, complete: Completer | None, options_cache: str 
 
                     texts = ast.literal_eval(r["options"]) if isinstance(r["options"], str) else list(r["options"])
                     options = {LETTERS[i]: str(t) for i, t in enumerate(texts)}
-                    images = [_image_value(r[c]) for c in image_columns if r.get(c) is not None]
+                    images = [_image_value(r[c], folders=sources.folders(sources.mmmu),
+                                           allow_outside=sources.allow_outside_images)
+                              for c in image_columns if r.get(c) is not None]
                     return _row(MMMU_MEDICAL, images, mmmu_question(r["question"]), options, r["answer"],
                                 base_misc(MMMU, subject, split, position, id=r.get("id")))
 
@@ -331,7 +349,8 @@ def build_rows(sources: Sources, complete: Completer | None, options_cache: str 
     for position, r in _iter_rows(ds):
         def medx_row(r=r, position=position):
             options = {k: v for k, v in sorted((r["options"] or {}).items()) if v is not None}
-            images = [_image_value(name, images_dir) for name in r["images"] or []]
+            images = [_image_value(name, images_dir, allow_outside=sources.allow_outside_images)
+                      for name in r["images"] or []]
             return _row(MEDXPERTQA_MM, images, medxpertqa_question(r["question"]), options, r["label"],
                         base_misc(MEDXPERTQA, "MM", EVAL_SPLIT, position, id=r.get("id")))
 

@@ -2,6 +2,15 @@
 
 Rows carry images as PIL images, Hugging Face image dicts (``{"bytes": ..., "path": ...}``), file paths or raw
 bytes; ``decode_image`` turns any of them into an RGB PIL image or raises ``ImageDecodeError`` saying what failed.
+
+Two rules hold wherever an image is read:
+
+- An image stored as a file path is read only inside its data set's folder (:func:`check_inside`): a row of
+  ``../../secret/x.png`` or ``/etc/...`` would otherwise be opened, embedded into a training set or sent to a remote
+  endpoint. ``--allow_outside_images`` lifts the rule for a data set the user trusts.
+- An image Qwen2.5-VL cannot take is refused when it is decoded, so the stage that checks images names its row
+  before any model loads: a side ratio above ``MAX_ASPECT_RATIO`` (qwen-vl-utils' and the image processor's limit)
+  and a picture over ``MAX_IMAGE_PIXELS`` (a decompression bomb, which PIL would only warn about below twice that).
 """
 
 from __future__ import annotations
@@ -25,9 +34,95 @@ PMC_MAX_SIDE = 1024
 MIN_PIXELS = 4 * 28 * 28
 MAX_PIXELS = 16384 * 28 * 28
 
+# qwen-vl-utils' MAX_RATIO (vision_process.py) and the Qwen2-VL image processor's smart_resize: both raise on an
+# image whose long side is more than 200 times its short side.
+MAX_ASPECT_RATIO = 200
+
+# PIL's own decompression-bomb bound (Image.MAX_IMAGE_PIXELS, about 89 M pixels): above it PIL only warns, and a
+# 16-bit PNG of a few kB then takes gigabytes. No medical figure of the benchmarks comes near it.
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+
+ALLOW_OUTSIDE_FLAG = "--allow_outside_images"
+
 
 class ImageDecodeError(UserError):
     """An image that cannot be decoded; the message says which source and why."""
+
+
+class OutsideImageError(ImageDecodeError):
+    """An image path that leads outside its data set's folder."""
+
+
+def check_inside(path: str | os.PathLike, bases: list[str | os.PathLike], *, allow_outside: bool = False) -> str:
+    """The absolute path of ``path`` when it lies inside one of ``bases``, else :class:`OutsideImageError`;
+    ``allow_outside`` skips the check.
+
+    The test is on the path as written (``..`` and absolute paths are what a row controls); a symbolic link inside
+    the folder is the data set owner's choice and is followed (a folder of links into shared storage works).
+
+    >>> import tempfile; base = tempfile.mkdtemp()
+    >>> check_inside(os.path.join(base, "a", "x.png"), [base]) == os.path.join(base, "a", "x.png")
+    True
+    >>> check_inside(os.path.join(base, "..", "x.png"), [base])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    medvlthinker.images.OutsideImageError: image path ... is outside the data set's folder ...
+    """
+    real = os.path.abspath(path)
+    if allow_outside:
+        return real
+    for base in bases:
+        root = os.path.abspath(base)
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            return real
+    shown = ", ".join(str(b) for b in bases) or "(none: this source has no folder of its own)"
+    raise OutsideImageError(
+        None, f"image path {str(path)!r} is outside the data set's folder {shown}",
+        fix=f"store the image inside that folder (paths are relative to it) or embed its bytes; pass "
+            f"{ALLOW_OUTSIDE_FLAG} only for a data set you trust",
+    )
+
+
+def check_model_limits(img: Image.Image) -> None:
+    """Raise :class:`ImageDecodeError` for an image Qwen2.5-VL cannot take (see the module docstring); the caller
+    names the row and the fix (replace the image or drop the row).
+
+    >>> check_model_limits(Image.new("RGB", (10, 2600)))
+    Traceback (most recent call last):
+    medvlthinker.images.ImageDecodeError: the image is 10x2600 pixels, a side ratio of 260 (Qwen2.5-VL takes at most 200: crop or pad it)
+    """
+    w, h = img.size
+    if min(w, h) < 1:
+        raise ImageDecodeError(f"the image is {w}x{h} pixels (an empty side)")
+    if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
+        raise ImageDecodeError(f"the image is {w}x{h} pixels, a side ratio of {max(w, h) / min(w, h):.0f} "
+                               f"(Qwen2.5-VL takes at most {MAX_ASPECT_RATIO}: crop or pad it)")
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageDecodeError(f"the image is {w}x{h} pixels, over the {MAX_IMAGE_PIXELS} pixels PIL accepts (a "
+                               "decompression bomb, or a figure to downscale)")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB as qwen-vl-utils' ``to_rgb`` makes it, which the original hands every image to: an RGBA image is pasted
+    on white through its alpha channel (a plain RGB conversion would show the colours hidden under transparent
+    pixels), any other mode is converted.
+
+    >>> img = Image.new("RGBA", (2, 1), (255, 0, 0, 0)); to_rgb(img).getpixel((0, 0))
+    (255, 255, 255)
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode == "RGBA":
+        out = Image.new("RGB", img.size, (255, 255, 255))
+        out.paste(img, mask=img.split()[3])
+        return out
+    return img.convert("RGB")
+
+
+def open_checked(fp: Any) -> Image.Image:
+    """``Image.open`` whose header is checked against :func:`check_model_limits` before any pixel is decoded."""
+    img = Image.open(fp)
+    check_model_limits(img)
+    return img
 
 
 def _describe(obj: Any) -> str:
@@ -39,38 +134,41 @@ def _describe(obj: Any) -> str:
 
 
 def _open(obj: Any, base_dir: str | os.PathLike | None = None) -> Image.Image:
-    """Any stored form of an image -> an opened ``PIL.Image`` (header read, pixels not decoded yet)."""
+    """Any stored form of an image -> an opened ``PIL.Image`` (header read and checked against
+    :func:`check_model_limits`, pixels not decoded yet)."""
     if isinstance(obj, Image.Image):
+        check_model_limits(obj)
         return obj
     if isinstance(obj, dict):
         if obj.get("bytes"):
-            return Image.open(io.BytesIO(obj["bytes"]))
+            return open_checked(io.BytesIO(obj["bytes"]))
         if obj.get("path"):
             return _open(obj["path"], base_dir)
         raise ImageDecodeError("image dict has neither bytes nor path")
     if isinstance(obj, (bytes, bytearray)):
-        return Image.open(io.BytesIO(bytes(obj)))
+        return open_checked(io.BytesIO(bytes(obj)))
     if isinstance(obj, (str, os.PathLike)):
         path = os.path.join(base_dir, obj) if base_dir and not os.path.isabs(obj) else obj
         if not os.path.exists(path):
             raise ImageDecodeError(f"image file not found: {path}")
-        return Image.open(path)
+        return open_checked(path)
     raise ImageDecodeError(f"unsupported image value of type {type(obj).__name__}")
 
 
 def decode_image(obj: Any, base_dir: str | os.PathLike | None = None) -> Image.Image:
-    """Any stored form of an image -> a fully loaded RGB ``PIL.Image``.
+    """Any stored form of an image -> a fully loaded RGB ``PIL.Image`` (alpha composited on white, :func:`to_rgb`).
 
-    ``base_dir`` resolves relative paths (a jsonl file's image folder).
+    ``base_dir`` resolves relative paths (a jsonl file's image folder). An image the model cannot take
+    (:func:`check_model_limits`) raises :class:`ImageDecodeError` before its pixels are decoded.
     """
     try:
         img = _open(obj, base_dir)
         img.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(f"cannot decode {_describe(obj)}: {e}") from e
-    return img if img.mode == "RGB" else img.convert("RGB")
+    return to_rgb(img)
 
 
 def check_image(obj: Any, base_dir: str | os.PathLike | None = None) -> tuple[int, int]:
@@ -81,15 +179,14 @@ def check_image(obj: Any, base_dir: str | os.PathLike | None = None) -> tuple[in
     decode's cost; an image whose compressed pixel data is broken beyond that still fails when it is decoded for
     use, naming its row.
     """
-    if isinstance(obj, Image.Image):
-        return obj.size
     try:
         img = _open(obj, base_dir)
         size = img.size
-        img.verify()
+        if not isinstance(obj, Image.Image):
+            img.verify()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(f"cannot decode {_describe(obj)}: {e}") from e
     return size
 

@@ -6,7 +6,9 @@ reasoning fields, n > 1. The live vLLM server is in test_api_backend.py."""
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -28,6 +30,7 @@ class Endpoint:
         self.calls: dict[str, int] = {}
         self.limited: set[str] = set()  # questions answered 429 forever
         self.flaky = 2  # 429s before a "flaky" question is answered
+        self.mode: str | None = None  # a misbehaving endpoint: other_model, one_choice, no_choices, not_json, trickle
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,20 +47,27 @@ class Endpoint:
                     return self.reply(401, {"error": {"message": "invalid key"}})
                 if question in endpoint.limited or ("flaky" in question and count <= endpoint.flaky):
                     return self.reply(429, {"error": {"message": "rate limited"}})
+                n = {"one_choice": 1, "no_choices": 0}.get(endpoint.mode, body.get("n", 1))
                 choices = [{"index": i, "finish_reason": "stop",
                             "message": {"role": "assistant", "content": f"<answer> {'AB'[i % 2]} </answer>",
-                                        "reasoning_content": f"look {i}"}} for i in range(body.get("n", 1))]
-                self.reply(200, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                                        "reasoning_content": f"look {i}"}} for i in range(n)]
+                model = "another-model" if endpoint.mode == "other_model" else body["model"]
+                self.reply(200, {"id": "c", "object": "chat.completion", "created": 0, "model": model,
                                  "choices": choices,
                                  "usage": {"prompt_tokens": 40, "completion_tokens": 5, "total_tokens": 45}})
 
             def reply(self, status, payload):
-                data = json.dumps(payload).encode()
+                data = b"<html>Welcome</html>" if endpoint.mode == "not_json" else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if endpoint.mode != "trickle":
+                    return self.wfile.write(data)
+                for i in range(len(data)):  # a byte every 10 ms: no read timeout ever trips
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.01)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -185,3 +195,43 @@ def test_the_command_line_reports_failures_in_one_line(endpoint, tmp_path, rows,
     missing = CliRunner().invoke(module.main, argv)
     assert missing.exit_code == 1
     assert "error: environment variable OPENAI_API_KEY is not set; fix: export OPENAI_API_KEY=..." in missing.output
+
+
+@pytest.mark.parametrize("mode, settings, message", [
+    ("other_model", {}, "answered with model 'another-model', not --model 'gpt-4o-2024-11-20'; fix"),
+    ("one_choice", {"n": 4, "temperature": 1.0}, "returned 1 choice(s) for --n 4"),
+    ("no_choices", {}, "answered with no choices; fix"),
+    ("not_json", {}, "answered with something other than a chat completion ('<html>Welcome</html>'"),
+])
+def test_an_endpoint_answering_unlike_the_chat_api_stops_the_run_and_writes_nothing(endpoint, tmp_path, rows, mode,
+                                                                                   settings, message):
+    endpoint.mode = mode
+    with pytest.raises(UserError, match=re.escape(message)):
+        run(config(endpoint, tmp_path, rows, **settings))
+    assert not any(p.read_text().strip() for p in (tmp_path / "out").glob("shard-*.jsonl"))
+
+
+def test_a_reply_trickling_past_the_total_timeout_fails_the_row(endpoint, tmp_path, rows):
+    endpoint.mode = "trickle"  # about 2.5 s per reply, one byte every 10 ms
+    cfg = config(endpoint, tmp_path, rows[:1], dataset_size=1)
+    cfg.engine_kwargs = {"max_retries": 1, "backoff": 0.01, "max_backoff": 0.02, "timeout": 0.5}
+    started = time.monotonic()
+    with pytest.raises(ApiRowsFailed, match=r"dataset_index 0 \(0: _ReplyDeadline: the reply took more than 0.5 s"):
+        run(cfg)
+    assert time.monotonic() - started < 10
+
+
+def test_the_answering_model_is_kept_and_another_endpoint_cannot_resume(endpoint, tmp_path, rows):
+    from medvlthinker.inference.run_state import RunMismatch
+
+    run(config(endpoint, tmp_path, rows[:2], dataset_size=2))
+    records = read_run(tmp_path / "out")
+    assert {r["model"] for rec in records for r in rec["rollouts"]} == {"gpt-4o-2024-11-20"}
+    other = Endpoint()
+    try:
+        cfg = config(endpoint, tmp_path, rows[:2], dataset_size=2)
+        cfg.api_base = other.url
+        with pytest.raises(RunMismatch, match="api_base"):
+            run(cfg)
+    finally:
+        other.server.shutdown()

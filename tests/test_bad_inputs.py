@@ -32,7 +32,8 @@ def _script(relpath: str):
 
 
 def run(relpath: str, *args) -> tuple[int, str]:
-    result = CliRunner().invoke(_script(relpath).main, [str(a) for a in args])
+    module = _script(relpath)
+    result = CliRunner().invoke(getattr(module, "main", None) or module.cli, [str(a) for a in args])
     return result.exit_code, result.output
 
 
@@ -452,3 +453,242 @@ def test_a_torn_shard_line_is_skipped_alike_and_a_torn_merged_file_refused(eval_
 
 def data_rows(eval_run):
     return [json.loads(line) for line in (eval_run["out"] / "eval_results.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------- image paths outside the data set's folder are never read
+@pytest.fixture()
+def outside(data, tmp_path):
+    """A jsonl data set whose row 1 points at a file outside its folder (``../secret/x.png``), row 2 at an absolute
+    path, and a parquet file whose ``path`` field leads out; the secret file's bytes must reach no output."""
+    from medvlthinker.data.loading import unified_features
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(secret / "x.png")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(folder / "ok.png")
+    rows = [dict(r, images=["ok.png"]) for r in data["rows"][:3]]
+    rows[1]["images"] = ["../secret/x.png"]
+    jsonl = folder / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    absolute = folder / "absolute.jsonl"
+    absolute.write_text("".join(json.dumps(dict(r, images=[str(secret / "x.png")] if i == 2 else ["ok.png"])) + "\n"
+                                for i, r in enumerate(rows)))
+    parquet = folder / "rows.parquet"
+    with_paths = [dict(r, images=[{"path": str(folder / r["images"][0]), "bytes": None}]) for r in rows]
+    datasets.Dataset.from_list(with_paths, features=unified_features()).to_parquet(str(parquet))  # paths, no bytes
+    return {"jsonl": jsonl, "absolute": absolute, "parquet": parquet, "rows": rows, "secret": secret / "x.png"}
+
+
+@pytest.mark.parametrize("script", ["data_process/convert_verl_format.py", "data_process/convert_sft_format.py"])
+@pytest.mark.parametrize("source", ["jsonl", "absolute", "parquet"])
+def test_converters_refuse_an_image_path_outside_the_data_folder(outside, tmp_path, script, source):
+    index = outside["rows"][1 if source != "absolute" else 2]["dataset_index"]
+    out = tmp_path / ("out.parquet" if "verl" in script else "out")
+    expect_failure(script, outside[source], out, names=[f"dataset_index={index}", "outside the data set's folder",
+                                                       "--allow_outside_images"])
+    assert not out.exists()
+
+
+def test_the_outside_images_flag_lets_a_trusted_set_through(outside, tmp_path):
+    code, output = run("data_process/convert_verl_format.py", outside["jsonl"], tmp_path / "v.parquet",
+                       "--allow_outside_images")
+    assert code == 0, output
+
+
+def test_eval_refuses_an_image_path_outside_the_data_folder_before_the_model_loads(outside, tmp_path):
+    expect_failure("eval/run_offline_inference.py", "--model", _unloadable_model(tmp_path), "--backend", "hf",
+                   "--dataset_name", outside["jsonl"], "--output_dir", tmp_path / "run",
+                   names=[f"dataset_index={outside['rows'][1]['dataset_index']}", "outside the data set's folder"])
+
+
+def test_pmc_preparation_and_the_eval_set_builder_refuse_paths_out_of_their_folder(tmp_path):
+    from medvlthinker import eval_set
+    from medvlthinker.images import OutsideImageError
+    from medvlthinker.prepare.pmc_vqa import pmc_vqa_row
+    from medvlthinker.prepare.report import MalformedRow
+
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "secret.png")
+    record = {"Figure_path": "../secret.png", "Question": "Q?", "Answer": "x", "Choice A": "A:x", "Choice B": "B:y",
+              "Choice C": "C:z", "Choice D": "D:w", "Answer_label": "A"}
+    with pytest.raises(MalformedRow, match="image_outside.*outside the data set's folder"):
+        pmc_vqa_row(record, 0, figures, compat="lenient")
+    with pytest.raises(OutsideImageError, match="outside the data set's folder"):
+        eval_set._image_value("../secret.png", figures)
+    assert eval_set._image_value("../secret.png", figures, allow_outside=True)["bytes"]
+
+
+# ------------------------------------------- a resume is the same run: what the paths hold, the same samples
+def test_resume_with_new_weights_or_new_rows_at_the_same_paths_is_refused(data, tiny_model_dir, tmp_path,
+                                                                         tmp_path_factory):
+    import shutil
+
+    model, rows, out = tmp_path / "model", tmp_path / "rows", tmp_path / "run"
+    shutil.copytree(tiny_model_dir, model)
+    shutil.copytree(data["good"], rows)
+    args = ["--model", model, "--backend", "hf", "--dataset_name", rows, "--max_tokens", "2", "--output_dir", out]
+    code, output = run("eval/run_offline_inference.py", *args)
+    assert code == 0, output
+
+    other = _other_model(tmp_path_factory)  # same config.json, other weights
+    assert (other / "config.json").read_bytes() == (model / "config.json").read_bytes()
+    shutil.copy(other / "model.safetensors", model / "model.safetensors")
+    expect_failure("eval/run_offline_inference.py", *args, names=["holds records of another run", "model_sha256"],
+                   kept=[out])
+    shutil.copy(tiny_model_dir / "model.safetensors", model / "model.safetensors")
+
+    shutil.rmtree(rows)  # as many rows, other content
+    synthetic.to_dataset(synthetic.make_image_rows(n=8, seed=9)).save_to_disk(str(rows))
+    expect_failure("eval/run_offline_inference.py", *args, names=["holds records of another run", "data_sha256"],
+                   kept=[out])
+
+
+def test_a_killed_and_resumed_pass_rate_run_samples_as_an_uninterrupted_one(data, tiny_model_dir, tmp_path):
+    # The state a kill leaves: args.json and the first records of the shard. Sampling was seeded per engine, so
+    # the rows generated after the resume drew other samples than in one uninterrupted run.
+    args = ["--model", tiny_model_dir, "--backend", "hf", "--dataset_name", data["good"], "--temperature", "1.0",
+            "--n", "2", "--max_tokens", "4", "--batch_size", "4"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    code, output = run("eval/run_offline_inference.py", *args, "--output_dir", whole)
+    assert code == 0, output
+    resumed.mkdir()
+    (resumed / "args.json").write_bytes((whole / "args.json").read_bytes())
+    shard = (whole / "shard-000-of-001.jsonl").read_text().splitlines(keepends=True)
+    (resumed / "shard-000-of-001.jsonl").write_text("".join(shard[:3]))
+    code, output = run("eval/run_offline_inference.py", *args, "--output_dir", resumed)
+    assert code == 0, output
+    from medvlthinker.inference.records import read_records
+
+    assert read_records(resumed / "eval_results.jsonl") == read_records(whole / "eval_results.jsonl")
+
+
+# ------------------------------------------------------------- images Qwen2.5-VL cannot take, named by row
+@pytest.fixture()
+def untakeable(data, tmp_path):
+    """A set whose row 2 holds a 10x2600 figure (side ratio 260), and one whose row 5 holds a decompression bomb (a
+    10,000 x 10,000 one-bit PNG of a few kB)."""
+    import io
+
+    def png(img):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+    thin, bomb = [dict(r) for r in data["rows"]], [dict(r) for r in data["rows"]]
+    thin[2]["images"] = [{"bytes": png(Image.new("RGB", (10, 2600), (200, 0, 0))), "path": None}]
+    bomb[5]["images"] = [{"bytes": png(Image.new("1", (10_000, 10_000))), "path": None}]
+    synthetic.to_dataset(thin).save_to_disk(str(tmp_path / "thin"))
+    synthetic.to_dataset(bomb).save_to_disk(str(tmp_path / "bomb"))
+    return {"path": tmp_path / "thin", "bomb_path": tmp_path / "bomb", "thin": thin[2]["dataset_index"],
+            "bomb": bomb[5]["dataset_index"]}
+
+
+@pytest.mark.parametrize("script", ["data_process/convert_verl_format.py", "data_process/convert_sft_format.py"])
+def test_converters_name_the_row_of_an_image_the_model_cannot_take(untakeable, tmp_path, script):
+    out = tmp_path / ("out.parquet" if "verl" in script else "out")
+    expect_failure(script, untakeable["path"], out,
+                   names=[f"dataset_index={untakeable['thin']}", "side ratio of 260", "at most 200"])
+    expect_failure(script, untakeable["bomb_path"], out,
+                   names=[f"dataset_index={untakeable['bomb']}", "decompression bomb"])
+
+
+def test_eval_names_an_image_the_model_cannot_take_before_the_model_loads(untakeable, tmp_path):
+    expect_failure("eval/run_offline_inference.py", "--model", _unloadable_model(tmp_path), "--backend", "hf",
+                   "--dataset_name", untakeable["path"], "--output_dir", tmp_path / "run",
+                   names=[f"dataset_index={untakeable['thin']}", "side ratio of 260"])
+
+
+def test_pmc_preparation_reports_a_figure_the_model_cannot_take(tmp_path):
+    from medvlthinker.prepare.pmc_vqa import pmc_vqa_row
+    from medvlthinker.prepare.report import MalformedRow
+
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    Image.new("RGB", (10, 2600)).save(figures / "thin.png")
+    record = {"Figure_path": "thin.png", "Question": "Q?", "Answer": "x", "Choice A": "A:x", "Choice B": "B:y",
+              "Choice C": "C:z", "Choice D": "D:w", "Answer_label": "A"}
+    with pytest.raises(MalformedRow, match="image_undecodable: thin.png: .*side ratio of 260"):
+        pmc_vqa_row(record, 0, figures, compat="lenient")
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(data, tiny_model_dir, tmp_path):
+    # Two runs writing into one folder both generated every row, and the folder then failed every rerun on the
+    # duplicate lines. The second run must stop at once and leave the first run's work whole.
+    import subprocess
+    import sys
+    import time
+
+    from medvlthinker.inference.records import read_records
+
+    out = tmp_path / "run"
+    args = ["--model", str(tiny_model_dir), "--backend", "hf", "--dataset_name", str(data["good"]), "--max_tokens",
+            "48", "--batch_size", "1", "--output_dir", str(out)]
+    first = subprocess.Popen([sys.executable, str(ROOT / "eval" / "run_offline_inference.py"), *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "args.json").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run must still be running"
+        expect_failure("eval/run_offline_inference.py", *args, names=[str(out), "another run", "--output_dir"])
+    finally:
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert sorted(r["dataset_index"] for r in read_records(out / "eval_results.jsonl")) == sorted(
+        r["dataset_index"] for r in data["rows"])
+
+
+@pytest.mark.parametrize("script", ["eval/regrade.py", "analysis/make_tables.py"])
+def test_regrade_and_tables_refuse_a_run_without_records(tmp_path, script):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "eval_results.jsonl").write_text("")
+    args = [run_dir] if script == "eval/regrade.py" else ["--run", f"m={run_dir}", "--output_dir", tmp_path / "t"]
+    expect_failure(script, *args, names=[str(run_dir), "holds no records"])
+    assert not (tmp_path / "t").exists() and sorted(p.name for p in run_dir.iterdir()) == ["eval_results.jsonl"]
+
+
+def test_verl_merge_refuses_an_existing_target_before_any_work(tmp_path):
+    actor = tmp_path / "global_step_1" / "actor"
+    (actor / "huggingface").mkdir(parents=True)
+    (actor / "fsdp_config.json").write_text('{"FSDP_version": 2, "world_size": 1}')
+    (actor / "model_world_size_1_rank_0.pt").write_bytes(b"")
+    (actor / "huggingface" / "config.json").write_text("{}")
+    target = tmp_path / "merged"
+    target.mkdir()
+    (target / "model.safetensors").write_bytes(b"an earlier merge")
+    expect_failure("medvlthinker/train/merge.py", "verl", actor, target,
+                   names=[str(target), "already exists", "--overwrite"], kept=[target])
+    # with --overwrite a merge that fails (here: empty shards) leaves the earlier model as it was
+    code, output = run("medvlthinker/train/merge.py", "verl", actor, target, "--overwrite")
+    assert code == 1 and "verl's model merger failed" in error_line(output)
+    assert (target / "model.safetensors").read_bytes() == b"an earlier merge"
+
+
+@pytest.mark.parametrize("flags, names", [
+    (["--model", "./no/such/model"], ["--model ./no/such/model", "no such model folder"]),
+    (["--engine_kwargs", "{bad"], ["--engine_kwargs '{bad'", "is not JSON"]),
+    (["--engine_kwargs", "[1]"], ["--engine_kwargs '[1]'", "not an object"]),
+])
+def test_eval_names_a_missing_model_folder_and_bad_engine_kwargs(data, tiny_model_dir, tmp_path, flags, names):
+    args = {"--model": str(tiny_model_dir), "--backend": "hf", "--dataset_name": str(data["good"]),
+            "--output_dir": str(tmp_path / "run")}
+    args.update(dict(zip(flags[::2], flags[1::2])))
+    expect_failure("eval/run_offline_inference.py", *[x for kv in args.items() for x in kv], names=names)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, names", [
+    ("learning_rate=-1", ["learning_rate must be above 0", "fix:"]),
+    ("attn_implementation=flash_attention_2", ["flash-attn package is not installed", "sdpa"]),
+])
+def test_sft_refuses_a_bad_learning_rate_or_a_missing_flash_attn_before_the_model(data, tmp_path, override, names):
+    import importlib.util
+
+    if "flash" in override and importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    expect_failure("train/sft/train_sft.py", TINY_CONFIG, f"model_name_or_path={_unloadable_model(tmp_path)}",
+                   f"train_data={data['sft']}", f"output_dir={tmp_path / 'run'}", override, names=names)

@@ -65,3 +65,28 @@ def test_vllm_and_hf_records_agree(tmp_path, tiny_model_dir, eval_dataset_dir):
     assert all(acc[k]["rows"] == 4 for k in ("pmc_vqa", "MMMU-medical", "slake_closed"))
     args = json.loads((outs["vllm"] / "args.json").read_text())
     assert args["args"]["backend"] == "vllm" and args["sampling"]["temperature"] == 0.0
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_pass_rate_resume_samples_as_an_uninterrupted_run(tmp_path, tiny_model_dir, eval_dataset_dir):
+    # The state a kill leaves (args.json and the first records) resumed with other rows beside each request in the
+    # engine: with one seed per request the resumed records equal the uninterrupted run's.
+    common = ["--model", str(tiny_model_dir), "--dataset_name", str(eval_dataset_dir), "--max_tokens", "6",
+              "--max_pixels", str(64 * 28 * 28), "--subset", "pmc_vqa,slake_closed,vqa_rad_closed",
+              "--temperature", "1.0", "--n", "4", "--max_model_len", "2048", "--window", "3"]
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1")
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(whole), *common], env=env,
+                          capture_output=True, text=True, timeout=580)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    resumed.mkdir()
+    (resumed / "args.json").write_bytes((whole / "args.json").read_bytes())
+    shard = (whole / "shard-000-of-001.jsonl").read_text().splitlines(keepends=True)
+    (resumed / "shard-000-of-001.jsonl").write_text("".join(shard[:5]))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(resumed), *common], env=env,
+                          capture_output=True, text=True, timeout=580)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    records = read_records(resumed / "eval_results.jsonl")
+    assert len(records) == 12 and len({r["rollouts"][0]["output_text"] for r in records}) > 1
+    assert records == read_records(whole / "eval_results.jsonl")

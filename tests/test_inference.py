@@ -62,6 +62,24 @@ def test_request_builder_matches_processor(tiny_processor, eval_rows):
     assert "<|image_pad|>" not in text_only.prompt and text_only.images == [] and text_only.image_tokens == 0
 
 
+def test_an_rgba_image_reaches_the_model_pasted_on_white_as_in_the_original(tiny_processor, eval_rows):
+    # The original hands the stored image to qwen-vl-utils, whose to_rgb pastes RGBA on white; a plain RGB
+    # conversion would show the colours hidden under the transparent pixels.
+    import io
+
+    from PIL import Image
+    from qwen_vl_utils import fetch_image
+
+    rgba = Image.new("RGBA", (56, 56), (255, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (0, 0, 28, 28))
+    buf = io.BytesIO()
+    rgba.save(buf, format="PNG")
+    row = dict(next(r for r in eval_rows if r["dataset_name"] == "pmc_vqa"), images=[{"bytes": buf.getvalue()}])
+    image = RequestBuilder(tiny_processor).build(row).images[0]
+    assert image.tobytes() == fetch_image({"image": Image.open(io.BytesIO(buf.getvalue()))}).tobytes()
+    assert image.getpixel((50, 50)) == (255, 255, 255) and image.getpixel((5, 5)) == (0, 0, 255)
+
+
 def test_shards_and_accuracy_table():
     bounds = [shard_bounds(7, r, 3) for r in range(3)]
     assert bounds == [(0, 3), (3, 5), (5, 7)]

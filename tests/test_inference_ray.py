@@ -1,12 +1,16 @@
 """The Ray actor pool on CPU: two local workers on the transformers backend produce the same records as one
-engine, and a run killed midway resumes without duplicates."""
+engine, a run killed midway resumes without duplicates, and a Hub token in the environment reaches no file of
+Ray's session folder or of the run."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +42,9 @@ def test_ray_pool_matches_one_engine_and_resumes_after_a_kill(tmp_path, tiny_mod
     out = tmp_path / "ray"
     cmd = [sys.executable, str(SCRIPT), "--ray", "--dp_size", "2", "--output_dir", str(out),
            *[f"--{k}={v}" for k, v in common.items()]]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    token = f"hf_{secrets.token_hex(16)}"
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_TOKEN=token, RAY_TMPDIR=ray_tmp)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # the local Ray cluster joins this process group
     try:
@@ -64,3 +70,10 @@ def test_ray_pool_matches_one_engine_and_resumes_after_a_kill(tmp_path, tiny_mod
     for name, text in partial.items():  # the records written before the kill were kept as they were
         assert (out / name).read_text().startswith(text)
     assert read_records(out / "eval_results.jsonl") == reference
+
+    # Ray writes a runtime environment in clear into its session logs; the token must be in none of its files
+    files = [p for root in (Path(ray_tmp), out) for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name == "runtime_env_agent.log" for p in files), "the check must see Ray's session logs"
+    leaked = [str(p) for p in files if token.encode() in p.read_bytes()]
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not leaked, leaked

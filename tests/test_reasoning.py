@@ -159,7 +159,7 @@ def test_teacher_run_through_the_runner_then_merge(tmp_path, tiny_model_dir, tra
         assert exc.code in (0, None)
     args = json.loads((out / "args.json").read_text())
     assert args["sampling"] == {"temperature": 1.0, "top_p": 1.0, "max_tokens": 4, "n": 3, "seed": 42,
-                                "ignore_eos": False}
+                                "ignore_eos": False, "engine_seed_only": False}
     assert args["args"]["split"] == "train"
     records = read_records(out / "eval_results.jsonl")
     assert [r["dataset_index"] for r in records] == [100, 101, 102, 103]

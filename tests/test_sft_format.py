@@ -42,7 +42,7 @@ def test_dataset_round_trip_keeps_images_in_order(tmp_path, eval_rows, train_tex
     two_image_rows = [r for r in eval_rows if r["dataset_name"] == "MMMU-medical"][:2]
     # copies: the fixtures are shared by the whole session
     rows = [dict(r, dataset_index=100 + i) for i, r in enumerate(two_image_rows + train_text_rows[:2])]
-    sft = convert_to_sft(synthetic.to_dataset(rows))
+    sft = convert_to_sft(synthetic.to_dataset(rows), keep_image_bytes=True)
     path = write_sft_dataset(sft, tmp_path / "sft")
     back = datasets.load_from_disk(str(path))
     check_sft_dataset(back)
@@ -72,8 +72,8 @@ def test_invalid_row_is_rejected_with_its_index(train_text_rows):
 
 def test_resize_pmc_applies_the_training_image_rule(train_image_rows):
     row = dict(train_image_rows[0], images=[Image.new("RGB", (2048, 512), (10, 20, 30))])
-    kept = to_sft_example(row)["images"][0]
-    resized = to_sft_example(row, resize_pmc=True)["images"][0]
+    kept = to_sft_example(row, keep_image_bytes=True)["images"][0]
+    resized = to_sft_example(row, resize_pmc=True, keep_image_bytes=True)["images"][0]
     assert kept.size == (2048, 512)
     assert Image.open(io.BytesIO(resized["bytes"])).size == (1024, 256)
 
@@ -110,3 +110,21 @@ def test_cli_converts_a_local_unified_dataset(tmp_path, train_image_rows, train_
     assert back["dataset_index"] == [0, 1] and len(back[0]["images"]) == 1
     again = CliRunner().invoke(script.main, [str(src), str(out)])
     assert again.exit_code == 1 and "overwrite" in again.output
+
+
+def test_images_reach_the_processor_as_the_originals_qwen_vl_utils_step_gives_them(train_image_rows):
+    # The original resizes every SFT image with qwen-vl-utils before the processor, which also pastes an RGBA
+    # image on white; the stored pixels must be exactly fetch_image's, the stored bytes only with the opt-in.
+    from qwen_vl_utils import fetch_image
+
+    rgba = Image.new("RGBA", (90, 61), (255, 0, 0, 0))  # transparent pixels hiding red
+    rgba.paste((0, 0, 255, 255), (10, 10, 40, 40))
+    buf = io.BytesIO()
+    rgba.save(buf, format="PNG")
+    row = dict(train_image_rows[0], images=[{"bytes": buf.getvalue(), "path": None}])
+    stored = Image.open(io.BytesIO(to_sft_example(row)["images"][0]["bytes"]))
+    expected = fetch_image({"image": Image.open(io.BytesIO(buf.getvalue()))})
+    assert stored.size == expected.size == (84, 56)
+    assert stored.tobytes() == expected.tobytes()
+    assert stored.getpixel((0, 0)) == (255, 255, 255)
+    assert to_sft_example(row, keep_image_bytes=True)["images"][0]["bytes"] == buf.getvalue()

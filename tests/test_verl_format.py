@@ -85,3 +85,23 @@ def test_written_file_is_atomic_and_not_overwritten(tmp_path, train_text_rows):
         write_verl_parquet(ds, path)
     assert not list(tmp_path.glob(".*partial"))
     assert json.loads(pq.read_table(path).to_pylist()[0]["extra_info"]["options"])
+
+
+def test_images_are_encoded_as_the_originals_converter_encodes_them(train_image_rows):
+    # The original builds its parquet from PIL images, so datasets re-encodes a JPEG at quality 75; the project's
+    # stored-bytes behaviour is the --keep_image_bytes opt-in.
+    import io
+
+    from datasets.features.image import image_to_bytes
+    from PIL import Image
+
+    from medvlthinker.converters.verl_format import to_verl_example
+
+    buf = io.BytesIO()
+    synthetic.draw_image("red", "circle", (64, 48), 3).save(buf, format="JPEG", quality=95)
+    jpeg = buf.getvalue()
+    row = dict(train_image_rows[0], images=[{"bytes": jpeg, "path": None}])
+    stored = to_verl_example(row, 0)["images"][0]["bytes"]
+    assert stored == image_to_bytes(Image.open(io.BytesIO(jpeg))) != jpeg
+    assert Image.open(io.BytesIO(stored)).format == "JPEG"
+    assert to_verl_example(row, 0, keep_image_bytes=True)["images"][0]["bytes"] == jpeg

@@ -7,7 +7,7 @@
 #   train/merge.sh sft checkpoints/sft/qwen2.5-vl-3b_sft_m23k/checkpoint-3 Qwen/Qwen2.5-VL-3B-Instruct merged/3b_sft_m23k
 set -euo pipefail
 if [[ $# -lt 1 || ( "$1" != verl && "$1" != sft ) ]]; then
-  echo "usage: $0 verl ACTOR_DIR TARGET_DIR | $0 sft CHECKPOINT_DIR BASE_MODEL TARGET_DIR [--overwrite] [--no_check]" >&2
+  echo "usage: $0 verl ACTOR_DIR TARGET_DIR [--overwrite] [--no_check] | $0 sft CHECKPOINT_DIR BASE_MODEL TARGET_DIR [--overwrite] [--no_check]" >&2
   exit 2
 fi
 exec "${PYTHON:-python}" -m medvlthinker.train.merge "$@"

@@ -11,8 +11,12 @@ One output row per input row:
 TRL renders the prompt with the chat template and the generation prompt, and the completion as the rest of the
 conversation, so with ``completion_only_loss`` the loss covers exactly the assistant turn.
 
-Images pass through undecoded (their stored bytes), unless ``resize_pmc`` asks for the PMC-VQA training-image
-rule of :func:`medvlthinker.images.pmc_resize` (the released PMC-VQA sets are already resized).
+Images are stored as the original's training script hands them to the processor: through qwen-vl-utils'
+``fetch_image`` (alpha composited on white, resized within ``MIN_PIXELS``/``MAX_PIXELS`` to multiples of 28), as
+PNG, so the processor inside TRL leaves their size as it is (:func:`qwen_vl_image`). ``keep_image_bytes`` stores
+the bytes as they are instead and leaves the resize to the processor (a smaller set, one resize fewer).
+``resize_pmc`` first applies the PMC-VQA training-image rule of :func:`medvlthinker.images.pmc_resize` (the
+released PMC-VQA sets are already resized).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from medvlthinker import prompts
-from medvlthinker.images import ImageDecodeError, decode_image, pmc_resize, to_png_bytes
+from medvlthinker.images import MAX_PIXELS, MIN_PIXELS, ImageDecodeError, decode_image, pmc_resize, to_png_bytes
 from medvlthinker.schema import SchemaError, validate_row
 from medvlthinker.staging import check_writable, staged
 
@@ -46,7 +50,16 @@ def sft_features():
     )
 
 
-def _image_for_output(image: Any, resize_pmc: bool, row: dict[str, Any], position: int) -> Any:
+def qwen_vl_image(img) -> Any:
+    """``img`` as qwen-vl-utils' ``fetch_image`` returns it at the released checkpoints' pixel bounds, which is what
+    the original's SFT collator gives the processor."""
+    from qwen_vl_utils import fetch_image
+
+    return fetch_image({"image": img, "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS})
+
+
+def _image_for_output(image: Any, resize_pmc: bool, row: dict[str, Any], position: int,
+                      keep_image_bytes: bool = False) -> Any:
     # Every image is decoded, also when its stored bytes pass through unchanged: a corrupt image stops the
     # conversion here, naming its row, instead of stopping SFT when the sampler reaches it.
     try:
@@ -55,12 +68,17 @@ def _image_for_output(image: Any, resize_pmc: bool, row: dict[str, Any], positio
         raise SchemaError(
             f"image {position} cannot be decoded ({exc})", fix="re-encode or replace the image, or drop the row"
         ).for_row(row) from exc
-    if not resize_pmc:
+    if resize_pmc:
+        decoded = pmc_resize(decoded)
+    elif keep_image_bytes:
         return image
-    return {"bytes": to_png_bytes(pmc_resize(decoded)), "path": None}
+    if keep_image_bytes:
+        return {"bytes": to_png_bytes(decoded), "path": None}
+    return {"bytes": to_png_bytes(qwen_vl_image(decoded)), "path": None}
 
 
-def to_sft_example(row: dict[str, Any], *, resize_pmc: bool = False, validate: bool = True) -> dict[str, Any]:
+def to_sft_example(row: dict[str, Any], *, resize_pmc: bool = False, validate: bool = True,
+                   keep_image_bytes: bool = False) -> dict[str, Any]:
     """One unified row -> one SFT example (see the module docstring).
 
     Raises :class:`SchemaError` naming the row when it breaks the schema or has no reasoning to train on.
@@ -93,13 +111,14 @@ def to_sft_example(row: dict[str, Any], *, resize_pmc: bool = False, validate: b
     return {
         "prompt": [{"role": "user", "content": content}],
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": target}]}],
-        "images": [_image_for_output(image, resize_pmc, row, i) for i, image in enumerate(images)],
+        "images": [_image_for_output(image, resize_pmc, row, i, keep_image_bytes) for i, image in enumerate(images)],
         "dataset_name": row["dataset_name"],
         "dataset_index": row["dataset_index"],
     }
 
 
-def convert_to_sft(ds, *, resize_pmc: bool = False, validate: bool = True, num_proc: int | None = None):
+def convert_to_sft(ds, *, resize_pmc: bool = False, validate: bool = True, num_proc: int | None = None,
+                   keep_image_bytes: bool = False):
     """A unified ``datasets.Dataset`` -> the SFT ``datasets.Dataset`` (contract 4), with a progress bar.
 
     Every row is checked as it is converted (the schema, a reasoning to train on, every image decoded); the first
@@ -108,13 +127,13 @@ def convert_to_sft(ds, *, resize_pmc: bool = False, validate: bool = True, num_p
     import datasets
 
     if "images" in ds.column_names:
-        # Keep the stored bytes: decoding to PIL and re-encoding would change nothing but cost time.
+        # undecoded: keep_image_bytes passes the stored bytes through as they are
         ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
     else:
         ds = ds.add_column("images", [None] * len(ds))
 
     def _convert(row):
-        return to_sft_example(row, resize_pmc=resize_pmc, validate=validate)
+        return to_sft_example(row, resize_pmc=resize_pmc, validate=validate, keep_image_bytes=keep_image_bytes)
 
     return ds.map(
         _convert,

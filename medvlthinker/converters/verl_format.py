@@ -12,8 +12,9 @@ One output row per input row:
   ``index`` (position in the file), ``split``; :func:`medvlthinker.reward.compute_score` reads ``answer`` and
   ``answer_label``.
 
-Images keep their stored bytes (no decode and re-encode) unless ``resize_pmc`` applies the PMC-VQA training-image
-rule (the released PMC-VQA sets are already resized). The Arrow schema is fixed (:func:`verl_features`), so a
+Images are encoded as the original's converter encodes them (:func:`original_encoding`: ``datasets`` re-encodes a
+JPEG at quality 75, a PNG losslessly); ``keep_image_bytes`` stores their bytes unchanged instead. ``resize_pmc``
+applies the PMC-VQA training-image rule (the released PMC-VQA sets are already resized). The Arrow schema is fixed (:func:`verl_features`), so a
 text-only file and an image file have the same column types and can be listed together in ``data.train_files``.
 """
 
@@ -58,28 +59,49 @@ def verl_features():
     )
 
 
-def _image_bytes(image: Any, resize_pmc: bool, row: dict[str, Any], position: int) -> bytes:
+def original_encoding(data: bytes) -> bytes:
+    """The bytes the original's converter stores for an image: it builds its parquet from PIL images, which
+    ``datasets`` encodes in their own format with PIL's defaults, so a JPEG is re-encoded at quality 75 (a second
+    lossy pass the RL model then sees) and a PNG is rewritten losslessly."""
+    import io
+
+    from datasets.features.image import image_to_bytes
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return image_to_bytes(img)
+
+
+def _image_bytes(image: Any, resize_pmc: bool, row: dict[str, Any], position: int,
+                 keep_image_bytes: bool = False) -> bytes:
     # Every image is decoded, also when its stored bytes pass through unchanged: a corrupt image stops the
     # conversion here, naming its row, instead of reaching the trainer.
     try:
         decoded = decode_image(image)
         if resize_pmc:
             return to_png_bytes(pmc_resize(decoded))
-        if isinstance(image, dict) and image.get("bytes"):
-            return image["bytes"]
-        if isinstance(image, (bytes, bytearray)):
-            return bytes(image)
-        if isinstance(image, dict) and image.get("path") and os.path.exists(image["path"]):
-            return Path(image["path"]).read_bytes()
-        return to_png_bytes(decoded)
+        if not keep_image_bytes:
+            return original_encoding(_stored_bytes(image) or to_png_bytes(decoded))
+        return _stored_bytes(image) or to_png_bytes(decoded)
     except ImageDecodeError as exc:
         raise SchemaError(
             f"image {position} cannot be decoded ({exc})", fix="re-encode or replace the image, or drop the row"
         ).for_row(row) from exc
 
 
+def _stored_bytes(image: Any) -> bytes | None:
+    if isinstance(image, dict) and image.get("bytes"):
+        return image["bytes"]
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, dict) and image.get("path") and os.path.exists(image["path"]):
+        return Path(image["path"]).read_bytes()
+    return None
+
+
 def to_verl_example(
-    row: dict[str, Any], index: int, *, split: str = "train", resize_pmc: bool = False, validate: bool = True
+    row: dict[str, Any], index: int, *, split: str = "train", resize_pmc: bool = False, validate: bool = True,
+    keep_image_bytes: bool = False,
 ) -> dict[str, Any]:
     """One unified row -> one verl RL row (see the module docstring).
 
@@ -102,7 +124,8 @@ def to_verl_example(
     return {
         "data_source": row["dataset_name"],
         "prompt": [{"role": "user", "content": content}],
-        "images": [{"bytes": _image_bytes(image, resize_pmc, row, i)} for i, image in enumerate(images)],
+        "images": [{"bytes": _image_bytes(image, resize_pmc, row, i, keep_image_bytes)}
+                   for i, image in enumerate(images)],
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": row["answer"]},
         "extra_info": {
@@ -118,24 +141,28 @@ def to_verl_example(
 
 
 def convert_to_verl(
-    ds, *, split: str = "train", resize_pmc: bool = False, validate: bool = True, num_proc: int | None = None
+    ds, *, split: str = "train", resize_pmc: bool = False, validate: bool = True, num_proc: int | None = None,
+    keep_image_bytes: bool = False,
 ):
     """A unified ``datasets.Dataset`` -> the verl RL ``datasets.Dataset``, in the input's row order.
 
     Every row is checked as it is converted (the schema, every image decoded, one placeholder per image); the first
     bad row raises :class:`SchemaError` naming it. ``num_proc`` workers share the rows; a progress bar shows them.
     Row order matters: the easy-to-hard curriculum runs read the file in order (``data.shuffle=False``).
+    Images are stored as the original's converter stores them (:func:`original_encoding`); ``keep_image_bytes``
+    keeps their stored bytes instead (no second JPEG pass).
     """
     import datasets
 
     if "images" in ds.column_names:
-        # Keep the stored bytes: decoding to PIL and re-encoding would change nothing but cost time.
+        # undecoded: the stored bytes are what original_encoding re-encodes (or what keep_image_bytes keeps)
         ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
     else:
         ds = ds.add_column("images", [None] * len(ds))
 
     def _convert(row, index):
-        return to_verl_example(row, index, split=split, resize_pmc=resize_pmc, validate=validate)
+        return to_verl_example(row, index, split=split, resize_pmc=resize_pmc, validate=validate,
+                               keep_image_bytes=keep_image_bytes)
 
     return ds.map(
         _convert,

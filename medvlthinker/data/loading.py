@@ -8,7 +8,9 @@ A source is a Hugging Face dataset name (Hub) or a local path:
 
 Whatever the source, the result is a ``datasets.Dataset`` with the unified features (``images`` as
 ``Sequence(Image)``, ``dataset_index`` int64, the optional columns present and None where absent); extra
-columns are kept. Validation (on by default) raises :class:`medvlthinker.schema.SchemaError` naming the row
+columns are kept. An image stored as a path must lie inside the source's folder (the jsonl's, the parquet's, the
+save_to_disk folder; for a Hub data set the datasets and Hub caches) unless ``allow_outside_images``
+(:func:`check_image_paths`). Validation (on by default) raises :class:`medvlthinker.schema.SchemaError` naming the row
 and the source; image decoding is checked only with ``check_images`` because it reads every image.
 
 Where a source is and how its table is read (the Hub, a save_to_disk folder through :func:`disk_view`, parquet,
@@ -78,6 +80,62 @@ def _resolve_image(image: Any, base: Path) -> Any:
         p = image["path"]
         return {"path": str(base / p) if not os.path.isabs(p) else p, "bytes": None}
     return image
+
+
+def image_bases(source: str | os.PathLike, kind: str) -> list[Path]:
+    """The folders an image path of ``source`` may point into (see :func:`check_image_paths`)."""
+    path = Path(source).expanduser()
+    if kind in ("parquet", "jsonl"):
+        return [path.parent]
+    if kind in ("disk", "parquet_dir"):
+        return [path]
+    import datasets
+    from huggingface_hub import constants
+
+    return [Path(datasets.config.HF_DATASETS_CACHE), Path(constants.HF_HUB_CACHE)]
+
+
+def check_image_paths(ds, bases: list[Path], *, allow_outside: bool = False, source: str = "the data set") -> None:
+    """Refuse a row whose image is stored as a file path (no bytes) outside ``bases``, naming the row.
+
+    Rows carry images as bytes or as paths, and a path is opened wherever it points: ``../../secret/x.png`` or
+    ``/etc/...`` in a row of an untrusted data set would be read, embedded into a training set or base64-sent to an
+    api endpoint. The scan reads the Arrow columns (no image is decoded); ``allow_outside`` skips it.
+    """
+    if allow_outside or "images" not in ds.column_names or len(ds) == 0:
+        return
+    import pyarrow.compute as pc
+
+    from medvlthinker.images import OutsideImageError, check_inside
+
+    from medvlthinker.data.paging import mapped_files, release_mapped_pages
+
+    named = [c for c in ("dataset_name", "dataset_index") if c in ds.column_names]
+    view = ds.select_columns(["images", *named]).with_format("arrow")
+    files = mapped_files(ds)
+    position = 0
+    # small batches, one chunk at a time: only offsets, validity and paths are read, never the image bytes (a
+    # combined column, or a large batch of an indexed data set, would copy them)
+    for table in view.iter(batch_size=64):
+        start = 0
+        for images in table.column("images").chunks:
+            flat = pc.list_flatten(images)
+            if len(flat):
+                parents = pc.list_parent_indices(images).to_pylist()
+                stored = flat.field("bytes")
+                no_bytes = pc.or_kleene(pc.is_null(stored), pc.equal(pc.binary_length(stored), 0))
+                by_path = pc.and_(pc.fill_null(no_bytes, True), pc.is_valid(flat.field("path")))
+                paths = flat.field("path")
+                for i in [i for i, hit in enumerate(by_path.to_pylist()) if hit]:
+                    try:
+                        check_inside(paths[i].as_py(), bases)
+                    except OutsideImageError as exc:
+                        row = {c: table.column(c)[start + parents[i]].as_py() for c in named}
+                        raise SchemaError(f"{exc.problem} (in {source})", fix=exc.fix).for_row(
+                            row, position + start + parents[i]) from None
+            start += len(images)
+        position += table.num_rows
+        release_mapped_pages(files)
 
 
 def _fill_optional(row: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +249,7 @@ def load_unified(
     validate: bool = True,
     check_images: bool = False,
     num_proc: int | None = None,
+    allow_outside_images: bool = False,
 ):
     """Load ``source`` as a unified ``datasets.Dataset``.
 
@@ -198,7 +257,8 @@ def load_unified(
     ``train``, ``validation``). ``subset`` keeps the rows whose ``dataset_name`` is listed (an unknown name is an
     error that lists the available ones); ``size`` then keeps the first N rows. ``validate`` checks the schema of
     every kept row; ``check_images`` also decodes every image. ``num_proc`` goes to the Hub/parquet readers and
-    the subset filter.
+    the subset filter. ``allow_outside_images`` reads image paths outside the source's folder
+    (:func:`check_image_paths`).
     """
     import datasets
 
@@ -231,6 +291,7 @@ def load_unified(
         ds = datasets.Dataset.from_list([{c: r.get(c) for c in (*COLUMNS, *extras)} for r in rows],
                                         features=unified_features() if not extras else None)
         ds = _normalize(ds, name)
+        check_image_paths(ds, image_bases(source, kind), allow_outside=allow_outside_images, source=name)
         if check_images:
             check_dataset_images(ds, source=name)
         return ds
@@ -251,6 +312,7 @@ def load_unified(
         ds = ds.filter(lambda n: n in wanted, input_columns="dataset_name", num_proc=num_proc)
     if size is not None:
         ds = ds.select(range(min(_check_size(size), len(ds))))
+    check_image_paths(ds, image_bases(source, kind), allow_outside=allow_outside_images, source=name)
     if validate:
         validate_dataset(ds, check_images=check_images, source=name)
     elif check_images:

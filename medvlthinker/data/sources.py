@@ -19,6 +19,15 @@ _SPLIT_PREFERENCE = ("test", "train", "validation")
 _LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".arrow")
 
 
+def looks_local(name: str) -> bool:
+    """Whether a data set or model name is meant as a local path rather than a Hub name (``org/name``).
+
+    >>> looks_local("./runs/m"), looks_local("/models/x"), looks_local("Qwen/Qwen2.5-VL-3B-Instruct")
+    (True, True, False)
+    """
+    return name.startswith(("/", "./", "../", "~")) or name.endswith(_LOCAL_SUFFIXES) or name.count("/") > 1
+
+
 def source_kind(source: str | os.PathLike) -> str:
     """How ``source`` is read: ``"disk"``, ``"parquet_dir"``, ``"parquet"``, ``"jsonl"`` or ``"hub"``.
 
@@ -46,8 +55,7 @@ def source_kind(source: str | os.PathLike) -> str:
             f"save_to_disk directory"
         )
     text = str(source)
-    looks_local = text.startswith(("/", "./", "../", "~")) or text.endswith(_LOCAL_SUFFIXES) or text.count("/") > 1
-    if looks_local:
+    if looks_local(text):
         raise FileNotFoundError(
             f"{text} does not exist; fix: check the path (a save_to_disk directory, .parquet or .jsonl file), or "
             f"give a Hugging Face dataset name such as UCSC-VLAA/MedVLThinker-Eval"

@@ -76,6 +76,22 @@ def reply_text(message: Any) -> str:
     return with_reasoning(message.content, reasoning)
 
 
+def same_model(asked: str, answered: str | None) -> bool:
+    """Whether the reply's ``model`` is the one asked for: the same name, or a dated snapshot of it (OpenAI answers
+    ``gpt-4o`` with ``gpt-4o-2024-08-06``).
+
+    >>> same_model("gpt-4o", "gpt-4o-2024-08-06"), same_model("m", "m"), same_model("qwen-7b", "qwen-72b")
+    (True, True, False)
+    """
+    if not answered or answered == asked:
+        return answered == asked
+    return answered.startswith(asked + "-") and answered[len(asked) + 1:][:1].isdigit()
+
+
+class _ReplyDeadline(Exception):
+    """A reply still arriving after the request's total time (a server trickling bytes resets every read timeout)."""
+
+
 def _even_shares(total: int, n: int) -> list[int]:
     base, extra = divmod(max(total, 0), n)
     return [base + (1 if i < extra else 0) for i in range(n)]
@@ -89,7 +105,12 @@ class ApiBackend:
     (seed included); ``window`` requests are in flight at once. A request that fails with a connection error, a
     timeout, a rate limit or a server error is retried up to ``max_retries`` times, waiting ``backoff * 2**k``
     seconds (at most ``max_backoff``, with jitter); a row still failing is reported at the end
-    (:class:`ApiRowsFailed`), after every other row has been yielded. A bad key or model name stops at once.
+    (:class:`ApiRowsFailed`), after every other row has been yielded. ``timeout`` bounds a request in all, from
+    connecting to the reply's last byte (a server that trickles bytes never trips a read timeout), and counts as a
+    failed attempt. A bad key or model name stops at once, and so does an endpoint that does not answer as the
+    chat API does: a reply that is not JSON or has no choices, from another model than ``model`` (a dated
+    snapshot of it is the same model), or with another number of choices than ``n``; each rollout keeps the
+    answering model.
     """
 
     name = "api"
@@ -112,6 +133,7 @@ class ApiBackend:
         self.window = window
         # the client's own retries are off: this backend retries, with a longer patience (a restarting server)
         self.client = OpenAI(api_key=key, base_url=self.base_url, max_retries=0, timeout=timeout)
+        self.timeout = timeout
         self.peak_in_flight = 0
         self.failed: dict[int, str] = {}
 
@@ -120,17 +142,54 @@ class ApiBackend:
 
     def _create(self, request: Request, settings: SamplingSettings) -> list[Completion]:
         max_tokens = request.max_tokens or settings.max_tokens
-        response = self.client.chat.completions.create(
+        seed = settings.row_seed(request.row.get("dataset_name"), request.dataset_index)
+        response = self._reply(dict(
             model=self.model, messages=api_messages(request), temperature=settings.temperature,
-            top_p=settings.top_p, max_tokens=max_tokens, n=settings.n, seed=settings.seed)
+            top_p=settings.top_p, max_tokens=max_tokens, n=settings.n, seed=settings.seed if seed is None else seed))
         if response.usage is not None:
             request.prompt_tokens = int(response.usage.prompt_tokens)
         choices = sorted(response.choices, key=lambda c: c.index)
+        if len(choices) != settings.n:
+            raise _Fatal(f"api: {self._where()} returned {len(choices)} choice(s) for --n {settings.n} (dataset_index "
+                         f"{request.dataset_index}); fix: use an endpoint that supports n (vllm serve does), or --n 1")
         total = response.usage.completion_tokens if response.usage is not None else 0
         # the API reports one completion-token total per request: with n > 1 each choice gets an even share
-        shares = _even_shares(total, len(choices)) if choices else []
-        return [Completion(reply_text(choice.message), tokens, choice.finish_reason)
+        shares = _even_shares(total, len(choices))
+        return [Completion(reply_text(choice.message), tokens, choice.finish_reason, model=response.model)
                 for choice, tokens in zip(choices, shares)]
+
+    def _where(self) -> str:
+        return self.base_url or "the OpenAI API"
+
+    def _reply(self, body: dict[str, Any]):
+        """The chat completion for ``body``, read within ``timeout`` in all and checked (see the class)."""
+        import json
+        import time
+
+        import pydantic
+        from openai.types.chat import ChatCompletion
+
+        deadline = time.monotonic() + self.timeout
+        data = bytearray()
+        with self.client.chat.completions.with_streaming_response.create(**body) as raw:
+            for chunk in raw.iter_bytes():
+                data += chunk
+                if time.monotonic() > deadline:
+                    raise _ReplyDeadline(f"the reply took more than {self.timeout:g} s in all (--engine_kwargs "
+                                         "timeout)")
+        try:
+            response = ChatCompletion.model_validate(json.loads(data))
+        except (ValueError, pydantic.ValidationError) as exc:
+            shown = bytes(data[:80]).decode("utf-8", "replace")
+            raise _Fatal(f"api: {self._where()} answered with something other than a chat completion ({shown!r}: "
+                         f"{_short(exc)}); fix: check {API_BASE_ENV}/--api_base (it must end in /v1)") from None
+        if not response.choices:
+            raise _Fatal(f"api: {self._where()} answered with no choices; fix: check the endpoint and --model")
+        if not same_model(self.model, response.model):
+            raise _Fatal(f"api: {self._where()} answered with model {response.model!r}, not --model {self.model!r}; "
+                         "fix: pass the model the endpoint serves as --model, or point --api_base at the endpoint "
+                         f"serving {self.model!r}")
+        return response
 
     def _with_retries(self, request: Request, settings: SamplingSettings) -> list[Completion]:
         import random
@@ -150,7 +209,7 @@ class ApiBackend:
                 if exc.status_code not in RETRY_STATUSES and exc.status_code < 500:
                     raise
                 error: Exception = exc
-            except openai.APIConnectionError as exc:  # refused, reset, timed out: the server may come back
+            except (openai.APIConnectionError, _ReplyDeadline) as exc:  # refused, reset, timed out: may come back
                 error = exc
             attempt += 1
             if attempt > self.max_retries:

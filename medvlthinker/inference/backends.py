@@ -156,7 +156,7 @@ class VllmBackend:
             batch = list(islice(source, window - len(pending)))
             if not batch:
                 return
-            per_request = [params if r.max_tokens is None else _with_max_tokens(params, r.max_tokens) for r in batch]
+            per_request = [_for_request(params, settings, r) for r in batch]
             ids = self.llm.enqueue([r.vllm_input() for r in batch], per_request, use_tqdm=False)
             # enqueue returns the engine's internal ids ("{external}-{random suffix}"); outputs carry the external id.
             pending.update((self._external_id(rid), request) for rid, request in zip(ids, batch))
@@ -188,6 +188,18 @@ def _with_max_tokens(params: Any, max_tokens: int) -> Any:
     clone = params.clone()
     clone.max_tokens = max_tokens
     return clone
+
+
+def _for_request(params: Any, settings: SamplingSettings, request: Request) -> Any:
+    """``params`` with the request's own max_tokens and seed (``SamplingSettings.row_seed``): a row's samples then
+    do not depend on which rows share the engine, so a resumed run equals an uninterrupted one."""
+    if request.max_tokens is not None:
+        params = _with_max_tokens(params, request.max_tokens)
+    seed = settings.row_seed(request.row.get("dataset_name"), request.dataset_index)
+    if seed is not None:
+        params = params.clone()
+        params.seed = seed
+    return params
 
 
 class HfBackend:
@@ -237,11 +249,16 @@ class HfBackend:
         if size < 1:
             raise ValueError(f"window must be >= 1, got {window}; fix: --window 1 or more")
         torch.manual_seed(settings.seed)
+        seeded = settings.row_seed(None, 0) is not None
+        if seeded:  # one request per generate call: its samples must not depend on the rows beside it
+            size = 1
         config = GenerationConfig(**settings.to_hf_generate_kwargs(self.eos_token_id), pad_token_id=self.pad_token_id)
         per_prompt = config.num_return_sequences or 1
         source = iter(requests)
         self.peak_in_flight = 0
         while batch := list(islice(source, size)):
+            if seeded:
+                torch.manual_seed(settings.row_seed(batch[0].row.get("dataset_name"), batch[0].dataset_index))
             self.peak_in_flight = max(self.peak_in_flight, len(batch))
             images = [img for r in batch for img in r.images]
             inputs = self.processor(text=[r.prompt for r in batch], images=images or None, padding=True,

@@ -45,9 +45,11 @@ class RowQueue:
 class InferenceWorker:
     """One engine of the pool. ``run`` is a generator: records come back to the driver as they finish."""
 
-    def __init__(self, config: dict[str, Any], worker: int, max_images: int) -> None:
+    def __init__(self, config: dict[str, Any], worker: int, max_images: int,
+                 secrets: dict[str, str] | None = None) -> None:
         from medvlthinker.inference.runner import RunConfig, _make_backend, _make_builder, load_rows
 
+        os.environ.update(secrets or {})  # see _forwarded_secrets
         self.config = RunConfig(**config)
         self.worker = worker
         self.rows = load_rows(self.config, check_images=False)
@@ -87,11 +89,32 @@ def _connect(config) -> None:
         ray.init(num_cpus=max(os.cpu_count() or 1, config.dp_size), include_dashboard=False)
 
 
+_FORWARDED_PREFIXES = ("VLLM_", "HF_", "TRANSFORMERS_", "OMP_", "TOKENIZERS_")
+_SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")
+
+
+def is_secret(name: str) -> bool:
+    """Whether an environment variable holds a credential (``HF_TOKEN``, ``VLLM_API_KEY``, ...).
+
+    >>> is_secret("HF_TOKEN"), is_secret("HF_HUB_OFFLINE"), is_secret("TOKENIZERS_PARALLELISM")
+    (True, False, False)
+    """
+    return any(marker in name.upper().replace("TOKENIZERS", "") for marker in _SECRET_MARKERS)
+
+
 def _forwarded_env() -> dict[str, str]:
     """The driver's settings that shape the engines (vLLM CPU settings, offline flags), for the actors; given per
-    actor, so they merge with a submitted job's own runtime environment instead of replacing it."""
-    return {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "HF_", "TRANSFORMERS_", "OMP_",
-                                                                  "TOKENIZERS_"))}
+    actor, so they merge with a submitted job's own runtime environment instead of replacing it.
+
+    Credentials are left out: Ray writes a runtime environment in clear into its session logs
+    (``runtime_env_agent.log``, readable by every user of the node); they travel as actor arguments instead."""
+    return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES) and not is_secret(k)}
+
+
+def _forwarded_secrets() -> dict[str, str]:
+    """The credentials among the forwarded variables (a Hub token for a gated model), handed to each actor's
+    constructor, which sets them in its own environment: they never enter a runtime environment or a log."""
+    return {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES) and is_secret(k)}
 
 
 def run_pool(config, ds, *, max_images: int) -> int:
@@ -117,7 +140,8 @@ def run_pool(config, ds, *, max_images: int) -> int:
     queue = ray.remote(num_cpus=0)(RowQueue).remote(todo)
     worker_cls = ray.remote(num_cpus=1, num_gpus=gpus, runtime_env={"env_vars": _forwarded_env()})(InferenceWorker)
     world = config.dp_size
-    workers = [worker_cls.remote(asdict(config), w, max_images) for w in range(world)]
+    secrets = _forwarded_secrets()
+    workers = [worker_cls.remote(asdict(config), w, max_images, secrets) for w in range(world)]
     streams = {worker.run.remote(queue): w for w, worker in enumerate(workers)}
     writers = {w: ShardWriter(Path(config.output_dir) / shard_name(w, world)) for w in range(world)}
     bar = tqdm(total=len(todo), desc=f"ray pool of {world} {config.backend}", unit="row", disable=not config.progress)

@@ -69,6 +69,8 @@ def make_record(request_row: Mapping[str, Any], prompt: str, prompt_tokens: int,
         if not isinstance(item, str):
             rollout["output_tokens"] = int(item.output_tokens)
             rollout["finish_reason"] = item.finish_reason
+            if getattr(item, "model", None):
+                rollout["model"] = item.model
         rollouts.append(rollout)
     return {
         "dataset_name": request_row["dataset_name"],
@@ -214,9 +216,14 @@ def read_run(path: str | os.PathLike, *, required: tuple[str, ...] = REQUIRED_FI
     ``path`` is an output directory (its eval_results.jsonl, else the union of its shards) or one JSONL file.
     One rule everywhere: a torn last line is skipped in a shard (the run was killed while appending and redoes
     the row) and is an error in any other file; a dataset_index recorded twice is an error naming both places;
-    the original recipe's field names are read as this project's (:func:`normalize_record`).
+    the original recipe's field names are read as this project's (:func:`normalize_record`). A run without any
+    record is an error (a table or regrade of nothing would read as an accuracy of 0).
     """
-    return _read_files(run_files(path), required)
+    records = _read_files(run_files(path), required)
+    if not records:
+        raise RecordsError(f"{path}: holds no records; fix: pass the --output_dir of a finished (or started) "
+                           "eval/run_offline_inference.py run, or its eval_results.jsonl")
+    return records
 
 
 class ShardWriter:

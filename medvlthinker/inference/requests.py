@@ -39,6 +39,7 @@ class Completion:
     text: str
     output_tokens: int
     finish_reason: str | None
+    model: str | None = None  # the model that answered, when the backend is told (the api backend)
 
 
 @dataclass

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from medvlthinker.data.sources import looks_local
+from medvlthinker.errors import UserError
 from medvlthinker.images import MAX_PIXELS, MIN_PIXELS
 from medvlthinker.inference.settings import SAMPLING_FIELDS, SamplingSettings
 from medvlthinker.options import copy_field, option
@@ -66,6 +68,7 @@ class RunConfig:
     n: int = copy_field(SamplingSettings, "n")
     seed: int = copy_field(SamplingSettings, "seed")
     ignore_eos: bool = copy_field(SamplingSettings, "ignore_eos")
+    engine_seed_only: bool = copy_field(SamplingSettings, "engine_seed_only")
     dp_size: int = option(1, "data-parallel engines, one per GPU slice: on this node, or on the whole cluster "
                           "with --ray")
     tp_size: int = option(1, "tensor-parallel GPUs per engine (32B: 4)")
@@ -77,6 +80,8 @@ class RunConfig:
                              "blank (a uniform grey image of the same size), shuffled (the images of another row of "
                              "the same benchmark with as many images, seeded by --seed), none (no images, "
                              "--ignore_image); docs/experiments.md", type=click.Choice(_image_modes()))
+    allow_outside_images: bool = option(False, "read image paths that lead outside the data set's folder (only for "
+                                        "a data set you trust)")
     gpu_memory_utilization: float = option(0.9, "share of each GPU's memory vLLM may take")
     max_model_len: int | None = option(None, "vLLM's context length (default: the model's)")
     limit_mm_per_prompt: int | None = option(None, "images per prompt the engine reserves for (default: the most "
@@ -145,6 +150,10 @@ class RunConfig:
         if self.mm_processor_cache_gb < 0:
             raise ValueError(f"--mm_processor_cache_gb must be >= 0, got {self.mm_processor_cache_gb}; fix: 0 (off) "
                              "or a size in GiB")
+        if self.backend != "api" and looks_local(self.model) and not Path(self.model).expanduser().is_dir():
+            raise UserError(f"--model {self.model}", "no such model folder",
+                            fix="check the path (a folder holding config.json and the weights), or give a Hugging "
+                                "Face model name such as Qwen/Qwen2.5-VL-3B-Instruct")
         if self.ray and self.node_size > 1:
             raise ValueError("--ray spreads the engines over the whole cluster itself; fix: drop --node_size and "
                              "--node_rank (launch once, e.g. with ray job submit)")
@@ -156,6 +165,23 @@ class RunConfig:
     @property
     def world_size(self) -> int:
         return self.node_size * self.dp_size
+
+
+def parse_engine_kwargs(text: str | None) -> dict[str, Any]:
+    """``--engine_kwargs`` as a dict; text that is not a JSON object is a one-line error naming the flag.
+
+    >>> parse_engine_kwargs('{"enforce_eager": true}'), parse_engine_kwargs(None)
+    ({'enforce_eager': True}, {})
+    """
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError as exc:
+        raise UserError(f"--engine_kwargs {text!r}", f"is not JSON ({exc})",
+                        fix='write a JSON object in single quotes, e.g. --engine_kwargs \'{"enforce_eager": true}\'') from None
+    if not isinstance(value, dict):
+        raise UserError(f"--engine_kwargs {text!r}", f"is a JSON {type(value).__name__}, not an object",
+                        fix='write a JSON object, e.g. --engine_kwargs \'{"enforce_eager": true}\'')
+    return value
 
 
 def config_from_args(args: dict[str, Any]) -> RunConfig:

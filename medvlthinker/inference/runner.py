@@ -51,7 +51,7 @@ def load_rows(config: RunConfig, *, check_images: bool):
     from medvlthinker.data import check_dataset_images, load_unified
 
     ds = load_unified(config.dataset_name, config.split, subset=config.subset, size=config.dataset_size,
-                      validate=True)
+                      validate=True, allow_outside_images=config.allow_outside_images)
     if check_images and not config.ignore_image and "images" in ds.column_names:
         check_dataset_images(ds, source=config.dataset_name, progress=config.progress,
                              decode=config.full_image_check)
@@ -89,12 +89,15 @@ def library_versions() -> dict[str, str | None]:
 
 
 def write_args(config: RunConfig, num_rows: int) -> Path:
+    from medvlthinker.inference import run_state
+
     return write_json(Path(config.output_dir) / ARGS_FILE, {
         "args": asdict(config),
         "argv": sys.argv,
         "num_rows": num_rows,
         "sampling": config.sampling.to_dict(),
         "model_config_sha256": model_config_hash(config.model),
+        **run_state.content_hashes(asdict(config)),
         "versions": library_versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
@@ -274,20 +277,22 @@ def run(config: RunConfig) -> dict[str, Any] | None:
     ds = load_rows(config, check_images=True)
     num_rows = len(ds)
     max_images = max_images_per_row(ds)
-    aside = None
-    if config.overwrite and config.node_rank == 0:
-        aside = run_state.set_aside(out)
-    elif not config.overwrite:
-        run_state.check_same_run(out, run_state.fingerprint(asdict(config), num_rows=num_rows,
-                                                            model_config_sha256=model_config_hash(config.model)))
-    try:
-        result = _run_validated(config, out, ds, num_rows, max_images)
-    except BaseException:
-        run_state.restore(out, aside)  # a failed --overwrite run leaves the previous results as they were
-        raise
-    run_state.discard(aside)
-    record_cost(config, time.perf_counter() - start)
-    return result
+    with run_state.output_lock(out, config.node_rank):  # a second run into the same folder stops here
+        aside = None
+        if config.overwrite and config.node_rank == 0:
+            aside = run_state.set_aside(out)
+        elif not config.overwrite:
+            run_state.check_same_run(out, run_state.fingerprint(asdict(config), num_rows=num_rows,
+                                                                model_config_sha256=model_config_hash(config.model),
+                                                                **run_state.content_hashes(asdict(config))))
+        try:
+            result = _run_validated(config, out, ds, num_rows, max_images)
+        except BaseException:
+            run_state.restore(out, aside)  # a failed --overwrite run leaves the previous results as they were
+            raise
+        run_state.discard(aside)
+        record_cost(config, time.perf_counter() - start)
+        return result
 
 
 def _run_validated(config: RunConfig, out: Path, ds, num_rows: int, max_images: int) -> dict[str, Any] | None:

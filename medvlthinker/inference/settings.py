@@ -11,6 +11,7 @@ that reads the pass-rate samples, :data:`CURATION`, lives beside them. Every oth
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -31,6 +32,9 @@ class SamplingSettings:
     max_tokens: int = option(4096, "new tokens per rollout at most")
     n: int = option(1, "rollouts per row")
     seed: int = option(42, "the engine's seed (vLLM LLM(seed=...), as the original; torch for the hf backend)")
+    engine_seed_only: bool = option(False, "seed the engine alone, as the original: a row's samples then depend on "
+                                    "the rows beside it, so a resumed run differs from an uninterrupted one "
+                                    "(default: each request is seeded from --seed and its row)")
     ignore_eos: bool = option(False, "generate max_tokens tokens whatever the model says (benchmarks only)",
                               cli=False)
 
@@ -54,8 +58,27 @@ class SamplingSettings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def row_seed(self, dataset_name: str | None, dataset_index: int) -> int | None:
+        """The seed of one row's request when sampling (None when greedy or ``engine_seed_only``: the engine's
+        stream).
+
+        It depends on ``seed`` and the row alone, not on the rows beside it in the engine, so a resumed run draws
+        the same samples for a row as an uninterrupted one.
+
+        >>> s = SamplingSettings(temperature=1.0)
+        >>> s.row_seed("pmc_vqa", 3) == s.row_seed("pmc_vqa", 3) != s.row_seed("pmc_vqa", 4)
+        True
+        >>> SamplingSettings().row_seed("pmc_vqa", 3) is None  # greedy: nothing to seed
+        True
+        """
+        if self.greedy or self.engine_seed_only:
+            return None
+        digest = hashlib.sha256(f"{self.seed}\0{dataset_name}\0{dataset_index}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") >> 1
+
     def to_vllm(self):
-        """vLLM ``SamplingParams``. The seed goes to the engine, not to each request, as in the original."""
+        """vLLM ``SamplingParams``. The seed goes to the engine (as in the original); unless ``engine_seed_only``
+        each sampled request then gets its own (:meth:`row_seed`, set by the backend)."""
         from vllm import SamplingParams
 
         return SamplingParams(

@@ -19,7 +19,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from medvlthinker.images import ImageDecodeError, decode_image, image_sha256, pmc_resize
+from medvlthinker.images import (
+    ImageDecodeError,
+    OutsideImageError,
+    check_inside,
+    decode_image,
+    image_sha256,
+    pmc_resize,
+)
 from medvlthinker.prepare.report import MalformedRow, PrepareError
 
 COMPAT = ("original", "lenient")
@@ -170,6 +177,10 @@ def pmc_vqa_row(
     if not figure:
         raise MalformedRow("image_missing", "Figure_path is empty")
     path = Path(image_dir) / figure
+    try:
+        check_inside(path, [image_dir])
+    except OutsideImageError as exc:
+        raise MalformedRow("image_outside", f"Figure_path {figure!r}: {exc.problem}") from None
     if not path.is_file():
         raise MalformedRow("image_missing", f"image file not found: {path}")
     raw = path.read_bytes()

@@ -69,20 +69,30 @@ def resolve_actor_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def merge_verl_checkpoint(actor_dir: str | os.PathLike, target_dir: str | os.PathLike, *, check: bool = True) -> Path:
-    """Merge a verl FSDP actor checkpoint with verl's model merger into ``target_dir``; then check it."""
+def merge_verl_checkpoint(actor_dir: str | os.PathLike, target_dir: str | os.PathLike, *, check: bool = True,
+                          overwrite: bool = False) -> Path:
+    """Merge a verl FSDP actor checkpoint with verl's model merger into ``target_dir``; then check it.
+
+    The merge is written beside ``target_dir`` and checked there (with ``check``), so a merge that fails (a
+    half-written shard, a full disk) or whose model does not load leaves nothing at the target, and a replaced
+    model leaves no stale file. An existing ``target_dir`` is an error unless ``overwrite``, before any work.
+    """
     actor = resolve_actor_dir(actor_dir)
     target = Path(target_dir)
-    cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-           "--local_dir", str(actor), "--target_dir", str(target)]
-    print("+ " + " ".join(cmd), flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise MergeError(
-            f"verl's model merger failed on {actor} (exit {done.returncode}):\n{done.stderr[-3000:]}"
-        )
-    if check:
-        check_merged_model(target)
+    if target.exists() and not overwrite:
+        raise MergeError(f"{target} already exists; fix: choose another target or pass --overwrite")
+    with staged(target, overwrite=True, directory=True) as tmp:
+        cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+               "--local_dir", str(actor), "--target_dir", str(tmp)]
+        print("+ " + " ".join(cmd), flush=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise MergeError(f"verl's model merger failed on {actor} (exit {done.returncode}: {last}); nothing was "
+                             f"written to {target}; fix: check the checkpoint's shards (a run killed while saving "
+                             "leaves them half-written: merge an earlier global_step_N) and the free disk space")
+        if check:
+            print(f"check: generated {check_merged_model(tmp)!r}", flush=True)
     return target
 
 
@@ -144,8 +154,8 @@ def merge_sft_checkpoint(
         for f in weights:
             shutil.copy2(f, tmp / f.name)
         _copy_base_files(base_model, tmp)
-    if check:
-        check_merged_model(target)
+        if check:  # before the move: a model that does not load never lands at the target
+            print(f"check: generated {check_merged_model(tmp)!r}", flush=True)
     return target
 
 
@@ -196,12 +206,12 @@ def cli():
 @cli.command("verl")
 @click.argument("actor_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("target_dir", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace an existing TARGET_DIR.")
 @click.option("--no_check", is_flag=True, help="Skip the load-and-generate check.")
-def verl_command(actor_dir, target_dir, no_check):
-    """ACTOR_DIR (<run>/global_step_N/actor) -> TARGET_DIR with verl's model merger."""
-    merge_verl_checkpoint(actor_dir, target_dir, check=False)
-    if not no_check:
-        click.echo(f"check: generated {check_merged_model(target_dir)!r}")
+def verl_command(actor_dir, target_dir, overwrite, no_check):
+    """ACTOR_DIR (<run>/global_step_N/actor) -> TARGET_DIR with verl's model merger (checked before it is moved
+    into place)."""
+    merge_verl_checkpoint(actor_dir, target_dir, check=not no_check, overwrite=overwrite)
     click.echo(f"merged model: {target_dir}")
 
 
@@ -213,9 +223,7 @@ def verl_command(actor_dir, target_dir, no_check):
 @click.option("--no_check", is_flag=True, help="Skip the load-and-generate check.")
 def sft_command(checkpoint_dir, base_model, target_dir, overwrite, no_check):
     """CHECKPOINT_DIR (an SFT checkpoint-N) + BASE_MODEL's config/tokenizer/processor -> TARGET_DIR."""
-    merge_sft_checkpoint(checkpoint_dir, base_model, target_dir, check=False, overwrite=overwrite)
-    if not no_check:
-        click.echo(f"check: generated {check_merged_model(target_dir)!r}")
+    merge_sft_checkpoint(checkpoint_dir, base_model, target_dir, check=not no_check, overwrite=overwrite)
     click.echo(f"merged model: {target_dir}")
 
 

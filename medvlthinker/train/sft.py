@@ -44,6 +44,7 @@ def load_train_dataset(cfg: SFTRunConfig, *, check_images: bool = False, num_pro
 
     from medvlthinker.converters.sft_format import check_sft_dataset, check_sft_rows
     from medvlthinker.data import load_disk_dataset
+    from medvlthinker.data.loading import check_image_paths
 
     path = Path(cfg.train_data)
     if not path.exists():
@@ -67,6 +68,7 @@ def load_train_dataset(cfg: SFTRunConfig, *, check_images: bool = False, num_pro
         ds = ds["train"]
     where = f"train_data {path}"
     check_sft_dataset(ds, where=where)
+    check_image_paths(ds, [path], allow_outside=cfg.allow_outside_images, source=where)
     if cfg.max_train_samples is not None:
         if cfg.max_train_samples < 1:
             raise ConfigError(f"max_train_samples is {cfg.max_train_samples}, which keeps no rows; fix: set it to at "

@@ -65,6 +65,8 @@ class SFTRunConfig(SFTConfig):
         "makes AdamW update bf16 weights.", "float32")
     attn_implementation: str = _help("'sdpa', 'eager' or 'flash_attention_2'.", "sdpa")
     max_train_samples: int | None = _help("Train on the first N examples.", None)
+    allow_outside_images: bool = _help("Read image paths of train_data that lead outside its folder (only for a "
+                                       "data set you trust).", False)
     resume: bool = _help("Resume from the newest checkpoint in output_dir.", True)
 
     # ---- TRL/transformers fields whose paper value differs from the library default
@@ -252,6 +254,16 @@ def check_mapping(data: Any, source: str = "<config>") -> dict[str, Any]:
     for key, allowed in _CHOICES.items():
         if key in values and values[key] not in allowed:
             raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}, got {values[key]!r}")
+    for key in ("learning_rate", "num_train_epochs"):
+        if key in values and values[key] is not None and not values[key] > 0:
+            raise ConfigError(f"{source}: {key} must be above 0, got {values[key]!r}; fix: set the paper's value "
+                              f"({getattr(SFTRunConfig, key)!r}) or another positive number")
+    if values.get("attn_implementation") == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError(f"{source}: attn_implementation is flash_attention_2 but the flash-attn package is not "
+                              "installed; fix: pip install flash-attn (GPU), or use attn_implementation: sdpa")
     return values
 
 
