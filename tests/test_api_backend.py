@@ -145,11 +145,14 @@ def test_api_records_equal_the_offline_backend_greedy(tiny_model_dir, tiny_proce
     out, api = api_records
     hf = hf_records
     assert [r["dataset_index"] for r in api] == list(range(len(rows)))
-    # everything but the prompt text (the api record keeps the user text; the server renders the template) and
-    # image_tokens (the API does not report it)
+    # everything but the prompt text (the api record keeps the user text; the server renders the template),
+    # image_tokens (the API does not report it) and the rollouts' answering model (only the API names one)
     def comparable(record):
-        return {k: v for k, v in record.items() if k not in ("prompt", "image_tokens")}
+        out = {k: v for k, v in record.items() if k not in ("prompt", "image_tokens")}
+        out["rollouts"] = [{k: v for k, v in r.items() if k != "model"} for r in record["rollouts"]]
+        return out
     assert [comparable(r) for r in api] == [comparable(r) for r in hf]
+    assert {r["model"] for record in api for r in record["rollouts"]} == {"tiny"}
     assert all(r["image_tokens"] is None and r["prompt"] in h["prompt"] for r, h in zip(api, hf))
     assert {len(r["rollouts"][0]["output_text"]) for r in api} != {0}
 

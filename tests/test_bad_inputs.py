@@ -237,7 +237,7 @@ def _curate(c, train, records):
 def test_curation_refuses_an_empty_records_file(curated):
     empty = curated["tmp"] / "empty.jsonl"
     empty.write_text("")
-    expect_failure(*_curate(curated, curated["train"], empty), names=["empty.jsonl", "no pass-rate records"],
+    expect_failure(*_curate(curated, curated["train"], empty), names=["empty.jsonl", "holds no records"],
                    kept=[curated["out"]])
 
 
