@@ -88,6 +88,7 @@ def test_api_request_is_the_user_text_and_png_data_urls():
     import base64
     import io
 
+    from medvlthinker.images import to_rgb
     from medvlthinker.inference.backends import api_messages
     from medvlthinker.inference.requests import ApiRequestBuilder
 
@@ -102,6 +103,7 @@ def test_api_request_is_the_user_text_and_png_data_urls():
         assert head == "data:image/png;base64"
         decoded = Image.open(io.BytesIO(base64.b64decode(data)))
         assert decoded.format == "PNG" and decoded.mode == "RGB" and decoded.size == original.size
-        assert list(decoded.getdata()) == list(original.convert("RGB").getdata())
+        # alpha pasted on white, as every image the project decodes (medvlthinker.images.to_rgb)
+        assert list(decoded.getdata()) == list(to_rgb(original).getdata())
     assert api_messages(ApiRequestBuilder(ignore_image=True).build(dict(ROW, images=images)))[0]["content"] == [
         {"type": "text", "text": prompts.build_user_text(ROW["question"], ROW["options"])}]
