@@ -503,6 +503,12 @@ def test_eval_refuses_an_image_path_outside_the_data_folder_before_the_model_loa
                    names=[f"dataset_index={outside['rows'][1]['dataset_index']}", "outside the data set's folder"])
 
 
+def _pmc_record(figure_path: str) -> dict:
+    """One raw PMC-VQA csv row whose figure is ``figure_path``."""
+    return {"Figure_path": figure_path, "Question": "Q?", "Answer": "x", "Choice A": "A:x", "Choice B": "B:y",
+            "Choice C": "C:z", "Choice D": "D:w", "Answer_label": "A"}
+
+
 def test_pmc_preparation_and_the_eval_set_builder_refuse_paths_out_of_their_folder(tmp_path):
     from medvlthinker import eval_set
     from medvlthinker.images import OutsideImageError
@@ -512,8 +518,7 @@ def test_pmc_preparation_and_the_eval_set_builder_refuse_paths_out_of_their_fold
     figures = tmp_path / "figures"
     figures.mkdir()
     Image.new("RGB", (40, 40)).save(tmp_path / "secret.png")
-    record = {"Figure_path": "../secret.png", "Question": "Q?", "Answer": "x", "Choice A": "A:x", "Choice B": "B:y",
-              "Choice C": "C:z", "Choice D": "D:w", "Answer_label": "A"}
+    record = _pmc_record("../secret.png")
     with pytest.raises(MalformedRow, match="image_outside.*outside the data set's folder"):
         pmc_vqa_row(record, 0, figures, compat="lenient")
     with pytest.raises(OutsideImageError, match="outside the data set's folder"):
@@ -608,8 +613,7 @@ def test_pmc_preparation_reports_a_figure_the_model_cannot_take(tmp_path):
     figures = tmp_path / "figures"
     figures.mkdir()
     Image.new("RGB", (10, 2600)).save(figures / "thin.png")
-    record = {"Figure_path": "thin.png", "Question": "Q?", "Answer": "x", "Choice A": "A:x", "Choice B": "B:y",
-              "Choice C": "C:z", "Choice D": "D:w", "Answer_label": "A"}
+    record = _pmc_record("thin.png")
     with pytest.raises(MalformedRow, match="image_undecodable: thin.png: .*side ratio of 260"):
         pmc_vqa_row(record, 0, figures, compat="lenient")
 
