@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import click
 
-from medvlthinker import cli, eval_set, option_writer
+from medvlthinker import cli
+from medvlthinker.prepare import eval_set, option_writer
 
 
 @cli.command()

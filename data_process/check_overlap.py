@@ -16,8 +16,7 @@ from __future__ import annotations
 import click
 
 from medvlthinker import cli
-from medvlthinker.data import load_unified, save_unified
-from medvlthinker.overlap import (
+from medvlthinker.curate.overlap import (
     DEFAULT_IMAGE_THRESHOLD,
     MAX_IMAGE_THRESHOLD,
     check_image_threshold,
@@ -25,6 +24,7 @@ from medvlthinker.overlap import (
     without_flagged,
     write_overlap,
 )
+from medvlthinker.data import load_unified, save_unified
 
 
 @cli.command()

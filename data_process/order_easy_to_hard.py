@@ -17,7 +17,8 @@ from pathlib import Path
 
 import click
 
-from medvlthinker import cli, curation
+from medvlthinker import cli
+from medvlthinker.curate import curation
 from medvlthinker.inference.settings import CURATION
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from medvlthinker import synthetic
 from medvlthinker.analysis import AnalysisError, ablations
+from medvlthinker.demo import synthetic
 from medvlthinker.inference.records import make_record, write_jsonl
 from medvlthinker.inference.requests import Completion, record_fields
 

@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from medvlthinker import synthetic
 from medvlthinker.cli import UserError
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 from medvlthinker.inference.backends import ApiBackend, ApiRowsFailed, reply_text
 from medvlthinker.inference.records import read_run
 from medvlthinker.inference.runner import RunConfig, run
@@ -93,7 +94,7 @@ def rows():
 def config(endpoint, tmp_path, rows, **kwargs):
     data = tmp_path / "eval"
     if not data.exists():
-        synthetic.to_dataset(rows).save_to_disk(str(data))
+        to_dataset(rows).save_to_disk(str(data))
     return RunConfig(model="gpt-4o-2024-11-20", backend="api", output_dir=str(tmp_path / "out"),
                      dataset_name=str(data), api_base=endpoint.url, progress=False,
                      engine_kwargs={"max_retries": 3, "backoff": 0.01, "max_backoff": 0.02}, **kwargs)

@@ -9,11 +9,12 @@ import sys
 
 import pytest
 from PIL import Image
+from test_tables import ROOT, make_records, write_run
 
-from medvlthinker import grading, stats, synthetic
+from medvlthinker import grading, stats
 from medvlthinker.analysis import plots, tables
 from medvlthinker.analysis.tables import AVG, AnalysisError
-from test_tables import ROOT, make_records, write_run
+from medvlthinker.demo import synthetic
 
 
 @pytest.fixture(scope="module")

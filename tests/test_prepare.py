@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from medvlthinker.data import load_unified
-from medvlthinker.images import decode_image, image_sha256, pmc_resize
+from medvlthinker.images import image_sha256, pmc_resize
 from medvlthinker.prepare import PrepareError, m23k_row, prepare_m23k, prepare_pmc_vqa, strip_choice_prefix
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from medvlthinker import prompts, synthetic
+from medvlthinker import prompts
 from medvlthinker.converters.sft_format import convert_to_sft
+from medvlthinker.data import to_dataset
 from medvlthinker.train import sft
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,7 +225,7 @@ def test_labels_cover_exactly_the_assistant_turn(kind, tmp_path, tiny_model_dir,
     import torch
 
     rows = (train_text_rows if kind == "text" else train_image_rows)[:2]
-    ds = convert_to_sft(synthetic.to_dataset(rows))
+    ds = convert_to_sft(to_dataset(rows))
     trainer = sft.build_trainer(_cfg(tmp_path, tiny_model_dir), train_dataset=ds)
     processor = trainer.processing_class
     tokenizer = processor.tokenizer
@@ -264,7 +265,7 @@ def test_cli_trains_text_sft_and_saves_a_loadable_model_then_resumes(tmp_path, t
 
     from medvlthinker.converters.sft_format import write_sft_dataset
 
-    data = write_sft_dataset(convert_to_sft(synthetic.to_dataset(train_text_rows[:4])), tmp_path / "m23k")
+    data = write_sft_dataset(convert_to_sft(to_dataset(train_text_rows[:4])), tmp_path / "m23k")
     out = tmp_path / "run"
     script = _load_script("train/sft/train_sft.py")
     args = [str(TINY_CONFIG), f"model_name_or_path={tiny_model_dir}", f"train_data={data}", f"output_dir={out}",
@@ -281,7 +282,7 @@ def test_cli_trains_text_sft_and_saves_a_loadable_model_then_resumes(tmp_path, t
 
 @pytest.mark.slow
 def test_loss_falls_when_overfitting_an_image_batch(tmp_path, tiny_model_dir, train_image_rows):
-    ds = convert_to_sft(synthetic.to_dataset(train_image_rows[:1]))
+    ds = convert_to_sft(to_dataset(train_image_rows[:1]))
     cfg = _cfg(
         tmp_path, tiny_model_dir, "max_steps=8", "learning_rate=1e-3", "lr_scheduler_type=constant",
         "warmup_ratio=0", "global_batch_size=1", "per_device_train_batch_size=1", "save_strategy=no",
@@ -317,7 +318,7 @@ def test_flops_per_token_counts_every_matmul_parameter_of_the_3b_text_model():
 
 
 def test_benchmark_runs_random_weights_from_a_config_only_dir(tmp_path):
-    from medvlthinker.tiny import write_config_only_model
+    from medvlthinker.demo.tiny import write_config_only_model
 
     model_dir = write_config_only_model("tiny", tmp_path / "tiny", with_tokenizer=False)
     figures = sft.benchmark_sft_step(str(model_dir), seq_len=32, steps=1, warmup=0, random_weights=True,

@@ -17,9 +17,11 @@ import sys
 
 import pytest
 
-from medvlthinker import grading, stats, synthetic
+from medvlthinker import grading, stats
 from medvlthinker.analysis import tables
 from medvlthinker.analysis.tables import AVG, BENCHMARKS, COLUMNS, AnalysisError
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -312,7 +314,7 @@ def test_original_result_files_are_read_by_the_table_and_the_regrade(tmp_path, r
     assert "parsed_outputs" not in loaded[0] and loaded[0]["prompt"] == records[0]["prompt"]
 
     # the original's own regrade joins the options from the eval set by dataset_index; so do the table and regrade
-    eval_set = synthetic.to_dataset(rows)
+    eval_set = to_dataset(rows)
     # (the original's records carry no misc.image_id, so both tables resample rows)
     expected = tables.make_tables([f"m={ours}"], n_resamples=20, compare_published_names=False,
                                   cluster_by_image=False).table

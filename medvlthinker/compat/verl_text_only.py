@@ -68,7 +68,7 @@ def probe_model():
     from transformers import Qwen2_5_VLConfig
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
-    from medvlthinker.tiny import architecture_config
+    from medvlthinker.demo.tiny import architecture_config
 
     config = architecture_config("tiny")
     for key in ("bos_token_id", "eos_token_id"):

@@ -35,12 +35,7 @@ from medvlthinker.inference.records import (
     shard_name,
     write_json,
 )
-from medvlthinker.inference.run_config import (  # noqa: F401  callers import the config from the runner too
-    DEFAULT_EVAL_DATASET,
-    RunConfig,
-    config_from_args,
-    load_config,
-)
+from medvlthinker.inference.run_config import DEFAULT_EVAL_DATASET, RunConfig, config_from_args, load_config  # noqa: F401  callers import the config from the runner too
 
 # ---------------------------------------------------------------- data
 
@@ -267,7 +262,6 @@ def run(config: RunConfig) -> dict[str, Any] | None:
     outputs aside once the data set has passed validation and restores them if this run fails.
     """
     from medvlthinker.inference import run_state
-
     from medvlthinker.inference.cost import record_cost
 
     start = time.perf_counter()

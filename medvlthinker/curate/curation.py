@@ -9,7 +9,7 @@ The order of the paper's curriculum runs: filter, shuffle with seed 42 (the perm
 ``datasets.Dataset.shuffle(seed=42)``), then a stable sort by pass_count, descending for ``easy_to_hard``.
 
 The report of a run (what each filter removed, the pass-count distributions, their table and plots) is
-:mod:`medvlthinker.curation_report`; its names are importable from here too.
+:mod:`medvlthinker.curate.curation_report`; its names are importable from here too.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from medvlthinker.curation_report import (  # noqa: F401
+from medvlthinker.curate.curation_report import (  # noqa: F401
     NO_RESULT,
     CurationReport,
     format_distribution_table,
