@@ -16,8 +16,9 @@ turns it off (``benchmarks/benchmark_cpu_allocator.py`` measures both settings).
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
+
+from medvlthinker import env
 
 ENV = "MEDVLTHINKER_KEEP_FREED_MEMORY"
 
@@ -49,7 +50,7 @@ def keep_freed_memory() -> bool:
     global _kept
     if _kept:
         return True
-    if os.environ.get(ENV, "1").strip() == "0":
+    if not env.flag(ENV):
         return False
     libc = _glibc()
     if libc is None:

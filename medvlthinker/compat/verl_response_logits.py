@@ -30,6 +30,8 @@ from __future__ import annotations
 import functools
 import os
 
+from medvlthinker import env
+
 ENV = "MEDVLTHINKER_RESPONSE_LOGITS"
 POSITIONS = "medvlthinker_response_positions"
 ENTROPY = "medvlthinker_response_entropy"
@@ -40,7 +42,7 @@ _said: set = set()
 
 
 def requested() -> bool:
-    return os.environ.get(ENV, "0").strip() == "1"
+    return env.flag(ENV)
 
 
 def response_positions(prompt_lens, response_lens):

@@ -30,6 +30,7 @@ import functools
 import os
 import statistics
 
+from medvlthinker import env
 from medvlthinker.compat import verl_fixes
 
 # the config and reward checks, and the error and report every check uses, live in preflight_config
@@ -52,7 +53,7 @@ def cpu_profile(cfg) -> bool:
     """Whether the config runs verl on the CPU (the overlay sets ``VERL_PLATFORM=cpu`` for every process)."""
     from medvlthinker.train.rl import runtime_env_vars
 
-    return runtime_env_vars(cfg).get("VERL_PLATFORM", os.environ.get("VERL_PLATFORM", "")).lower() == "cpu"
+    return runtime_env_vars(cfg).get("VERL_PLATFORM", env.get("VERL_PLATFORM")).lower() == "cpu"
 
 
 def trl_value_head_importable() -> bool | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medvlthinker import env
 from medvlthinker.train.sft_benchmark import PEAK_BF16_FLOPS, benchmark_sft_step, peak_flops, training_flops_per_token  # noqa: F401  the throughput helpers' former home
 from medvlthinker.train.sft_config import (  # noqa: F401  the config's names, as callers import them from here
     ConfigError,
@@ -105,7 +106,7 @@ def check_model_path(cfg: SFTRunConfig) -> None:
 
 
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    return env.integer("RANK") == 0
 
 
 def preflight(cfg: SFTRunConfig, *, check_images: bool | None = None):
