@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from medvlthinker.errors import UserError
+
 
 @dataclass(frozen=True)
 class Variable:
@@ -100,7 +102,13 @@ def flag(name: str) -> bool:
 
 
 def integer(name: str) -> int:
-    return int(get(name))
+    """A whole number; another value is a one-line error naming the variable (a ``ValueError``, as ``int`` raises)."""
+    value = get(name)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"environment variable {name}", f"is {value!r}, not a whole number",
+                        fix="set it to a whole number, or unset it") from None
 
 
 def user_named(name: str) -> str | None:

@@ -90,7 +90,7 @@ def shell_knobs() -> dict[str, list[tuple[str, str]]]:
 
 def doc_names() -> set[str]:
     """The variables docs/environment.md's tables list (the first cell of a row)."""
-    return set(re.findall(r"^\| `([A-Za-z_][A-Za-z0-9_]*)`", DOC.read_text(), flags=re.M))
+    return set(re.findall(r"^\| `([A-Za-z_][A-Za-z0-9_]*)`", DOC.read_text(), flags=re.MULTILINE))
 
 
 def test_every_read_in_the_package_goes_through_the_registry():
@@ -138,6 +138,16 @@ def test_get_reads_the_value_else_the_declared_default(monkeypatch):
     assert env.get("MEDVLTHINKER_CACHE") is None
     monkeypatch.setenv("MEDVLTHINKER_CACHE", "")
     assert env.get("MEDVLTHINKER_CACHE") == ""
+
+
+def test_a_number_that_is_not_one_is_a_one_line_error(monkeypatch):
+    from medvlthinker.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "eight")
+    with pytest.raises(UserError) as caught:
+        env.integer("WORLD_SIZE")
+    assert str(caught.value) == ("environment variable WORLD_SIZE: is 'eight', not a whole number; fix: set it to "
+                                 "a whole number, or unset it")
 
 
 def test_a_fallback_is_read_where_the_variable_is_unset(monkeypatch):
