@@ -47,7 +47,8 @@ class InferenceWorker:
 
     def __init__(self, config: dict[str, Any], worker: int, max_images: int,
                  secrets: dict[str, str] | None = None) -> None:
-        from medvlthinker.inference.runner import RunConfig, _make_backend, _make_builder, load_rows
+        from medvlthinker.inference.run_config import RunConfig
+        from medvlthinker.inference.runner import _make_backend, _make_builder, load_rows
 
         os.environ.update(secrets or {})  # see _forwarded_secrets
         self.config = RunConfig(**config)

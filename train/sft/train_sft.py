@@ -40,8 +40,8 @@ def main(config, overrides, print_config, print_config_dashed, check):
     """Train with CONFIG; OVERRIDES are key=value pairs (trainer_args.key=value is read as key=value)."""
     import yaml
 
-    from medvlthinker.train.sft import load_config, preflight, run_sft
-    from medvlthinker.train.sft_config import project_values
+    from medvlthinker.train.sft import preflight, run_sft
+    from medvlthinker.train.sft_config import load_config, project_values
 
     cfg = load_config(config, overrides)
     print_config = print_config or print_config_dashed
