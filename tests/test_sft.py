@@ -104,9 +104,15 @@ def test_bad_values_and_overrides_are_rejected(override, message):
 
 
 def test_overrides_parse_as_yaml_and_nest():
-    cfg = sft_config.load_config(TINY_CONFIG, ["learning_rate=2e-5", "max_length=512", "trainer_args.save_only_model=true"])
+    cfg = sft_config.load_config(TINY_CONFIG, ["learning_rate=2e-5", "max_length=512", "save_only_model=true"])
     assert cfg.learning_rate == 2e-5 and cfg.max_length == 512
-    assert cfg.use_cpu and cfg.disable_tqdm and cfg.save_only_model  # trainer_args.* are SFTConfig's own keys
+    assert cfg.use_cpu and cfg.disable_tqdm and cfg.save_only_model
+
+
+def test_the_old_trainer_args_spelling_warns_and_still_works():
+    with pytest.warns(FutureWarning, match=r"trainer_args is deprecated; write its keys \(save_only_model\) at the top"):
+        cfg = sft_config.load_config(TINY_CONFIG, ["trainer_args.save_only_model=true"])
+    assert cfg.save_only_model
 
 
 def test_every_config_gives_the_recorded_trainer_arguments():
@@ -151,9 +157,10 @@ def test_print_config_shows_the_resolved_config(tmp_path):
     from click.testing import CliRunner
 
     script = _load_script("train/sft/train_sft.py")
-    for flag in ("--print_config", "--print-config"):  # the second: the spelling sft.sh used before
+    for flag in ("--print_config", "--print-config"):  # the second: the old spelling, which warns
         result = CliRunner().invoke(script.main, [str(PAPER_CONFIGS[0]), *CPU, f"output_dir={tmp_path}", flag])
         assert result.exit_code == 0, result.output
+        assert ("--print-config is deprecated; use --print_config" in result.output) == (flag == "--print-config")
         shown = yaml.safe_load(result.output.rsplit("gradient_accumulation_steps", 1)[0])
         assert (shown["lr_scheduler_type"], shown["global_batch_size"], shown["warmup_steps"]) == ("cosine", 16, 0.05)
 
