@@ -70,8 +70,7 @@ class InferenceWorker:
             while positions := ray.get(queue.take.remote(take)):
                 yield from raw_rows(self.rows, positions)
 
-        for record in stream_records(self.config, rows(), self.builder, self.backend, window=window):
-            yield record
+        yield from stream_records(self.config, rows(), self.builder, self.backend, window=window)
 
     def peak_in_flight(self) -> int:
         return getattr(self.backend, "peak_in_flight", 0)
