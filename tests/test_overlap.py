@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from medvlthinker.curate.overlap import (
+from medvlthinker.curate.near_duplicates import (
     NearDuplicateIndex,
     NearImageIndex,
     char_ngrams,
-    find_overlap,
     jaccard,
     normalize_question,
-    without_flagged,
 )
+from medvlthinker.curate.overlap import find_overlap, without_flagged
 from medvlthinker.data import to_dataset
 from medvlthinker.demo import synthetic
 
