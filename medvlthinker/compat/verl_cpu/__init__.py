@@ -19,7 +19,9 @@ module                    what it covers
 The profile is on when ``VERL_PLATFORM=cpu`` (``configs/rl/overlays/cpu.yaml`` sets it for the driver and every
 Ray worker). Installation goes through verl's own plugin entry point (``verl.plugins`` in pyproject.toml), so every
 process that imports verl, Ray workers and vLLM's engine processes included, installs the same set without a manual
-step. :func:`status` says, per module, whether it is needed here and whether it is active.
+step. Each module declares itself as one :class:`~medvlthinker.compat.patch.Patch` (``PATCH``, listed by
+``python -m medvlthinker.compat``); :func:`status` says, per module, whether it is needed here and whether it is
+active.
 """
 
 from __future__ import annotations
