@@ -25,12 +25,12 @@ HOOK = "medvlthinker.compat.verl_fixes.worker_setup"
 
 
 def name(fix) -> str:
-    return fix.__name__.rsplit(".", 1)[-1]
+    return fix.PATCH.name
 
 
 def install_all() -> list[str]:
     """Install every fix the installed verl needs; the names of those active afterwards."""
-    return [name(fix) for fix in FIXES if fix.install()]
+    return [fix.PATCH.name for fix in FIXES if fix.PATCH.install()]
 
 
 def status() -> dict[str, dict]:

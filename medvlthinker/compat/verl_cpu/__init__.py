@@ -67,16 +67,17 @@ def install_all() -> list[str]:
     """
     installed = []
     for module in WORKAROUNDS:
-        name = module.__name__.rsplit(".", 1)[-1]
+        patch = module.PATCH
+        name = patch.name
         if module is not platform and not cpu_profile():
             continue
-        if name in disabled():
+        if patch.switched():
             log(f"{name}: disabled by {ENV_DISABLE}")
             continue
         try:
-            if module.is_active():
+            if patch.is_active():
                 continue
-            if module.install():
+            if patch.install():
                 installed.append(name)
                 log(f"installed {name}")
         except Exception as exc:  # a work-around that cannot install must not hide verl's own error
