@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _pending: dict[str, list[Callable]] = {}
 
