@@ -11,7 +11,8 @@ Each one probes the installed verl and installs itself only where the probe fail
 ``runtime_env.worker_process_setup_hook`` of every RL config (``configs/rl/base/grpo.yaml``), so each Ray worker
 process installs the set before running anything; the driver installs it in ``medvlthinker.train.rl``, and
 ``python -m medvlthinker.compat.verl_fixes [hydra args]`` runs verl's ``main_ppo`` with the set installed.
-docs/known-issues.md describes each failure with a minimal reproduction.
+Each module declares itself as one :class:`~medvlthinker.compat.patch.Patch` (``PATCH``); docs/known-issues.md
+describes each failure with a minimal reproduction.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ HOOK = "medvlthinker.compat.verl_fixes.worker_setup"
 
 
 def name(fix) -> str:
-    return fix.__name__.rsplit(".", 1)[-1]
+    return fix.PATCH.name
 
 
 def install_all() -> list[str]:
     """Install every fix the installed verl needs; the names of those active afterwards."""
-    return [name(fix) for fix in FIXES if fix.install()]
+    return [fix.PATCH.name for fix in FIXES if fix.PATCH.install()]
 
 
 def status() -> dict[str, dict]:
