@@ -9,8 +9,7 @@ module                      what it covers
 
 Each one probes the installed verl and installs itself only where the probe fails. :func:`worker_setup` is the
 ``runtime_env.worker_process_setup_hook`` of every RL config (``configs/rl/base/grpo.yaml``), so each Ray worker
-process installs the set before running anything; the driver installs it in ``medvlthinker.train.rl``, and
-``python -m medvlthinker.compat.verl_fixes [hydra args]`` runs verl's ``main_ppo`` with the set installed.
+process installs the set before running anything; the driver installs it in ``medvlthinker.train.rl``.
 Each module declares itself as one :class:`~medvlthinker.compat.patch.Patch` (``PATCH``); docs/known-issues.md
 describes each failure with a minimal reproduction.
 """
@@ -43,15 +42,3 @@ def worker_setup() -> None:
     the opt-in speed-up of :mod:`medvlthinker.compat.verl_response_logits` where its variable asks for it."""
     install_all()
     verl_response_logits.install_if_requested()
-
-
-def main() -> None:
-    """``python -m medvlthinker.compat.verl_fixes [hydra args]``: verl's main_ppo with the fixes installed."""
-    install_all()
-    from verl.trainer.main_ppo import main as main_ppo
-
-    main_ppo()
-
-
-if __name__ == "__main__":
-    main()
