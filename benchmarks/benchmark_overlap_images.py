@@ -58,13 +58,8 @@ def main(eval_images, train_images, sample_eval, sample_train, image_size, num_p
     import datasets
     import numpy as np
 
-    from medvlthinker.curate.overlap import (
-        DEFAULT_IMAGE_THRESHOLD,
-        NearImageIndex,
-        check_image_threshold,
-        find_overlap,
-        perceptual_hash,
-    )
+    from medvlthinker.curate.near_duplicates import DEFAULT_IMAGE_THRESHOLD, NearImageIndex, check_image_threshold
+    from medvlthinker.curate.overlap import find_overlap, perceptual_hash
     from medvlthinker.data import to_dataset
     from medvlthinker.demo import synthetic
 

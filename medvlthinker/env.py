@@ -111,6 +111,12 @@ def integer(name: str) -> int:
                         fix="set it to a whole number, or unset it") from None
 
 
+def raw(name: str) -> str | None:
+    """The value as set, None where unset (what a report of the settings in force shows), of a declared name."""
+    declared(name)
+    return os.environ.get(name)
+
+
 def user_named(name: str) -> str | None:
     """A variable whose name the user chose (``--api_key_env``): read as it is, declared or not."""
     return os.environ.get(name)

@@ -23,7 +23,7 @@ for key, value in {
 
 import pytest  # noqa: E402
 
-from medvlthinker.data import to_dataset
+from medvlthinker.data import to_dataset  # noqa: E402
 from medvlthinker.demo import synthetic  # noqa: E402
 
 

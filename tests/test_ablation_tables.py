@@ -11,8 +11,9 @@ import pytest
 
 from medvlthinker.analysis import AnalysisError, ablations
 from medvlthinker.demo import synthetic
-from medvlthinker.inference.records import make_record, write_jsonl
+from medvlthinker.inference.records import make_record
 from medvlthinker.inference.requests import Completion, record_fields
+from medvlthinker.staging import write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _rows():
     """8 SLAKE-like image rows (yes/no) and 4 text-only rows of one data set."""
     rows = synthetic.make_image_rows(n=8, seed=4, dataset_name="slake_closed")
-    for i, row in enumerate(rows[:4]):  # 4 text-only rows
+    for row in rows[:4]:  # 4 text-only rows
         row["images"] = None
     for i, row in enumerate(rows):
         row["dataset_index"] = i

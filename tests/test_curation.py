@@ -11,7 +11,7 @@ import datasets
 import pytest
 from click.testing import CliRunner
 
-from medvlthinker.curate import curation
+from medvlthinker.curate import curation, curation_report
 from medvlthinker.data import to_dataset
 from medvlthinker.demo import synthetic
 
@@ -118,18 +118,18 @@ def test_report_counts_each_filter():
 def test_distribution_of_the_published_7b_m23k_counts():
     published = [8123, 4604, 3012, 2174, 1593, 1109, 811, 616, 455, 333, 218, 160, 109, 80, 39, 17, 3]
     counts = [k for k, n in enumerate(published) for _ in range(n)]
-    dist = curation.pass_count_distribution(counts)
+    dist = curation_report.pass_count_distribution(counts)
     assert list(dist) == list(range(17)) and list(dist.values()) == published and sum(dist.values()) == 23456
-    table = curation.format_distribution_table(dist)
+    table = curation_report.format_distribution_table(dist)
     assert "     0     8123    34.63" in table and table.endswith("total    23456")
-    assert curation.pass_count_distribution([-1, 3], max_count=4) == {-1: 1, 0: 0, 1: 0, 2: 0, 3: 1, 4: 0}
+    assert curation_report.pass_count_distribution([-1, 3], max_count=4) == {-1: 1, 0: 0, 1: 0, 2: 0, 3: 1, 4: 0}
 
 
 @pytest.mark.parametrize("suffix,magic", [(".png", b"\x89PNG"), (".pdf", b"%PDF")])
 def test_plot_is_written_and_byte_identical_on_rerun(tmp_path, suffix, magic):
-    dist = curation.pass_count_distribution([0, 0, 1, 2, 2, 2, -1])
-    first = curation.plot_pass_count_distribution(dist, tmp_path / f"a{suffix}", title="m23k")
-    second = curation.plot_pass_count_distribution(dist, tmp_path / f"b{suffix}", title="m23k")
+    dist = curation_report.pass_count_distribution([0, 0, 1, 2, 2, 2, -1])
+    first = curation_report.plot_pass_count_distribution(dist, tmp_path / f"a{suffix}", title="m23k")
+    second = curation_report.plot_pass_count_distribution(dist, tmp_path / f"b{suffix}", title="m23k")
     assert first.read_bytes()[:4] == magic and len(first.read_bytes()) > 1000
     assert first.read_bytes() == second.read_bytes()
 
@@ -172,7 +172,8 @@ def test_script_writes_ordered_set_and_report_identically_twice(tmp_path, train_
 @pytest.mark.slow
 def test_curation_reads_a_real_pass_rate_run(tmp_path, tiny_model_dir):
     """prepare_m23k -> a pass-rate run of the inference runner (transformers backend, tiny model) -> curation."""
-    from medvlthinker.inference.runner import RunConfig, run
+    from medvlthinker.inference.run_config import RunConfig
+    from medvlthinker.inference.runner import run
     from medvlthinker.prepare import prepare_m23k
 
     source = tmp_path / "m23k.jsonl"

@@ -150,6 +150,15 @@ def test_a_number_that_is_not_one_is_a_one_line_error(monkeypatch):
                                  "a whole number, or unset it")
 
 
+def test_raw_is_the_value_as_set_without_the_default(monkeypatch):
+    monkeypatch.delenv("MEDVLTHINKER_KEEP_FREED_MEMORY", raising=False)
+    assert env.raw("MEDVLTHINKER_KEEP_FREED_MEMORY") is None and env.get("MEDVLTHINKER_KEEP_FREED_MEMORY") == "1"
+    monkeypatch.setenv("MEDVLTHINKER_KEEP_FREED_MEMORY", " 0")
+    assert env.raw("MEDVLTHINKER_KEEP_FREED_MEMORY") == " 0"
+    with pytest.raises(KeyError, match="not declared"):
+        env.raw("SOME_UNDECLARED_VARIABLE")
+
+
 def test_a_fallback_is_read_where_the_variable_is_unset(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
@@ -186,7 +195,7 @@ def test_an_undeclared_name_or_a_non_switch_is_refused(monkeypatch):
 
 def test_the_readers_parse_as_before(monkeypatch):
     """The package's readers through the registry: the same defaults and parsing as their former own reads."""
-    from medvlthinker.compat import cpu_allocator, verl_cpu, verl_response_logits
+    from medvlthinker.compat import cpu_allocator, verl_cpu, verl_response_logits, verl_text_only
     from medvlthinker.demo.tiny import default_cache_dir
     from medvlthinker.inference.backends import visible_devices
 
@@ -205,6 +214,11 @@ def test_the_readers_parse_as_before(monkeypatch):
     monkeypatch.delenv("MEDVLTHINKER_CACHE")
     assert not verl_cpu.cpu_profile() and verl_cpu.disabled() == set() and not verl_response_logits.requested()
     assert visible_devices() == [] and default_cache_dir() == ROOT / ".cache"
+    monkeypatch.delenv(verl_text_only.ENV_DISABLE, raising=False)
+    monkeypatch.delenv(cpu_allocator.ENV, raising=False)
+    assert not verl_text_only.PATCH.switched() and not cpu_allocator.PATCH.switched()
+    monkeypatch.setenv(verl_text_only.ENV_DISABLE, "0")
     monkeypatch.setenv(cpu_allocator.ENV, "0")
+    assert verl_text_only.PATCH.switched() and cpu_allocator.PATCH.switched()
     monkeypatch.setattr(cpu_allocator, "_kept", False)
     assert cpu_allocator.keep_freed_memory() is False

@@ -110,9 +110,9 @@ def test_sft_checkpoint_merges_with_the_base_models_files(tmp_path, tiny_model_d
 
     from medvlthinker.converters.sft_format import convert_to_sft
     from medvlthinker.data import to_dataset
-    from medvlthinker.train import sft
+    from medvlthinker.train import sft, sft_config
 
-    cfg = sft.load_config(ROOT / "configs" / "sft" / "tiny_cpu.yaml", [
+    cfg = sft_config.load_config(ROOT / "configs" / "sft" / "tiny_cpu.yaml", [
         f"model_name_or_path={tiny_model_dir}", f"output_dir={tmp_path / 'sft'}", f"train_data={tmp_path}",
         "max_steps=1", "global_batch_size=1", "per_device_train_batch_size=1", "save_strategy=steps",
         "save_steps=1", "learning_rate=1e-3", "warmup_ratio=0",

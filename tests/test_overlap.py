@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from medvlthinker.curate.overlap import (
+from medvlthinker.curate.near_duplicates import (
     NearDuplicateIndex,
     NearImageIndex,
     char_ngrams,
-    find_overlap,
     jaccard,
     normalize_question,
-    without_flagged,
 )
+from medvlthinker.curate.overlap import find_overlap, without_flagged
 from medvlthinker.data import to_dataset
 from medvlthinker.demo import synthetic
 
@@ -178,7 +177,7 @@ def test_every_planted_near_duplicate_image_is_found_and_no_distinct_one(scan_se
     report = find_overlap(train, eval_, near_images=True)
     found = {(m["train_dataset_index"], m["eval_dataset_index"]): m for m in report.matches}
     assert set(found) == {(100 + k, k) for k in PLANTED}
-    for (_, k), match in found.items():
+    for match in found.values():
         assert match["kinds"] == ["near_image"] and 0 <= match["image_distance"] <= 10, match
     assert report.eval_rows_matched["slake_closed"]["near_image"] == 3
     assert report.eval_rows_matched["pmc_vqa"]["near_image"] == 2

@@ -8,7 +8,8 @@ import pytest
 
 from medvlthinker.converters.verl_format import convert_to_verl, write_verl_parquet
 from medvlthinker.data import to_dataset
-from medvlthinker.train.preflight import PreflightError, run_preflight
+from medvlthinker.train.preflight import run_preflight
+from medvlthinker.train.preflight_config import PreflightError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "rl").glob("*.yaml"))

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from medvlthinker.cli import UserError
 from medvlthinker.data import load_unified, to_dataset
 from medvlthinker.demo import synthetic
-from medvlthinker.inference.records import read_records, write_jsonl
+from medvlthinker.inference.records import read_records
 from medvlthinker.prepare import reasoning
+from medvlthinker.staging import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from medvlthinker.cluster.stack import (
     RATIO_GOAL,
@@ -209,8 +210,9 @@ def part_sft(ctx: Context) -> dict[str, Any]:
 
     from medvlthinker.converters.sft_format import convert_to_sft, write_sft_dataset
     from medvlthinker.demo import synthetic
-    from medvlthinker.train.sft import load_config, run_sft
+    from medvlthinker.train.sft import run_sft
     from medvlthinker.train.sft_benchmark import peak_flops, training_flops_per_token
+    from medvlthinker.train.sft_config import load_config
 
     require(gpu_problem(ctx.profile))
     model = prepare_model(ctx, weights=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import socket
@@ -81,7 +82,7 @@ def gpu_problem(profile: Profile) -> str | None:
 def vllm_problem() -> str | None:
     """The one-line cause when vLLM does not import."""
     try:
-        import vllm  # noqa: F401
+        importlib.import_module("vllm")
     except Exception as exc:  # an ImportError, or whatever a broken build raises while importing
         return (f"vLLM does not import ({type(exc).__name__}: {cli.one_line(exc)}); fix: install the gpu extra's "
                 "vllm (docs/install.md) or bring it with scripts/make_wheelhouse.sh")
@@ -91,7 +92,7 @@ def vllm_problem() -> str | None:
 def flash_attn_problem() -> str | None:
     """The one-line cause when flash-attn, which the paper's remove-padding needs on a GPU, does not import."""
     try:
-        import flash_attn  # noqa: F401
+        importlib.import_module("flash_attn")
     except Exception as exc:
         return (f"no flash-attn ({type(exc).__name__}: {cli.one_line(exc)}): the paper's remove-padding needs it; "
                 "fix: install flash-attn built for this torch and CUDA (docs/install.md), or pass "

@@ -23,19 +23,7 @@ from itertools import islice
 from typing import Any
 
 from medvlthinker import env
-
-# the api backend lives in its own module; its public names are importable from here too
-from medvlthinker.inference.api_backend import (  # noqa: F401
-    API_BASE_ENV,
-    API_KEY_ENV,
-    API_WINDOW,
-    ApiBackend,
-    ApiRowsFailed,
-    api_messages,
-    image_data_url,
-    reply_text,
-    with_reasoning,
-)
+from medvlthinker.inference.api_backend import ApiBackend
 from medvlthinker.inference.requests import Completion, Request
 from medvlthinker.inference.settings import SamplingSettings
 

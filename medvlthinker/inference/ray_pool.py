@@ -48,7 +48,8 @@ class InferenceWorker:
 
     def __init__(self, config: dict[str, Any], worker: int, max_images: int,
                  secrets: dict[str, str] | None = None) -> None:
-        from medvlthinker.inference.runner import RunConfig, _make_backend, _make_builder, load_rows
+        from medvlthinker.inference.run_config import RunConfig
+        from medvlthinker.inference.runner import _make_backend, _make_builder, load_rows
 
         os.environ.update(secrets or {})  # see _forwarded_secrets
         self.config = RunConfig(**config)
@@ -70,8 +71,7 @@ class InferenceWorker:
             while positions := ray.get(queue.take.remote(take)):
                 yield from raw_rows(self.rows, positions)
 
-        for record in stream_records(self.config, rows(), self.builder, self.backend, window=window):
-            yield record
+        yield from stream_records(self.config, rows(), self.builder, self.backend, window=window)
 
     def peak_in_flight(self) -> int:
         return getattr(self.backend, "peak_in_flight", 0)

@@ -33,9 +33,9 @@ from medvlthinker.inference.records import (
     read_records,
     shard_files,
     shard_name,
-    write_json,
 )
-from medvlthinker.inference.run_config import DEFAULT_EVAL_DATASET, RunConfig, config_from_args, load_config  # noqa: F401  callers import the config from the runner too
+from medvlthinker.inference.run_config import RunConfig
+from medvlthinker.staging import write_json
 
 # ---------------------------------------------------------------- data
 

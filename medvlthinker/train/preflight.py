@@ -32,9 +32,7 @@ import statistics
 
 from medvlthinker import env
 from medvlthinker.compat import verl_fixes
-
-# the config and reward checks, and the error and report every check uses, live in preflight_config
-from medvlthinker.train.preflight_config import (  # noqa: F401
+from medvlthinker.train.preflight_config import (
     PreflightError,
     PreflightReport,
     check_keys,
@@ -43,7 +41,6 @@ from medvlthinker.train.preflight_config import (  # noqa: F401
     check_reward_scores,
     compose_config,
     load_reward,
-    synthetic_completions,
     validate_with_verl,
 )
 

@@ -17,16 +17,7 @@ import os
 from pathlib import Path
 
 from medvlthinker import env
-from medvlthinker.train.sft_benchmark import PEAK_BF16_FLOPS, benchmark_sft_step, peak_flops, training_flops_per_token  # noqa: F401  the throughput helpers' former home
-from medvlthinker.train.sft_config import (  # noqa: F401  the config's names, as callers import them from here
-    ConfigError,
-    SFTRunConfig,
-    build_sft_config,
-    config_from_dict,
-    load_config,
-    parse_overrides,
-    world_size,
-)
+from medvlthinker.train.sft_config import ConfigError, SFTRunConfig, build_sft_config
 
 
 def load_train_dataset(cfg: SFTRunConfig, *, check_images: bool = False, num_proc: int | None = None):
