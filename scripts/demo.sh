@@ -9,12 +9,7 @@
 #   always-wrong and always-right, shuffled) -> verl parquet -> GRPO (verl on CPU) from the SFT model -> merge
 #   -> eval of base, SFT and RL (vLLM) -> table, plots, reward curve, HTML report, summary
 #
-# `make demo` runs it. Knobs (environment): DEMO_OUT (outputs/demo), DEMO_BACKEND (vllm | hf), DEMO_SEED (0),
-# DEMO_PASS_N (samples per training question; the paper uses 16), DEMO_ROWS_PER_BENCHMARK, DEMO_TRAIN_ROWS,
-# DEMO_WARMUP_STEPS, DEMO_SFT_STEPS, DEMO_RL_STEPS (epochs over the RL questions, one step each), DEMO_RL_LR,
-# DEMO_RL_BATCH (the RL questions, drawn from the curated band), DEMO_RL_ROLLOUTS (answers a question),
-# DEMO_RL_MINI_BATCH (questions an actor update), DEMO_RL_PPO_EPOCHS, DEMO_MAX_TOKENS, DEMO_RELIANCE_MODELS (the models
-# of the visual-reliance table: base sft rl).
+# `make demo` runs it. Knobs (environment: DEMO_SEED, DEMO_RL_STEPS, ...): docs/environment.md.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

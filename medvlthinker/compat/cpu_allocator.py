@@ -16,9 +16,9 @@ turns it off (``benchmarks/benchmark_cpu_allocator.py`` measures both settings).
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 
+from medvlthinker import env
 from medvlthinker.compat.patch import Patch
 
 ENV = "MEDVLTHINKER_KEEP_FREED_MEMORY"
@@ -52,7 +52,7 @@ def keep_freed_memory() -> bool:
     global _kept
     if _kept:
         return True
-    if os.environ.get(ENV, "1").strip() == "0":
+    if not env.flag(ENV):
         return False
     libc = _glibc()
     if libc is None:
@@ -88,5 +88,5 @@ PATCH = Patch(
     library="", probe=lambda: _glibc() is not None, install=keep_freed_memory, uninstall=give_freed_memory_back,
     is_active=lambda: _kept,
     where="the CPU entry points: SFT, the eval runner, the RL benchmark, verl's workers under VERL_PLATFORM=cpu",
-    switch=f"{ENV}=0", switched=lambda: os.environ.get(ENV, "1").strip() == "0",
+    switch=f"{ENV}=0", switched=lambda: not env.flag(ENV),
 )

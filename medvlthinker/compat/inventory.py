@@ -12,10 +12,10 @@ it probes (verl, vLLM, torch), and nothing else.
 from __future__ import annotations
 
 import importlib.metadata as md
-import os
 import sys
 from pathlib import Path
 
+from medvlthinker import env
 from medvlthinker.compat import cpu_allocator, torchvision_ops, verl_cpu, verl_fixes, verl_response_logits
 
 PATCH_MODULES = (torchvision_ops, cpu_allocator, *verl_cpu.WORKAROUNDS, *verl_fixes.FIXES, verl_response_logits)
@@ -122,7 +122,7 @@ def stack() -> list[dict]:
 def report() -> dict:
     """The stack, the environment variables that steer the patches, and each patch with its verdict here."""
     return {"python": sys.version.split()[0], "stack": stack(),
-            "environment": {name: os.environ.get(name) for name in ENVIRONMENT},
+            "environment": {name: env.raw(name) for name in ENVIRONMENT},
             "patches": [patch.describe() for patch in PATCHES]}
 
 

@@ -17,9 +17,10 @@ the Ray worker hook (:mod:`medvlthinker.compat.verl_fixes`), the ``.pth`` file (
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from medvlthinker import env
 
 NEEDED = "needed"
 NOT_NEEDED = "not needed (upstream fixed)"
@@ -92,4 +93,4 @@ class Patch:
 
 def env_is(name: str, value: str) -> Callable[[], bool]:
     """A ``switched`` test: the variable ``name`` is set to ``value``."""
-    return lambda: os.environ.get(name, "").strip() == value
+    return lambda: (env.raw(name) or "").strip() == value

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable
+
+from medvlthinker import env
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class ProbedFix:
 
         Raises RuntimeError when the fix is installed and the probe still fails.
         """
-        if os.environ.get(self.env_disable, "1") == "0":
+        if not env.flag(self.env_disable):
             logger.warning("%s=0: %s disabled", self.env_disable, self.what)
             return False
         if self._installed:

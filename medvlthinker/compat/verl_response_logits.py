@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 
+from medvlthinker import env
 from medvlthinker.compat.patch import Patch
 
 ENV = "MEDVLTHINKER_RESPONSE_LOGITS"
@@ -42,7 +43,7 @@ _said: set = set()
 
 
 def requested() -> bool:
-    return os.environ.get(ENV, "0").strip() == "1"
+    return env.flag(ENV)
 
 
 def response_positions(prompt_lens, response_lens):

@@ -20,6 +20,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from medvlthinker import env
 from medvlthinker.images import MAX_PIXELS, MIN_PIXELS
 
 # The Qwen2 pre-tokenizer split pattern (digits one at a time).
@@ -237,9 +238,9 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
 
 def default_cache_dir() -> Path:
     """Where built fixtures are cached: ``$MEDVLTHINKER_CACHE`` or ``.cache/`` at the repository root."""
-    env = os.environ.get("MEDVLTHINKER_CACHE")
-    if env:
-        return Path(env)
+    cache = env.get("MEDVLTHINKER_CACHE")
+    if cache:
+        return Path(cache)
     return Path(__file__).resolve().parents[2] / ".cache"
 
 

@@ -5,11 +5,11 @@ rows still failing reported (:class:`ApiRowsFailed`) after every other row has b
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+from medvlthinker import env
 from medvlthinker.cli import UserError
 from medvlthinker.inference.requests import Completion, Request
 from medvlthinker.inference.settings import SamplingSettings
@@ -121,14 +121,14 @@ class ApiBackend:
         if unknown:
             raise ValueError(f"--engine_kwargs {sorted(unknown)} are not settings of the api backend; fix: use "
                              "max_retries, backoff, max_backoff, timeout")
-        key = os.environ.get(api_key_env)
+        key = env.user_named(api_key_env)
         if not key:
             raise ValueError(f"environment variable {api_key_env} is not set; fix: export {api_key_env}=... (any "
                              "value for a local server started without --api-key)")
         from openai import OpenAI
 
         self.model = model
-        self.base_url = base_url or os.environ.get(API_BASE_ENV)
+        self.base_url = base_url or env.get(API_BASE_ENV)
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.window = window
         # the client's own retries are off: this backend retries, with a longer patience (a restarting server)

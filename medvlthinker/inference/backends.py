@@ -18,11 +18,11 @@ The two data types of the interface, ``Request`` and ``Completion``, live in :mo
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+from medvlthinker import env
 from medvlthinker.inference.api_backend import ApiBackend
 from medvlthinker.inference.requests import Completion, Request
 from medvlthinker.inference.settings import SamplingSettings
@@ -280,9 +280,9 @@ def make_backend(name: str, model: str, **kwargs: Any):
 
 def visible_devices() -> list[str]:
     """GPU ids this process may use (CUDA_VISIBLE_DEVICES, else every GPU torch sees); empty on CPU."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d for d in env.split(",") if d.strip()]
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d for d in visible.split(",") if d.strip()]
     try:
         import torch
 

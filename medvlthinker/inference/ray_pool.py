@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from medvlthinker import env
 from medvlthinker.inference.records import ShardWriter, shard_name
 
 # rows an actor takes from the queue at a time (smaller: finer balance at the end; larger: fewer queue calls)
@@ -81,7 +82,7 @@ def _connect(config) -> None:
 
     if ray.is_initialized():
         return
-    address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    address = config.ray_address or env.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medvlthinker import env
 from medvlthinker.cli import UserError
 from medvlthinker.staging import write_text
 
@@ -116,7 +117,7 @@ class OpenAIChat:
         with self._lock:
             if self._client is not None:
                 return
-            key = os.environ.get(self.api_key_env)
+            key = env.user_named(self.api_key_env)
             if not key:
                 raise UserError(f"environment variable {self.api_key_env}", "is not set, and rows need options written",
                                 fix=f"export {self.api_key_env}=... (and {API_BASE_ENV} or --api_base for another "
@@ -125,7 +126,7 @@ class OpenAIChat:
                 from openai import OpenAI
             except ImportError:
                 raise UserError("openai", "the package is not installed", fix="pip install openai") from None
-            self._client = OpenAI(api_key=key, base_url=self.base_url or os.environ.get(API_BASE_ENV),
+            self._client = OpenAI(api_key=key, base_url=self.base_url or env.get(API_BASE_ENV),
                                   max_retries=self.max_retries, timeout=self.timeout)
 
     def __call__(self, messages: list[dict[str, str]]) -> str:

@@ -30,6 +30,7 @@ import functools
 import os
 import statistics
 
+from medvlthinker import env
 from medvlthinker.compat import verl_fixes
 from medvlthinker.train.preflight_config import (
     PreflightError,
@@ -49,7 +50,7 @@ def cpu_profile(cfg) -> bool:
     """Whether the config runs verl on the CPU (the overlay sets ``VERL_PLATFORM=cpu`` for every process)."""
     from medvlthinker.train.rl import runtime_env_vars
 
-    return runtime_env_vars(cfg).get("VERL_PLATFORM", os.environ.get("VERL_PLATFORM", "")).lower() == "cpu"
+    return runtime_env_vars(cfg).get("VERL_PLATFORM", env.get("VERL_PLATFORM")).lower() == "cpu"
 
 
 def trl_value_head_importable() -> bool | None:

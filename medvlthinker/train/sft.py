@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medvlthinker import env
 from medvlthinker.train.sft_config import ConfigError, SFTRunConfig, build_sft_config
 
 
@@ -96,7 +97,7 @@ def check_model_path(cfg: SFTRunConfig) -> None:
 
 
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    return env.integer("RANK") == 0
 
 
 def preflight(cfg: SFTRunConfig, *, check_images: bool | None = None):

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from trl import SFTConfig
 
+from medvlthinker import env
 from medvlthinker.errors import UserError
 
 
@@ -38,7 +39,7 @@ class ConfigError(UserError):
 
 def world_size() -> int:
     """Processes in this run (``WORLD_SIZE`` as set by accelerate/torchrun; 1 when launched plainly)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return env.integer("WORLD_SIZE")
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:

@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 
+from medvlthinker import env
 from medvlthinker.compat.verl_cpu import fsdp_offload, gloo_backend, platform, sdpa_varlen, vllm_version, vllm_weights
 
 logger = logging.getLogger(__name__)
@@ -45,17 +46,17 @@ ENV_VERBOSE = "MEDVLTHINKER_COMPAT_VERBOSE"
 
 def cpu_profile() -> bool:
     """Whether this process runs verl on the CPU (``VERL_PLATFORM=cpu``)."""
-    return os.environ.get(ENV_PROFILE, "").strip().lower() == "cpu"
+    return env.get(ENV_PROFILE).strip().lower() == "cpu"
 
 
 def disabled() -> set[str]:
-    return {name.strip() for name in os.environ.get(ENV_DISABLE, "").split(",") if name.strip()}
+    return {name.strip() for name in env.get(ENV_DISABLE).split(",") if name.strip()}
 
 
 def log(message: str) -> None:
     """One line on stderr per event when ``MEDVLTHINKER_COMPAT_VERBOSE=1`` (the GRPO test reads these)."""
     logger.info(message)
-    if os.environ.get(ENV_VERBOSE) == "1":
+    if env.flag(ENV_VERBOSE):
         print(f"[medvlthinker.compat pid={os.getpid()}] {message}", file=sys.stderr, flush=True)
 
 
