@@ -22,10 +22,10 @@ import json
 import click
 
 from medvlthinker import cli
+from medvlthinker.cli import add_options, cli_options, preset_option
 from medvlthinker.inference.run_config import RunConfig, parse_engine_kwargs
 from medvlthinker.inference.runner import run
 from medvlthinker.inference.settings import PRESETS, SAMPLING_FIELDS
-from medvlthinker.options import add_options, cli_options, preset_option
 
 PRESET, FROM_PRESET = preset_option(
     PRESETS, SAMPLING_FIELDS,

@@ -311,7 +311,7 @@ def _parsed(*argv: str) -> RunConfig:
 def test_every_runconfig_field_is_a_flag_with_its_help():
     import dataclasses
 
-    from medvlthinker.options import cli_options
+    from medvlthinker.cli import cli_options
 
     options = {o.name: o for o in cli_options(RunConfig)}
     hidden = {f.name for f in dataclasses.fields(RunConfig) if not f.metadata.get("cli", True)}

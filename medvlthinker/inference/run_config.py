@@ -1,5 +1,5 @@
 """The settings of one inference run: :class:`RunConfig`, whose fields (with their help) are the flags of
-eval/run_offline_inference.py (:mod:`medvlthinker.options`). The sampling fields are SamplingSettings' own."""
+eval/run_offline_inference.py (:mod:`medvlthinker.cli`). The sampling fields are SamplingSettings' own."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 
 import click
 
+from medvlthinker.cli import copy_field, option
 from medvlthinker.data.sources import looks_local
 from medvlthinker.errors import UserError
 from medvlthinker.images import MAX_PIXELS, MIN_PIXELS
 from medvlthinker.inference.settings import SAMPLING_FIELDS, SamplingSettings
-from medvlthinker.options import copy_field, option
 
 DEFAULT_EVAL_DATASET = "UCSC-VLAA/MedVLThinker-Eval"
 
@@ -47,7 +47,7 @@ def _instruction_names() -> str:
 @dataclass
 class RunConfig:
     """Every setting of one inference run; eval/run_offline_inference.py derives its flags and their help from these
-    fields (:mod:`medvlthinker.options`)."""
+    fields (:mod:`medvlthinker.cli`)."""
 
     model: str = option(help="model directory or Hugging Face name")
     output_dir: str = option(help="the run's directory: shard files, eval_results.jsonl, accuracy.json, args.json",

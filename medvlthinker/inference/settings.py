@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from medvlthinker.options import option
+from medvlthinker.cli import option
 
 
 @dataclass(frozen=True)
