@@ -51,12 +51,18 @@ from medvlthinker.analysis.published import (  # noqa: F401
     HALF_WIDTHS,
     average_of,
     check_published_averages,
-    expected_intervals_markdown,
     load_published,
     published_results_path,
     published_rows,
 )
-from medvlthinker.analysis.render import TSV_FIELDS, to_latex, to_markdown, to_tsv, write_tables  # noqa: F401
+from medvlthinker.analysis.render import (  # noqa: F401
+    TSV_FIELDS,
+    expected_intervals_markdown,
+    to_latex,
+    to_markdown,
+    to_tsv,
+    write_tables,
+)
 from medvlthinker.analysis.runs import (  # noqa: F401
     GRADINGS,
     ModelRuns,
