@@ -54,7 +54,7 @@ def main(model, num_rows, scale, image_size, repeats, window, seed, max_model_le
     from medvlthinker import synthetic
     from medvlthinker.inference.backends import VllmBackend
     from medvlthinker.inference.records import merge_results, shard_name
-    from medvlthinker.inference.runner import RunConfig
+    from medvlthinker.inference.run_config import RunConfig
     from medvlthinker.inference.workloads import (
         arms_report,
         benchmark_model,

@@ -23,10 +23,11 @@ import httpx
 import pytest
 
 from medvlthinker import synthetic
-from medvlthinker.inference.backends import ApiRowsFailed, api_messages
+from medvlthinker.inference.api_backend import ApiRowsFailed, api_messages
 from medvlthinker.inference.records import read_run, shard_files
 from medvlthinker.inference.requests import ApiRequestBuilder, RequestBuilder
-from medvlthinker.inference.runner import RunConfig, run
+from medvlthinker.inference.run_config import RunConfig
+from medvlthinker.inference.runner import run
 
 SECRET = "sk-local-test-3f9e1c"  # a local server takes any key; this one must never reach a file
 MAX_TOKENS = 24

@@ -15,9 +15,10 @@ import pytest
 
 from medvlthinker import synthetic
 from medvlthinker.cli import UserError
-from medvlthinker.inference.backends import ApiBackend, ApiRowsFailed, reply_text
+from medvlthinker.inference.api_backend import ApiBackend, ApiRowsFailed, reply_text
 from medvlthinker.inference.records import read_run
-from medvlthinker.inference.runner import RunConfig, run
+from medvlthinker.inference.run_config import RunConfig
+from medvlthinker.inference.runner import run
 
 SECRET = "sk-test-client-71c2"
 

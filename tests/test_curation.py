@@ -170,7 +170,8 @@ def test_script_writes_ordered_set_and_report_identically_twice(tmp_path, train_
 @pytest.mark.slow
 def test_curation_reads_a_real_pass_rate_run(tmp_path, tiny_model_dir):
     """prepare_m23k -> a pass-rate run of the inference runner (transformers backend, tiny model) -> curation."""
-    from medvlthinker.inference.runner import RunConfig, run
+    from medvlthinker.inference.run_config import RunConfig
+    from medvlthinker.inference.runner import run
     from medvlthinker.prepare import prepare_m23k
 
     source = tmp_path / "m23k.jsonl"

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from medvlthinker.inference.runner import RunConfig
+from medvlthinker.inference.run_config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

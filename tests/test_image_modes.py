@@ -13,7 +13,8 @@ import pytest
 from medvlthinker.inference import run_state
 from medvlthinker.inference.image_modes import BLANK_GREY, IMAGE_MODES, shuffle_donors
 from medvlthinker.inference.requests import RequestBuilder
-from medvlthinker.inference.runner import RunConfig, model_config_hash, run_rank, write_args
+from medvlthinker.inference.run_config import RunConfig
+from medvlthinker.inference.runner import model_config_hash, run_rank, write_args
 
 SMALL = 64 * 28 * 28
 

@@ -12,7 +12,7 @@ from PIL import Image
 from medvlthinker import synthetic
 from medvlthinker.inference import RunConfig, run
 from medvlthinker.inference.backends import vllm_engine_args
-from medvlthinker.inference.runner import backend_kwargs
+from medvlthinker.inference.engines import backend_kwargs
 from medvlthinker.schema import SchemaError
 
 

@@ -89,7 +89,7 @@ def test_api_request_is_the_user_text_and_png_data_urls():
     import io
 
     from medvlthinker.images import to_rgb
-    from medvlthinker.inference.backends import api_messages
+    from medvlthinker.inference.api_backend import api_messages
     from medvlthinker.inference.requests import ApiRequestBuilder
 
     images = _odd_images()

@@ -15,7 +15,8 @@ Heavy libraries (torch, transformers, vLLM) are imported only where used.
 
 from medvlthinker.inference.records import accuracy_table, merge_results, shard_bounds
 from medvlthinker.inference.requests import Request, RequestBuilder
-from medvlthinker.inference.runner import RunConfig, run, run_rank
+from medvlthinker.inference.run_config import RunConfig
+from medvlthinker.inference.runner import run, run_rank
 from medvlthinker.inference.settings import EVAL_GREEDY, PASS_RATE, SamplingSettings
 
 __all__ = [

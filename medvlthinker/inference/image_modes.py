@@ -164,7 +164,7 @@ def with_image_mode(rows: Iterable[Mapping[str, Any]], config) -> Iterable[Mappi
         return rows
     source = None
     if mode == "shuffled":
-        from medvlthinker.inference.runner import load_rows
+        from medvlthinker.inference.engines import load_rows
 
         source = load_rows(config, check_images=False)
     swap = ImageSwap(mode, source, seed=config.seed)

@@ -234,7 +234,7 @@ def compare_raw_and_runner(model_dir: str, tmp: str | os.PathLike, *, num_reques
     from medvlthinker import synthetic
     from medvlthinker.inference.backends import VllmBackend
     from medvlthinker.inference.requests import RequestBuilder
-    from medvlthinker.inference.runner import RunConfig
+    from medvlthinker.inference.run_config import RunConfig
 
     tmp = Path(tmp)
     rows = synthetic.make_image_rows(n=num_requests, seed=0, image_size=(image_size, image_size))
