@@ -13,14 +13,22 @@ n=64 for pass@k) for the metrics@n bars (graded with --grading) and the pass@k c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
-from medvlthinker import cli
 from medvlthinker.analysis import plots, tables
-from medvlthinker.analysis.cli_options import FIGURE_OPTIONS, RUN_OPTIONS, flag, with_options
+from medvlthinker.analysis.cli_options import (
+    FIGURE_OPTIONS,
+    RUN_OPTIONS,
+    command,
+    flag,
+    table_settings,
+    with_options,
+)
 
 
-@cli.command(context_settings={"show_default": True})
+@command()
 @with_options(RUN_OPTIONS, FIGURE_OPTIONS)
 @flag("output_dir", required=True, type=click.Path(file_okay=False), help="Where the figures go.")
 def main(runs, runs_root, grading, eval_data, eval_split, published_model, sampling_run, pass_rate_dir,
@@ -28,8 +36,9 @@ def main(runs, runs_root, grading, eval_data, eval_split, published_model, sampl
     table = None
     if runs or runs_root:
         # The radar needs the means only, so one bootstrap resample is enough here.
-        table = tables.make_tables(runs, runs_root, grading_mode=grading, n_resamples=1,
-                                   compare_published_names=False, eval_data=eval_data, eval_split=eval_split).table
+        settings = table_settings(dict(runs=runs, runs_root=runs_root, grading=grading, eval_data=eval_data,
+                                       eval_split=eval_split))
+        table = tables.make_tables(replace(settings, n_resamples=1, compare_published_names=False)).table
     published = tables.published_rows(published_model)
     sampling = tables.load_sampling_runs(sampling_run)
     written = plots.make_plots(

@@ -325,7 +325,8 @@ def test_report_marks_whitespace_outputs_and_bounds_elongated_thumbnails(tmp_pat
     assert samples and all(s["output_note"] == "(output is only whitespace: 4 characters, 2 line breaks)"
                            for s in samples)
     assert all(s["output"].strip() for s in samples)  # the whitespace is drawn, not an empty box
-    out = report.make_report(tmp_path / "out", runs_root=tmp_path / "runs", n_resamples=20, samples_per_benchmark=1)
+    out = report.make_report(report.ReportSettings(tmp_path / "out", tables.TableSettings(
+        runs_root=tmp_path / "runs", n_resamples=20), samples_per_benchmark=1))
     assert "output is only whitespace" in Path(out["report"]).read_text(encoding="utf-8")
 
     uri = report.thumbnail_uri(Image.new("RGB", (27, 1100), (200, 30, 30)))

@@ -14,6 +14,7 @@ import random
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -280,6 +281,49 @@ def test_make_tables_cli(runs_root, tmp_path):
     assert bad.returncode != 0 and "no eval records" in bad.stderr
 
 
+def _script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "analysis", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_the_settings_defaults_are_the_flags_defaults():
+    from dataclasses import FrozenInstanceError
+
+    from medvlthinker.analysis import report
+    from medvlthinker.analysis.cli_options import report_settings, table_settings
+
+    params = _script("make_tables").make_context("make_tables.py", ["--output_dir", "out"]).params
+    assert table_settings(params) == tables.TableSettings()
+    params = _script("make_report").make_context("make_report.py", ["--output_dir", "out"]).params
+    assert report_settings(params) == report.ReportSettings("out")
+    flags = ["--run", "a=x", "--run", "a=y", "--grading", "strict", "--paired", "a", "b", "--no_cluster",
+             "--alpha", "0.1", "--published", "p.csv", "--output_dir", "out"]
+    settings = table_settings(_script("make_tables").make_context("make_tables.py", flags).params)
+    assert (settings.run_specs, settings.grading_mode, settings.paired, settings.cluster_by_image, settings.alpha,
+            settings.published_path) == (("a=x", "a=y"), "strict", ("a", "b"), False, 0.1, "p.csv")
+    with pytest.raises(FrozenInstanceError):
+        settings.seed = 1
+
+
+def test_a_dashed_flag_still_works_and_names_its_snake_case_spelling(runs_root, tmp_path):
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(_script("make_tables"), ["--runs-root", str(runs_root), "--n-resamples=20",
+                                                         "--output-dir", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[:3] == [
+        "warning: --runs-root is deprecated; spell it --runs_root",
+        "warning: --n-resamples is deprecated; spell it --n_resamples",
+        "warning: --output-dir is deprecated; spell it --output_dir"]
+    data = json.loads((tmp_path / "t" / "table.json").read_text())
+    assert data["table"]["n_resamples"] == 20 and [r["model"] for r in data["table"]["rows"]] == ["base", "tuned"]
+    assert "--output-dir" not in CliRunner().invoke(_script("make_tables"), ["--help"]).output
+
+
 def test_reproduction_guide_lists_the_expected_intervals():
     guide = open(os.path.join(ROOT, "docs", "reproduction.md"), encoding="utf-8").read()
     assert tables.expected_intervals_markdown() in guide
@@ -314,17 +358,16 @@ def test_original_result_files_are_read_by_the_table_and_the_regrade(tmp_path, r
     # the original's own regrade joins the options from the eval set by dataset_index; so do the table and regrade
     eval_set = synthetic.to_dataset(rows)
     # (the original's records carry no misc.image_id, so both tables resample rows)
-    expected = tables.make_tables([f"m={ours}"], n_resamples=20, compare_published_names=False,
-                                  cluster_by_image=False).table
-    joined = tables.make_tables([f"m={theirs}"], n_resamples=20, compare_published_names=False,
-                                cluster_by_image=False, eval_data=eval_set).table
+    settings = tables.TableSettings(n_resamples=20, compare_published_names=False)
+    expected = tables.make_tables(replace(settings, run_specs=[f"m={ours}"], cluster_by_image=False)).table
+    joined = tables.make_tables(replace(settings, run_specs=[f"m={theirs}"], cluster_by_image=False,
+                                        eval_data=eval_set)).table
     assert joined.row("m").cells == expected.row("m").cells
     with pytest.raises(AnalysisError, match=r"has no options .*--eval_data"):
-        tables.make_tables([f"m={theirs}"], n_resamples=20, compare_published_names=False)
-    recorded = tables.make_tables([f"m={theirs}"], grading_mode="recorded", n_resamples=20,
-                                  compare_published_names=False).table
+        tables.make_tables(replace(settings, run_specs=[f"m={theirs}"]))
+    recorded = tables.make_tables(replace(settings, run_specs=[f"m={theirs}"], grading_mode="recorded")).table
     assert recorded.row("m").cells[AVG].mean == tables.make_tables(
-        [f"m={ours}"], grading_mode="recorded", n_resamples=20, compare_published_names=False).table.row("m").cells[AVG].mean
+        replace(settings, run_specs=[f"m={ours}"], grading_mode="recorded")).table.row("m").cells[AVG].mean
 
     save_unified(eval_set, tmp_path / "evalset")
     assert regrade(theirs, tmp_path / "r1", eval_data=str(tmp_path / "evalset")) == regrade(ours, tmp_path / "r2")

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from medvlthinker.analysis import AnalysisError
-from medvlthinker.inference.records import ARGS_FILE, RESULTS_FILE, read_run, shard_files
+from medvlthinker.inference.records import (
+    ARGS_FILE,
+    RESULTS_FILE,
+    read_run,
+    shard_files,
+)
 from medvlthinker.inference.regrade import GRADINGS, eval_options, regrade_records  # noqa: F401 (re-exported)
 
 
