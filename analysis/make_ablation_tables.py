@@ -14,7 +14,7 @@ import click
 
 from medvlthinker.analysis import AnalysisError, ablations
 from medvlthinker.analysis.cli_options import RUN_OPTIONS, command, flag, with_options
-from medvlthinker.analysis.runs import eval_options
+from medvlthinker.inference.regrade import eval_options
 
 
 @command()

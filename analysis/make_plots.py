@@ -26,6 +26,9 @@ from medvlthinker.analysis.cli_options import (
     table_settings,
     with_options,
 )
+from medvlthinker.analysis.published import published_rows
+from medvlthinker.analysis.runs import load_sampling_runs
+from medvlthinker.inference.regrade import eval_options
 
 
 @command()
@@ -39,13 +42,13 @@ def main(runs, runs_root, grading, eval_data, eval_split, published_model, sampl
         settings = table_settings(dict(runs=runs, runs_root=runs_root, grading=grading, eval_data=eval_data,
                                        eval_split=eval_split))
         table = tables.make_tables(replace(settings, n_resamples=1, compare_published_names=False)).table
-    published = tables.published_rows(published_model)
-    sampling = tables.load_sampling_runs(sampling_run)
+    published = published_rows(published_model)
+    sampling = load_sampling_runs(sampling_run)
     written = plots.make_plots(
         output_dir, table=table, published=published, sampling_runs=sampling, pass_rate_dir=pass_rate_dir,
         pass_rate_rollouts=pass_rate_rollouts, metrics_grading=grading, pass_at_k_grading=pass_at_k_grading,
         drop_unconverted=majority_drops_unconverted,
-        options=tables.eval_options(eval_data, eval_split) if sampling and eval_data else None,
+        options=eval_options(eval_data, eval_split) if sampling and eval_data else None,
     )
     if not written:
         raise click.ClickException("nothing to plot; give --run/--runs_root, --sampling_run or --pass_rate_dir")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from medvlthinker.analysis import tables
+from medvlthinker.analysis import AnalysisError, tables
 from medvlthinker.analysis.cli_options import (
     COMPARISON_OPTIONS,
     RUN_OPTIONS,
@@ -21,6 +21,7 @@ from medvlthinker.analysis.cli_options import (
     table_settings,
     with_options,
 )
+from medvlthinker.analysis.render import to_markdown, write_tables
 
 
 @command()
@@ -38,10 +39,10 @@ from medvlthinker.analysis.cli_options import (
 def main(output_dir, cost, rl_log, **params):
     try:
         result = tables.make_tables(table_settings(params))
-    except tables.AnalysisError as exc:
+    except AnalysisError as exc:
         raise click.ClickException(str(exc)) from None
-    paths = tables.write_tables(result.table, output_dir, result.comparison, result.paired)
-    click.echo(tables.to_markdown(result.table, result.comparison, result.paired))
+    paths = write_tables(result.table, output_dir, result.comparison, result.paired)
+    click.echo(to_markdown(result.table, result.comparison, result.paired))
     if cost or rl_log:
         from medvlthinker.analysis import cost as cost_module
         from medvlthinker.staging import write_json, write_text

@@ -369,8 +369,7 @@ def build_eval_set(sources: Sources, output: str | os.PathLike, *, complete: Com
     import datasets
 
     from medvlthinker.data import save_unified, unified_features, validate_dataset
-    from medvlthinker.inference.records import write_json
-    from medvlthinker.staging import check_writable, staged
+    from medvlthinker.staging import check_writable, staged, write_json
 
     if on_failure not in ON_FAILURE:
         raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")

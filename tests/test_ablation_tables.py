@@ -11,8 +11,9 @@ import pytest
 
 from medvlthinker import synthetic
 from medvlthinker.analysis import AnalysisError, ablations
-from medvlthinker.inference.records import make_record, write_jsonl
+from medvlthinker.inference.records import make_record
 from medvlthinker.inference.requests import Completion, record_fields
+from medvlthinker.staging import write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from medvlthinker import synthetic
+from medvlthinker.analysis.runs import load_records, load_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "sft" / "tiny_cpu.yaml"
@@ -312,15 +313,16 @@ def test_report_marks_whitespace_outputs_and_bounds_elongated_thumbnails(tmp_pat
     import base64
     import io
 
-    from medvlthinker.analysis import report, tables
     from test_tables import make_records, write_run
+
+    from medvlthinker.analysis import report, tables
 
     rows = synthetic.make_eval_rows(rows_per_benchmark=2, seed=5, image_size=(48, 48))
     records = make_records(rows, seed=0)
     for record in records:
         record["rollouts"][0]["output_text"] = " \n\n "
     write_run(tmp_path / "runs" / "m" / "r0", records)
-    runs = tables.load_runs([("m", str(tmp_path / "runs" / "m" / "r0"))])
+    runs = load_runs([("m", str(tmp_path / "runs" / "m" / "r0"))])
     samples = report.collect_samples(runs, per_benchmark=1)
     assert samples and all(s["output_note"] == "(output is only whitespace: 4 characters, 2 line breaks)"
                            for s in samples)
@@ -435,7 +437,6 @@ def test_a_duplicated_record_is_refused_by_regrade_and_tables_alike(eval_run, tm
 
 
 def test_a_torn_shard_line_is_skipped_alike_and_a_torn_merged_file_refused(eval_run, tmp_path):
-    from medvlthinker.analysis import tables
     from medvlthinker.inference.records import read_run
 
     run_dir = _copy_run(eval_run["out"], tmp_path / "torn")
@@ -445,7 +446,7 @@ def test_a_torn_shard_line_is_skipped_alike_and_a_torn_merged_file_refused(eval_
         fh.write('{"dataset_name": "pmc_vqa", "dataset_in')
     merged.rename(tmp_path / "merged.jsonl")
     assert [r["dataset_index"] for r in read_run(run_dir)] == \
-        [r["dataset_index"] for r in tables.load_records(run_dir)] == sorted(r["dataset_index"] for r in data_rows(eval_run))
+        [r["dataset_index"] for r in load_records(run_dir)] == sorted(r["dataset_index"] for r in data_rows(eval_run))
     torn = tmp_path / "merged.jsonl"
     with torn.open("a") as fh:
         fh.write('{"dataset_name": "pmc_vqa", "dataset_in')

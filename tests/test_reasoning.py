@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from medvlthinker import reasoning, synthetic
 from medvlthinker.cli import UserError
 from medvlthinker.data import load_unified
-from medvlthinker.inference.records import read_records, write_jsonl
+from medvlthinker.inference.records import read_records
+from medvlthinker.staging import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

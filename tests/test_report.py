@@ -17,10 +17,11 @@ import time
 import urllib.request
 
 import pytest
+from test_tables import ROOT, make_records, write_run
 
 from medvlthinker import synthetic
 from medvlthinker.analysis import report, tables
-from test_tables import ROOT, make_records, write_run
+from medvlthinker.analysis.runs import load_runs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -70,7 +71,7 @@ def test_report_samples_follow_the_records(built):
     assert [s["dataset_index"] for s in samples if s["model"] == "base"] == [
         s["dataset_index"] for s in samples if s["model"] == "sft"
     ]
-    base = tables.load_runs([("base", str(built["tmp"] / "runs" / "base" / "r0"))])[0].repeats[0]
+    base = load_runs([("base", str(built["tmp"] / "runs" / "base" / "r0"))])[0].repeats[0]
     by_index = {r["dataset_index"]: r for r in base}
     for s in samples:
         if s["model"] != "base":
@@ -91,8 +92,9 @@ def test_record_status_and_thumbnails():
     record["rollouts"][0] |= {"pred_letter": "I cannot tell", "is_correct": False}
     assert report.record_status(record) == "unparsed"
     uri = report.thumbnail_uri(synthetic.draw_image("red", "circle", (640, 320), 0), max_side=100)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
     assert img.format == "JPEG" and img.size == (100, 50)

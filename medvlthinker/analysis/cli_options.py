@@ -16,8 +16,8 @@ import click
 from medvlthinker import cli
 from medvlthinker.analysis.plots import PASS_AT_K_GRADING
 from medvlthinker.analysis.report import ReportSettings
-from medvlthinker.analysis.runs import GRADINGS
 from medvlthinker.analysis.tables import TableSettings
+from medvlthinker.inference.regrade import GRADINGS
 from medvlthinker.inference.settings import PASS_RATE
 
 

@@ -23,16 +23,14 @@ from importlib import resources
 from typing import Any
 
 from medvlthinker import grading
-from medvlthinker.analysis import plots, tables
-from medvlthinker.analysis.tables import (
-    AVG,
-    BENCHMARKS,
-    COLUMNS,
-    LABEL_OF,
-    AnalysisError,
-    ModelRuns,
-)
+from medvlthinker.analysis import AnalysisError, plots, tables
+from medvlthinker.analysis.published import published_rows
+from medvlthinker.analysis.render import write_tables
+from medvlthinker.analysis.runs import ModelRuns, load_sampling_runs
+from medvlthinker.analysis.tables import LABEL_OF
+from medvlthinker.benchmarks import AVG, BENCHMARKS, COLUMNS
 from medvlthinker.inference.image_modes import IMAGE_MODES
+from medvlthinker.inference.regrade import eval_options
 from medvlthinker.inference.settings import PASS_RATE
 from medvlthinker.schema import parse_options
 from medvlthinker.staging import write_json, write_text
@@ -341,13 +339,13 @@ def make_report(settings: ReportSettings) -> dict[str, Any]:
     """
     s, t = settings, settings.table
     output_dir = s.output_dir
-    options = tables.eval_options(t.eval_data, t.eval_split) if t.eval_data is not None else None
+    options = eval_options(t.eval_data, t.eval_split) if t.eval_data is not None else None
     result = tables.make_tables(t, options=options)
-    table_paths = tables.write_tables(result.table, os.path.join(output_dir, "tables"), result.comparison,
+    table_paths = write_tables(result.table, os.path.join(output_dir, "tables"), result.comparison,
                                       result.paired)
-    sampling = tables.load_sampling_runs(s.sampling_runs)
+    sampling = load_sampling_runs(s.sampling_runs)
     written = plots.make_plots(
-        os.path.join(output_dir, "plots"), table=result.table, published=tables.published_rows(s.published_models),
+        os.path.join(output_dir, "plots"), table=result.table, published=published_rows(s.published_models),
         sampling_runs=sampling, pass_rate_dir=s.pass_rate_dir, pass_rate_rollouts=s.pass_rate_rollouts,
         metrics_grading=t.grading_mode, pass_at_k_grading=s.pass_at_k_grading, drop_unconverted=s.drop_unconverted,
         options=options, reward_curve=_reward_curve(s.rl_log) if s.rl_log is not None else None,

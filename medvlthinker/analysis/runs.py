@@ -19,7 +19,7 @@ from medvlthinker.inference.records import (
     read_run,
     shard_files,
 )
-from medvlthinker.inference.regrade import GRADINGS, eval_options, regrade_records  # noqa: F401 (re-exported)
+from medvlthinker.inference.regrade import regrade_records
 
 
 def load_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -1,5 +1,4 @@
-"""The paper table (docs/protocol.md sections 5, 10, 11) from eval output directories: one call for the scripts,
-and the public names of the modules it is made of.
+"""The paper table (docs/protocol.md sections 5, 10, 11) from eval output directories: one call for the scripts.
 
 Input: the directories ``eval/run_offline_inference.py`` writes (``eval_results.jsonl``, or its
 ``shard-*-of-*.jsonl`` files while a run is unfinished), grouped by model: several greedy repeats of one model are
@@ -36,47 +35,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# re-exported: scripts and tests import the table's public names from this module
-from medvlthinker.analysis import AnalysisError  # noqa: F401
-from medvlthinker.analysis.paper_table import (  # noqa: F401
-    Cell,
-    ModelRow,
-    PaperTable,
-    build_table,
-    compare_published,
-    paired_comparison,
-    row_values,
-)
-from medvlthinker.analysis.published import (  # noqa: F401
-    HALF_WIDTHS,
-    average_of,
-    check_published_averages,
-    load_published,
-    published_results_path,
-    published_rows,
-)
-from medvlthinker.analysis.render import (  # noqa: F401
-    TSV_FIELDS,
-    expected_intervals_markdown,
-    to_latex,
-    to_markdown,
-    to_tsv,
-    write_tables,
-)
-from medvlthinker.analysis.runs import (  # noqa: F401
-    GRADINGS,
-    ModelRuns,
-    discover_runs,
-    eval_options,
-    graded,
-    image_cluster,
-    load_records,
-    load_runs,
-    load_sampling_runs,
-    parse_run_specs,
-    regrade_records,
-)
-from medvlthinker.benchmarks import AVG, BENCHMARKS, COLUMNS, Benchmark  # noqa: F401
+from medvlthinker.analysis import AnalysisError
+from medvlthinker.analysis.paper_table import PaperTable, build_table, compare_published, paired_comparison
+from medvlthinker.analysis.published import check_published_averages, load_published
+from medvlthinker.analysis.runs import ModelRuns, discover_runs, load_runs, parse_run_specs
+from medvlthinker.benchmarks import BENCHMARKS
+from medvlthinker.inference.regrade import eval_options
 
 LABEL_OF = {b.dataset_name: b.label for b in BENCHMARKS}
 DATASET_OF = {b.label: b.dataset_name for b in BENCHMARKS}

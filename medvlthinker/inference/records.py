@@ -29,8 +29,7 @@ from typing import Any
 
 from medvlthinker.errors import UserError
 from medvlthinker.grading import grade_rollout, is_conversion_failure, row_accuracy
-# write_json and write_jsonl live in staging (every atomic write does); they stay importable from here
-from medvlthinker.staging import write_json, write_jsonl, write_text  # noqa: F401
+from medvlthinker.staging import write_json, write_jsonl, write_text
 
 SHARD_RE = re.compile(r"shard-(\d{3,})-of-(\d{3,})\.jsonl$")
 RESULTS_FILE = "eval_results.jsonl"

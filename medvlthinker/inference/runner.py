@@ -36,9 +36,9 @@ from medvlthinker.inference.records import (
     finished_indices,
     merge_results,
     shard_name,
-    write_json,
 )
 from medvlthinker.inference.run_config import RunConfig
+from medvlthinker.staging import write_json
 
 # ---------------------------------------------------------------- metadata
 
