@@ -1,11 +1,12 @@
 # The two commands of the README: `make demo` (the whole pipeline on the tiny model and bundled synthetic data)
-# and `make test` (the tests and the package's doctests). Both create the CPU virtual environment on first use.
+# and `make test` (the linter, then the tests and the package's doctests). Both create the CPU virtual environment
+# on first use.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-fast clean-cache
+.PHONY: setup demo test test-fast lint clean-cache
 
 setup: $(STAMP)
 
@@ -21,8 +22,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	PYTHON=$(CURDIR)/$(PY) bash scripts/demo.sh
 
-test: setup
+test: setup lint
 	$(PY) -m pytest tests medvlthinker -q --timeout=900 -x --durations=15
+
+lint: setup
+	$(VENV)/bin/ruff check --no-cache .
 
 test-fast: setup
 	$(PY) -m pytest tests medvlthinker -q -m "not vllm and not slow"

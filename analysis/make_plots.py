@@ -18,14 +18,7 @@ from dataclasses import replace
 import click
 
 from medvlthinker.analysis import plots, tables
-from medvlthinker.analysis.cli_options import (
-    FIGURE_OPTIONS,
-    RUN_OPTIONS,
-    command,
-    flag,
-    table_settings,
-    with_options,
-)
+from medvlthinker.analysis.cli_options import FIGURE_OPTIONS, RUN_OPTIONS, command, flag, table_settings, with_options
 from medvlthinker.analysis.published import published_rows
 from medvlthinker.analysis.runs import load_sampling_runs
 from medvlthinker.inference.regrade import eval_options

@@ -31,13 +31,14 @@ def main(rows, num_procs, image_size):
     """Print rows/s of unified -> verl parquet conversion (images kept as stored bytes)."""
     import datasets
 
-    from medvlthinker import synthetic
+    from medvlthinker.data import to_dataset
+    from medvlthinker.demo import synthetic
 
     datasets.disable_caching()
     # Build a small pool of distinct rows and tile it: generating 10k PNGs would dominate the run.
     pool = synthetic.make_image_rows(n=min(rows, 500), seed=0, image_size=(image_size, image_size))
     tiled = [dict(pool[i % len(pool)], dataset_index=i) for i in range(rows)]
-    full = synthetic.to_dataset(tiled)
+    full = to_dataset(tiled)
     quarter = full.select(range(rows // 4))
     with tempfile.TemporaryDirectory() as tmp:
         for num_proc in num_procs:

@@ -28,7 +28,7 @@ def main(model_dir, seq_len, batch_size, steps, warmup, repeats):
     from medvlthinker.train.sft_benchmark import compare_cpu_allocators
 
     if model_dir is None:
-        from medvlthinker.tiny import tiny_model_path
+        from medvlthinker.demo.tiny import tiny_model_path
 
         model_dir = str(tiny_model_path())
     runs = compare_cpu_allocators(model_dir, repeats=repeats, seq_len=seq_len, batch_size=batch_size, steps=steps,

@@ -43,7 +43,8 @@ def _make_data(path: Path, rows: int, size: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from medvlthinker import synthetic
+    from medvlthinker.data import to_dataset
+    from medvlthinker.demo import synthetic
 
     data = synthetic.make_image_rows(n=rows, seed=0, image_size=(8, 8))
     rng = np.random.default_rng(0)
@@ -51,7 +52,7 @@ def _make_data(path: Path, rows: int, size: int) -> None:
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
         row["images"] = [{"bytes": buf.getvalue(), "path": None}]
-    synthetic.to_dataset(data).save_to_disk(str(path))
+    to_dataset(data).save_to_disk(str(path))
 
 
 def _raw_child(data: str, out: str, model: str, window: int, n: int, max_model_len: int) -> None:
@@ -96,7 +97,7 @@ def main(rows, image_size, window, n, backend, ray, arms, repeats, model, max_mo
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if model is None:
-        from medvlthinker.tiny import tiny_model_path
+        from medvlthinker.demo.tiny import tiny_model_path
 
         model = str(tiny_model_path())
     if child_raw:

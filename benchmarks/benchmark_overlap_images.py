@@ -33,13 +33,13 @@ def _peak_rss_gb() -> float:
 
 
 def _scan_rows(n: int, start: int, size: int, name: str) -> list[dict]:
-    from medvlthinker import synthetic
+    from medvlthinker.demo import synthetic, vocabulary
 
     rows = []
     for k in range(n):
         buf = io.BytesIO()
         synthetic.draw_scan(start + k, (size, size * 4 // 5)).save(buf, format="JPEG", quality=90)
-        rows.append(synthetic._row(question=f"Question {start + k}?", options={"A": "Yes", "B": "No"}, label="A",
+        rows.append(vocabulary.row(question=f"Question {start + k}?", options={"A": "Yes", "B": "No"}, label="A",
                                    images=[{"bytes": buf.getvalue(), "path": None}], reasoning=None,
                                    dataset_name=name, dataset_index=start + k))
     return rows
@@ -58,19 +58,15 @@ def main(eval_images, train_images, sample_eval, sample_train, image_size, num_p
     import datasets
     import numpy as np
 
-    from medvlthinker import synthetic
-    from medvlthinker.overlap import (
-        DEFAULT_IMAGE_THRESHOLD,
-        NearImageIndex,
-        check_image_threshold,
-        find_overlap,
-        perceptual_hash,
-    )
+    from medvlthinker.curate.near_duplicates import DEFAULT_IMAGE_THRESHOLD, NearImageIndex, check_image_threshold
+    from medvlthinker.curate.overlap import find_overlap, perceptual_hash
+    from medvlthinker.data import to_dataset
+    from medvlthinker.demo import synthetic
 
     threshold = check_image_threshold(DEFAULT_IMAGE_THRESHOLD if threshold is None else threshold)
     datasets.disable_caching()
-    eval_ds = synthetic.to_dataset(_scan_rows(sample_eval, 0, image_size, "pmc_vqa"))
-    train_ds = synthetic.to_dataset(_scan_rows(sample_train, 10**6, image_size, "pmc_vqa"))
+    eval_ds = to_dataset(_scan_rows(sample_eval, 0, image_size, "pmc_vqa"))
+    train_ds = to_dataset(_scan_rows(sample_train, 10**6, image_size, "pmc_vqa"))
     images = sample_eval + sample_train
     total = eval_images + train_images
     for num_proc in num_procs:

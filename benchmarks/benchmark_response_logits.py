@@ -26,7 +26,7 @@ def main(model_dir, sequences, prompt_len, response_len, repeats):
     from medvlthinker.train.rl_benchmark import HEADS, medians, time_heads
 
     if model_dir is None:
-        from medvlthinker.tiny import tiny_model_path
+        from medvlthinker.demo.tiny import tiny_model_path
 
         model_dir = str(tiny_model_path())
     figures = medians(time_heads(model_dir, sequences=sequences, prompt_len=prompt_len, response_len=response_len,

@@ -39,7 +39,7 @@ def main(model_dir, random_weights, seq_len, batch_size, steps, warmup, gradient
         if gpu:
             model_dir = "configs/models/qwen2.5-vl-3b"
         else:
-            from medvlthinker.tiny import tiny_model_path
+            from medvlthinker.demo.tiny import tiny_model_path
 
             model_dir = str(tiny_model_path())
     if random_weights is None:

@@ -51,7 +51,7 @@ def main(model, num_rows, scale, image_size, repeats, window, seed, max_model_le
     import torch
     from transformers import AutoProcessor
 
-    from medvlthinker import synthetic
+    from medvlthinker.data import to_dataset
     from medvlthinker.inference.backends import VllmBackend
     from medvlthinker.inference.records import merge_results, shard_name
     from medvlthinker.inference.run_config import RunConfig
@@ -73,7 +73,7 @@ def main(model, num_rows, scale, image_size, repeats, window, seed, max_model_le
         tmp = Path(tmp_name)
         model_dir, load_format = benchmark_model(model, on_gpu, tmp)
         rows = eval_set_rows(num_rows, image_size=(image_size, image_size), seed=seed)
-        synthetic.to_dataset(rows).save_to_disk(str(tmp / "data"))
+        to_dataset(rows).save_to_disk(str(tmp / "data"))
         backend = VllmBackend(model_dir, max_model_len=max_model_len, limit_mm_per_prompt={"image": 1, "video": 0},
                               seed=42, load_format=load_format)
         llm = backend.llm

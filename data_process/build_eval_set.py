@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import click
 
-from medvlthinker import cli, eval_set, option_writer
+from medvlthinker import cli
 from medvlthinker.inference.openai_client import API_BASE_ENV, API_KEY_ENV
+from medvlthinker.prepare import eval_set, option_writer
 
 
 @cli.command()

@@ -16,15 +16,9 @@ from __future__ import annotations
 import click
 
 from medvlthinker import cli
+from medvlthinker.curate.near_duplicates import DEFAULT_IMAGE_THRESHOLD, MAX_IMAGE_THRESHOLD, check_image_threshold
+from medvlthinker.curate.overlap import find_overlap, without_flagged, write_overlap
 from medvlthinker.data import load_unified, save_unified
-from medvlthinker.overlap import (
-    DEFAULT_IMAGE_THRESHOLD,
-    MAX_IMAGE_THRESHOLD,
-    check_image_threshold,
-    find_overlap,
-    without_flagged,
-    write_overlap,
-)
 
 
 @cli.command()

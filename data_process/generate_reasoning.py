@@ -16,7 +16,7 @@ import importlib.util
 from pathlib import Path
 
 from medvlthinker import cli
-from medvlthinker.reasoning import teacher_runner_args
+from medvlthinker.prepare.reasoning import teacher_runner_args
 
 RUNNER = Path(__file__).resolve().parents[1] / "eval" / "run_offline_inference.py"
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import click
 
-from medvlthinker import cli, reasoning
+from medvlthinker import cli
+from medvlthinker.prepare import reasoning
 
 
 @cli.command()

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import click
 
-from medvlthinker import cli, curation
+from medvlthinker import cli
+from medvlthinker.curate import curation, curation_report
 from medvlthinker.inference.settings import CURATION
 
 
@@ -64,7 +65,7 @@ def main(dataset_name, split, results_jsonl_path, remove_pass_count_below, remov
     curation.save_curated(curated, save_to_disk_path, report, min_rows=min_rows)
     out = Path(save_to_disk_path)
     report_dir = Path(report_dir) if report_dir else out.with_name(out.name.removesuffix(".parquet") + "_curation")
-    paths = curation.write_curation_outputs(report, report_dir, plot_format=plot_format)
+    paths = curation_report.write_curation_outputs(report, report_dir, plot_format=plot_format)
     click.echo(paths["table"].read_text(encoding="utf-8"), nl=False)
     click.echo(f"saved {report.rows_out} rows to {save_to_disk_path}; report, table and plots in {report_dir}")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from medvlthinker import cli
-from medvlthinker.wheelhouse import PLATFORMS, resolve
+from medvlthinker.cluster.wheelhouse import PLATFORMS, resolve
 
 STACK = ("torch", "vllm", "verl", "transformers", "trl", "accelerate", "ray", "tensordict", "datasets")
 
@@ -40,7 +40,7 @@ def main(python_version, platforms):
     if fetched.returncode:
         raise cli.UserError(f"trl=={trl}", f"the wheel cannot be downloaded ({_last_line(fetched.stderr)})",
                             fix="check the connection to PyPI")
-    from medvlthinker.tiny import tiny_model_path
+    from medvlthinker.demo.tiny import tiny_model_path
 
     code = (
         "import torch, trl\n"

@@ -11,4 +11,4 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 # this checkout's package first, in this process and every one it starts (parts, verl's Ray workers)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python}" -m medvlthinker.cluster_check "$@"
+exec "${PYTHON:-python}" -m medvlthinker.cluster.cluster_check "$@"

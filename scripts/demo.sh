@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole MedVLThinker pipeline in miniature, on CPU, with the same scripts a researcher runs on a cluster: a tiny
-# Qwen2.5-VL and a bundled synthetic task it can learn in minutes (medvlthinker.demo_task) stand in for the real
+# Qwen2.5-VL and a bundled synthetic task it can learn in minutes (medvlthinker.demo.demo_task) stand in for the real
 # model and data sets, so the paper's effects show: SFT teaches the answer format and the link from picture to option
 # letter; GRPO trains on the questions the SFT model sometimes gets right.
 #
@@ -53,8 +53,8 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)  # absolute: verl resolves data paths from its own working directory
 
 stage "1/11 tiny random Qwen2.5-VL (real tokenizer, random weights) and the synthetic task (seed $SEED)"
-"$PY" -m medvlthinker.tiny tiny "$OUT/model/random" --random_weights
-"$PY" -m medvlthinker.demo_task "$OUT/data" --rows_per_benchmark "$ROWS_PER_BENCHMARK" --train_rows "$TRAIN_ROWS" \
+"$PY" -m medvlthinker.demo.tiny tiny "$OUT/model/random" --random_weights
+"$PY" -m medvlthinker.demo.demo_task "$OUT/data" --rows_per_benchmark "$ROWS_PER_BENCHMARK" --train_rows "$TRAIN_ROWS" \
   --seed "$SEED"
 "$PY" data_process/convert_sft_format.py "$OUT/data/train_pmc_vqa" "$OUT/data/sft/pmc_vqa"
 

@@ -9,4 +9,4 @@
 #   pip install --no-index --find-links wheelhouse -e '.[gpu]'
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python}" -m medvlthinker.wheelhouse "$@"
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python}" -m medvlthinker.cluster.wheelhouse "$@"

@@ -23,13 +23,14 @@ for key, value in {
 
 import pytest  # noqa: E402
 
-from medvlthinker import synthetic  # noqa: E402
+from medvlthinker.data import to_dataset  # noqa: E402
+from medvlthinker.demo import synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir():
     """Path of the tiny random Qwen2.5-VL model directory (config, safetensors, processor, chat template)."""
-    from medvlthinker.tiny import tiny_model_path
+    from medvlthinker.demo.tiny import tiny_model_path
 
     return tiny_model_path()
 
@@ -51,7 +52,7 @@ def eval_rows():
 def eval_dataset_dir(tmp_path_factory, eval_rows):
     """The synthetic evaluation set saved with ``save_to_disk`` (the layout of a local HF data set)."""
     path = tmp_path_factory.mktemp("data") / "eval"
-    synthetic.to_dataset(eval_rows).save_to_disk(str(path))
+    to_dataset(eval_rows).save_to_disk(str(path))
     return path
 
 
@@ -118,7 +119,7 @@ def cluster_check_cpu(tmp_path_factory, tiny_model_dir, train_text_rows, train_i
     model = sensitive_copy(tiny_model_dir, work / "model")
     parquet = work / "train.parquet"
     rows = train_text_rows[:GRPO_TEXT_ROWS] + train_image_rows[:6]
-    write_verl_parquet(convert_to_verl(synthetic.to_dataset(rows)), parquet)
+    write_verl_parquet(convert_to_verl(to_dataset(rows)), parquet)
     out = work / "out"
     overrides = [f"actor_rollout_ref.model.path={model}", f"data.train_files=[{parquet}]",
                  f"data.val_files=[{parquet}]", "data.shuffle=false",

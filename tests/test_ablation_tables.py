@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from medvlthinker import synthetic
 from medvlthinker.analysis import AnalysisError, ablations
+from medvlthinker.demo import synthetic
 from medvlthinker.inference.records import make_record
 from medvlthinker.inference.requests import Completion, record_fields
 from medvlthinker.staging import write_jsonl
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _rows():
     """8 SLAKE-like image rows (yes/no) and 4 text-only rows of one data set."""
     rows = synthetic.make_image_rows(n=8, seed=4, dataset_name="slake_closed")
-    for i, row in enumerate(rows[:4]):  # 4 text-only rows
+    for row in rows[:4]:  # 4 text-only rows
         row["images"] = None
     for i, row in enumerate(rows):
         row["dataset_index"] = i

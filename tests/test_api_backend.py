@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medvlthinker import synthetic
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 from medvlthinker.inference.api_backend import ApiRowsFailed, api_messages
 from medvlthinker.inference.records import read_run, shard_files
 from medvlthinker.inference.requests import ApiRequestBuilder, RequestBuilder
@@ -91,7 +92,7 @@ def rows():
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory, rows):
     path = tmp_path_factory.mktemp("api") / "eval"
-    synthetic.to_dataset(rows).save_to_disk(str(path))
+    to_dataset(rows).save_to_disk(str(path))
     return path
 
 

@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from medvlthinker import synthetic
 from medvlthinker.cli import UserError
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 from medvlthinker.inference.api_backend import ApiBackend, ApiRowsFailed, reply_text
 from medvlthinker.inference.records import read_run
 from medvlthinker.inference.run_config import RunConfig
@@ -98,7 +99,7 @@ def rows():
 def config(endpoint, tmp_path, rows, **kwargs):
     data = tmp_path / "eval"
     if not data.exists():
-        synthetic.to_dataset(rows).save_to_disk(str(data))
+        to_dataset(rows).save_to_disk(str(data))
     return RunConfig(model="gpt-4o-2024-11-20", backend="api", output_dir=str(tmp_path / "out"),
                      dataset_name=str(data), api_base=endpoint.url, progress=False,
                      engine_kwargs={"max_retries": 3, "backoff": 0.01, "max_backoff": 0.02}, **kwargs)
@@ -244,7 +245,7 @@ def test_the_answering_model_is_kept_and_another_endpoint_cannot_resume(endpoint
 
 def test_the_option_writer_sends_through_the_same_client(endpoint, monkeypatch):
     from medvlthinker.inference.openai_client import EndpointError, RetryPolicy
-    from medvlthinker.option_writer import OpenAIChat, write_options
+    from medvlthinker.prepare.option_writer import OpenAIChat, write_options
 
     endpoint.content = '["Yes", "No"]'
     writer = OpenAIChat(base_url=endpoint.url)

@@ -18,8 +18,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from medvlthinker import synthetic
 from medvlthinker.analysis.runs import load_records, load_runs
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "sft" / "tiny_cpu.yaml"
@@ -86,9 +87,9 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_inputs")
     rows = synthetic.make_image_rows(n=8, seed=2)
     good = root / "good"
-    synthetic.to_dataset(rows).save_to_disk(str(good))
+    to_dataset(rows).save_to_disk(str(good))
     bad = root / "bad_image"
-    _corrupt(synthetic.to_dataset(rows), 5).save_to_disk(str(bad))
+    _corrupt(to_dataset(rows), 5).save_to_disk(str(bad))
     verl_out, sft_out = root / "verl.parquet", root / "sft"
     assert run("data_process/convert_verl_format.py", good, verl_out)[0] == 0
     assert run("data_process/convert_sft_format.py", good, sft_out)[0] == 0
@@ -110,7 +111,7 @@ def test_verl_converter_rejects_a_question_holding_the_image_placeholder(data, t
     rows = [dict(r) for r in data["rows"][:3]]
     rows[1]["question"] = "Compare <image> with the figure."
     src = tmp_path / "placeholder"
-    synthetic.to_dataset(rows).save_to_disk(str(src))
+    to_dataset(rows).save_to_disk(str(src))
     expect_failure("data_process/convert_verl_format.py", src, data["verl"], "--overwrite",
                    names=[f"dataset_index={rows[1]['dataset_index']}", "<image>"], kept=[data["verl"]])
 
@@ -119,7 +120,7 @@ def test_sft_run_names_a_corrupt_image_before_the_model_loads(data, tmp_path):
     # An SFT set written before the converters decoded images: the run must stop before training, naming the row.
     from medvlthinker.converters.sft_format import convert_to_sft
 
-    sft = convert_to_sft(synthetic.to_dataset(data["rows"]))
+    sft = convert_to_sft(to_dataset(data["rows"]))
     sft_bad = tmp_path / "sft_bad"
     _corrupt(sft, 3).save_to_disk(str(sft_bad))
     expect_failure("train/sft/train_sft.py", TINY_CONFIG, f"model_name_or_path={_unloadable_model(tmp_path)}",
@@ -217,7 +218,7 @@ def test_prepare_interrupted_while_joining_keeps_the_previous_output_whole(pmc):
 def curated(tmp_path):
     rows = synthetic.make_text_rows(n=8, seed=4)
     train = tmp_path / "train"
-    synthetic.to_dataset(rows).save_to_disk(str(train))
+    to_dataset(rows).save_to_disk(str(train))
     records = tmp_path / "eval_results.jsonl"
     with records.open("w") as f:
         for i, r in enumerate(rows):
@@ -246,7 +247,7 @@ def test_curation_refuses_duplicate_dataset_index_rows(curated):
     rows = [dict(r) for r in curated["rows"]]
     rows[6]["dataset_index"] = rows[2]["dataset_index"]
     dup = curated["tmp"] / "dup_rows"
-    synthetic.to_dataset(rows).save_to_disk(str(dup))
+    to_dataset(rows).save_to_disk(str(dup))
     expect_failure(*_curate(curated, dup, curated["records"]),
                    names=[f"dataset_index={rows[2]['dataset_index']}", "duplicate"], kept=[curated["out"]])
 
@@ -299,7 +300,7 @@ def test_sft_checks_data_and_output_dir_before_loading_the_model(data, tmp_path,
         train, names = data["good"], ["train_data", "lacks the column(s)", "convert_sft_format.py"]
     elif case == "empty":
         train = tmp_path / "empty_sft"
-        convert_to_sft(synthetic.to_dataset(data["rows"])).select([]).save_to_disk(str(train))
+        convert_to_sft(to_dataset(data["rows"])).select([]).save_to_disk(str(train))
         names = [str(train), "has no rows"]
     else:
         out.write_text("not a directory")
@@ -360,7 +361,7 @@ def eval_run(data, tiny_model_dir, tmp_path_factory):
 
 
 def _other_model(tmp_path_factory) -> Path:
-    from medvlthinker.tiny import build_tiny_model
+    from medvlthinker.demo.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("other_model") / "model", seed=1)
 
@@ -512,8 +513,8 @@ def _pmc_record(figure_path: str) -> dict:
 
 
 def test_pmc_preparation_and_the_eval_set_builder_refuse_paths_out_of_their_folder(tmp_path):
-    from medvlthinker import eval_set
     from medvlthinker.images import OutsideImageError
+    from medvlthinker.prepare import eval_set
     from medvlthinker.prepare.pmc_vqa import pmc_vqa_row
     from medvlthinker.prepare.report import MalformedRow
 
@@ -548,7 +549,7 @@ def test_resume_with_new_weights_or_new_rows_at_the_same_paths_is_refused(data, 
     shutil.copy(tiny_model_dir / "model.safetensors", model / "model.safetensors")
 
     shutil.rmtree(rows)  # as many rows, other content
-    synthetic.to_dataset(synthetic.make_image_rows(n=8, seed=9)).save_to_disk(str(rows))
+    to_dataset(synthetic.make_image_rows(n=8, seed=9)).save_to_disk(str(rows))
     expect_failure("eval/run_offline_inference.py", *args, names=["holds records of another run", "data_sha256"],
                    kept=[out])
 
@@ -587,8 +588,8 @@ def untakeable(data, tmp_path):
     thin, bomb = [dict(r) for r in data["rows"]], [dict(r) for r in data["rows"]]
     thin[2]["images"] = [{"bytes": png(Image.new("RGB", (10, 2600), (200, 0, 0))), "path": None}]
     bomb[5]["images"] = [{"bytes": png(Image.new("1", (10_000, 10_000))), "path": None}]
-    synthetic.to_dataset(thin).save_to_disk(str(tmp_path / "thin"))
-    synthetic.to_dataset(bomb).save_to_disk(str(tmp_path / "bomb"))
+    to_dataset(thin).save_to_disk(str(tmp_path / "thin"))
+    to_dataset(bomb).save_to_disk(str(tmp_path / "bomb"))
     return {"path": tmp_path / "thin", "bomb_path": tmp_path / "bomb", "thin": thin[2]["dataset_index"],
             "bomb": bomb[5]["dataset_index"]}
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from medvlthinker import cluster_check
-from medvlthinker.cluster_check import PARTS, PROFILES, Context
+from medvlthinker.cluster import cluster_check, parts, stack
+from medvlthinker.cluster.parts import Context
+from medvlthinker.cluster.stack import PARTS, PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "cluster_check.sh"
@@ -72,12 +73,12 @@ def test_no_flash_attn_is_one_line_naming_the_fix():
         pytest.skip("flash-attn is installed here")
     except ImportError:
         pass
-    line = cluster_check.flash_attn_problem()
+    line = stack.flash_attn_problem()
     assert line.startswith("no flash-attn (ModuleNotFoundError: No module named 'flash_attn')")
     assert "remove-padding" in line and "--no_remove_padding" in line and "\n" not in line
     # without it, --no_remove_padding times GRPO with SDPA attention instead
     ctx = Context(profile=PROFILES["gpu"], work=Path("/w"), remove_padding=False)
-    overrides = cluster_check.grpo_overrides(ctx, Path("/m"), Path("/d.parquet"), gpus=8)
+    overrides = parts.grpo_overrides(ctx, Path("/m"), Path("/d.parquet"), gpus=8)
     assert "actor_rollout_ref.model.use_remove_padding=false" in overrides
     assert "trainer.n_gpus_per_node=8" in overrides
 
@@ -103,7 +104,7 @@ def test_the_gpu_overlay_passes_verls_validation():
     from medvlthinker.train.preflight_config import PreflightReport, compose_config, validate_with_verl
 
     for gpus in (1, 8):
-        cfg = compose_config(cluster_check.RL_CONFIG, ["+overlays=[cluster_check]", f"trainer.n_gpus_per_node={gpus}",
+        cfg = compose_config(stack.RL_CONFIG, ["+overlays=[cluster_check]", f"trainer.n_gpus_per_node={gpus}",
                                                        "actor_rollout_ref.model.path=/m", "data.train_files=[/d]",
                                                        "data.val_files=[/d]"])
         validate_with_verl(cfg, PreflightReport(config="cluster_check"))

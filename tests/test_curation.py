@@ -11,7 +11,9 @@ import datasets
 import pytest
 from click.testing import CliRunner
 
-from medvlthinker import curation, synthetic
+from medvlthinker.curate import curation, curation_report
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,13 +54,13 @@ def results_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def train_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("train") / "m23k"
-    synthetic.to_dataset(ROWS).save_to_disk(str(path))
+    to_dataset(ROWS).save_to_disk(str(path))
     return path
 
 
 def test_attach_pass_count_joins_on_dataset_index_and_marks_missing(results_file):
     counts = curation.load_pass_counts(results_file)
-    ds = curation.attach_pass_count(synthetic.to_dataset(ROWS), counts)
+    ds = curation.attach_pass_count(to_dataset(ROWS), counts)
     got = dict(zip(ds["dataset_index"], ds["pass_count"]))
     assert ds.features["pass_count"] == datasets.Value("int64")
     assert all(got[i] == c for i, c in COUNTS.items())
@@ -69,7 +71,7 @@ def test_record_for_another_data_set_or_wrong_rollouts_is_an_error(results_file)
     counts = curation.load_pass_counts(results_file)
     other = [dict(r, dataset_name="pmc_vqa") for r in ROWS[:2]]
     with pytest.raises(curation.CurationError, match=r"dataset_name='pmc_vqa', dataset_index=0\).*m23k"):
-        curation.attach_pass_count(synthetic.to_dataset(other), counts)
+        curation.attach_pass_count(to_dataset(other), counts)
     greedy = [_record(ROWS[0], 1, n=1)]
     with pytest.raises(curation.CurationError, match="has 1 rollouts, expected 16"):
         curation.pass_counts_from_records(greedy)
@@ -87,7 +89,7 @@ def test_shards_are_read_and_a_half_written_last_line_is_skipped(tmp_path):
 
 @pytest.mark.parametrize("order,reverse", [("easy_to_hard", True), ("hard_to_easy", False)])
 def test_order_equals_the_original_shuffle_then_stable_sort(results_file, order, reverse):
-    ds = synthetic.to_dataset(ROWS).remove_columns("images")
+    ds = to_dataset(ROWS).remove_columns("images")
     curated, report = curation.curate(ds, curation.load_pass_counts(results_file), order=order)
     # the original: filter 1..7, datasets' shuffle(seed=42), then datasets' sort on pass_count
     reference = curation.attach_pass_count(ds, curation.load_pass_counts(results_file))
@@ -116,18 +118,18 @@ def test_report_counts_each_filter():
 def test_distribution_of_the_published_7b_m23k_counts():
     published = [8123, 4604, 3012, 2174, 1593, 1109, 811, 616, 455, 333, 218, 160, 109, 80, 39, 17, 3]
     counts = [k for k, n in enumerate(published) for _ in range(n)]
-    dist = curation.pass_count_distribution(counts)
+    dist = curation_report.pass_count_distribution(counts)
     assert list(dist) == list(range(17)) and list(dist.values()) == published and sum(dist.values()) == 23456
-    table = curation.format_distribution_table(dist)
+    table = curation_report.format_distribution_table(dist)
     assert "     0     8123    34.63" in table and table.endswith("total    23456")
-    assert curation.pass_count_distribution([-1, 3], max_count=4) == {-1: 1, 0: 0, 1: 0, 2: 0, 3: 1, 4: 0}
+    assert curation_report.pass_count_distribution([-1, 3], max_count=4) == {-1: 1, 0: 0, 1: 0, 2: 0, 3: 1, 4: 0}
 
 
 @pytest.mark.parametrize("suffix,magic", [(".png", b"\x89PNG"), (".pdf", b"%PDF")])
 def test_plot_is_written_and_byte_identical_on_rerun(tmp_path, suffix, magic):
-    dist = curation.pass_count_distribution([0, 0, 1, 2, 2, 2, -1])
-    first = curation.plot_pass_count_distribution(dist, tmp_path / f"a{suffix}", title="m23k")
-    second = curation.plot_pass_count_distribution(dist, tmp_path / f"b{suffix}", title="m23k")
+    dist = curation_report.pass_count_distribution([0, 0, 1, 2, 2, 2, -1])
+    first = curation_report.plot_pass_count_distribution(dist, tmp_path / f"a{suffix}", title="m23k")
+    second = curation_report.plot_pass_count_distribution(dist, tmp_path / f"b{suffix}", title="m23k")
     assert first.read_bytes()[:4] == magic and len(first.read_bytes()) > 1000
     assert first.read_bytes() == second.read_bytes()
 

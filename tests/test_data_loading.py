@@ -7,8 +7,8 @@ import json
 import datasets
 import pytest
 
-from medvlthinker import synthetic
-from medvlthinker.data import load_unified, save_unified, source_kind, validate_dataset
+from medvlthinker.data import load_unified, save_unified, source_kind, to_dataset, validate_dataset
+from medvlthinker.demo import synthetic
 from medvlthinker.images import image_sha256
 from medvlthinker.schema import SchemaError
 
@@ -72,8 +72,8 @@ def test_text_only_parquet_without_optional_columns(tmp_path):
 
 def test_datasetdict_split(tmp_path):
     dd = datasets.DatasetDict({
-        "train": synthetic.to_dataset(synthetic.make_text_rows(n=2, seed=1)),
-        "test": synthetic.to_dataset(synthetic.make_text_rows(n=3, seed=2)),
+        "train": to_dataset(synthetic.make_text_rows(n=2, seed=1)),
+        "test": to_dataset(synthetic.make_text_rows(n=3, seed=2)),
     })
     dd.save_to_disk(str(tmp_path / "dd"))
     assert len(load_unified(str(tmp_path / "dd"))) == 3  # test preferred
@@ -95,7 +95,7 @@ def test_bad_answer_names_row_and_source(tmp_path):
 def test_unreadable_image_names_row(tmp_path, eval_rows):
     rows = [dict(r) for r in eval_rows[:3]]
     rows[1]["images"] = [{"bytes": b"not a png at all", "path": None}]
-    ds = synthetic.to_dataset(rows)
+    ds = to_dataset(rows)
     validate_dataset(ds)  # the schema alone is fine
     with pytest.raises(SchemaError, match=r"dataset_index=1.*cannot be decoded"):
         validate_dataset(ds, check_images=True)
@@ -117,4 +117,4 @@ def test_duplicate_index_rejected(tmp_path):
     rows = synthetic.make_text_rows(n=3, seed=3)
     rows[2]["dataset_index"] = 0
     with pytest.raises(SchemaError, match="duplicate dataset_index 0"):
-        validate_dataset(synthetic.to_dataset(rows))
+        validate_dataset(to_dataset(rows))

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from medvlthinker import demo_task, grading, prompts
+from medvlthinker import grading, prompts
 from medvlthinker.analysis import demo_summary
+from medvlthinker.demo import demo_task
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SEED = int(os.environ.get("DEMO_TEST_SEED", "0"))

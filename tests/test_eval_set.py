@@ -12,15 +12,16 @@ import datasets
 import pytest
 from click.testing import CliRunner
 
-from medvlthinker import eval_set, option_writer, synthetic
 from medvlthinker.cli import UserError
 from medvlthinker.data import load_unified
+from medvlthinker.demo import synthetic, vocabulary
+from medvlthinker.prepare import eval_set, option_writer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _png(colour, shape, seed):
-    return synthetic.image_to_png_bytes(synthetic.draw_image(colour, shape, (24, 24), seed))
+    return vocabulary.image_to_png_bytes(synthetic.draw_image(colour, shape, (24, 24), seed))
 
 
 def _table(rows, image_columns):

@@ -7,7 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-from medvlthinker import schema, synthetic, tiny
+from medvlthinker import schema
+from medvlthinker.demo import synthetic, tiny, vocabulary
 
 
 def test_tokenizer_ids_match_official(tiny_model_dir):
@@ -84,8 +85,8 @@ def test_synthetic_data_is_valid_and_deterministic(eval_rows, train_text_rows, t
     again = synthetic.make_eval_rows(rows_per_benchmark=4, seed=0)
     for a, b in zip(eval_rows, again):
         assert {k: v for k, v in a.items() if k != "images"} == {k: v for k, v in b.items() if k != "images"}
-        assert [synthetic.image_to_png_bytes(i) for i in a["images"]] == [
-            synthetic.image_to_png_bytes(i) for i in b["images"]
+        assert [vocabulary.image_to_png_bytes(i) for i in a["images"]] == [
+            vocabulary.image_to_png_bytes(i) for i in b["images"]
         ]
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from medvlthinker import synthetic
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 from medvlthinker.grading import grade_rollout
 from medvlthinker.inference import (
     RequestBuilder,
@@ -117,7 +118,7 @@ def test_regrade_reproduces_grading_rules(tmp_path):
 def test_bad_image_stops_before_generation(tmp_path, tiny_model_dir):
     rows = synthetic.make_eval_rows(rows_per_benchmark=1, seed=3)
     rows[4]["images"] = [{"bytes": b"\x89PNG broken", "path": None}]
-    synthetic.to_dataset(rows).save_to_disk(str(tmp_path / "data"))
+    to_dataset(rows).save_to_disk(str(tmp_path / "data"))
     config = RunConfig(model=str(tiny_model_dir), backend="hf", dataset_name=str(tmp_path / "data"),
                        output_dir=str(tmp_path / "out"), max_tokens=2, progress=False)
     with pytest.raises(SchemaError, match=r"dataset_name='slake_closed', dataset_index=4.*cannot be decoded"):
@@ -263,7 +264,7 @@ def test_two_data_parallel_ranks_shard_and_merge(tmp_path, eval_dataset_dir, cli
 @pytest.mark.slow
 def test_kill_midway_and_resume(tmp_path, cli_env):
     rows = synthetic.make_text_rows(n=30, seed=4, dataset_name="medqa")
-    synthetic.to_dataset(rows).save_to_disk(str(tmp_path / "data"))
+    to_dataset(rows).save_to_disk(str(tmp_path / "data"))
     out = tmp_path / "out"
     cmd = _cli(tmp_path, tmp_path / "data", out, "--max_tokens", "48", "--batch_size", "1")
     shard = out / "shard-000-of-001.jsonl"

@@ -9,7 +9,8 @@ import io
 import pytest
 from PIL import Image
 
-from medvlthinker import synthetic
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 from medvlthinker.inference import RunConfig, run
 from medvlthinker.inference.backends import vllm_engine_args
 from medvlthinker.inference.engines import backend_kwargs
@@ -61,7 +62,7 @@ def test_each_image_is_decoded_once(tmp_path, tiny_model_dir, monkeypatch):
     rows = synthetic.make_eval_rows(rows_per_benchmark=1, seed=5)
     images = sum(len(r["images"] or []) for r in rows)
     assert images > len([r for r in rows if r["images"]])  # multi-image rows are in it
-    synthetic.to_dataset(rows).save_to_disk(str(tmp_path / "data"))
+    to_dataset(rows).save_to_disk(str(tmp_path / "data"))
     counter = DecodeCounter(monkeypatch)
     config = RunConfig(model=str(tiny_model_dir), backend="hf", dataset_name=str(tmp_path / "data"),
                        output_dir=str(tmp_path / "out"), max_tokens=1, max_pixels=64 * 28 * 28, progress=False)
@@ -84,10 +85,10 @@ def test_truncated_image_stops_before_generation(tmp_path, tiny_model_dir):
     """The header is intact and the pixels are cut off: the check before the engine starts still finds it."""
     rows = synthetic.make_eval_rows(rows_per_benchmark=1, seed=3)
     rows[2]["images"] = [{"bytes": _truncated_png(), "path": None}]
-    synthetic.to_dataset(rows).save_to_disk(str(tmp_path / "data"))
+    to_dataset(rows).save_to_disk(str(tmp_path / "data"))
     config = RunConfig(model=str(tiny_model_dir), backend="hf", dataset_name=str(tmp_path / "data"),
                        output_dir=str(tmp_path / "out"), max_tokens=2, progress=False)
-    with pytest.raises(SchemaError, match=rf"dataset_index=2.*cannot be decoded"):
+    with pytest.raises(SchemaError, match=r"dataset_index=2.*cannot be decoded"):
         run(config)
     assert not list((tmp_path / "out").glob("shard-*"))
 
@@ -135,7 +136,7 @@ def test_reading_rows_releases_the_mapped_pages(tmp_path):
     rows = synthetic.make_image_rows(n=40, seed=1, image_size=(8, 8))
     for pos, row in enumerate(rows):
         row["images"] = [{"bytes": bytes([pos]) * (2 * 2**20), "path": None}]
-    synthetic.to_dataset(rows).save_to_disk(str(tmp_path / "data"))
+    to_dataset(rows).save_to_disk(str(tmp_path / "data"))
     size = 40 * 2 * 2**20
 
     ds = load_unified(str(tmp_path / "data"), validate=False)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from medvlthinker import synthetic
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 from medvlthinker.inference import RunConfig, run
 from medvlthinker.inference.records import read_records, shard_files
 
@@ -32,7 +33,7 @@ def _lines(out: Path) -> int:
 @pytest.mark.slow
 def test_ray_pool_matches_one_engine_and_resumes_after_a_kill(tmp_path, tiny_model_dir):
     rows = synthetic.make_image_rows(n=ROWS, seed=5, image_size=(56, 56))
-    synthetic.to_dataset(rows).save_to_disk(str(tmp_path / "data"))
+    to_dataset(rows).save_to_disk(str(tmp_path / "data"))
     # greedy, one prompt per generate call: each answer depends on its row alone, whichever engine runs it
     common = dict(model=str(tiny_model_dir), backend="hf", dataset_name=str(tmp_path / "data"),
                   max_tokens=MAX_TOKENS, batch_size=1, max_pixels=64 * 28 * 28)

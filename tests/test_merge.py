@@ -108,16 +108,16 @@ def test_verl_merge_rejects_a_directory_without_shards(tmp_path):
 def test_sft_checkpoint_merges_with_the_base_models_files(tmp_path, tiny_model_dir, train_image_rows):
     import torch
 
-    from medvlthinker import synthetic
     from medvlthinker.converters.sft_format import convert_to_sft
-    from medvlthinker.train import sft
+    from medvlthinker.data import to_dataset
+    from medvlthinker.train import sft, sft_config
 
-    cfg = sft.load_config(ROOT / "configs" / "sft" / "tiny_cpu.yaml", [
+    cfg = sft_config.load_config(ROOT / "configs" / "sft" / "tiny_cpu.yaml", [
         f"model_name_or_path={tiny_model_dir}", f"output_dir={tmp_path / 'sft'}", f"train_data={tmp_path}",
         "max_steps=1", "global_batch_size=1", "per_device_train_batch_size=1", "save_strategy=steps",
         "save_steps=1", "learning_rate=1e-3", "warmup_ratio=0",
     ])
-    sft.run_sft(cfg, train_dataset=convert_to_sft(synthetic.to_dataset(train_image_rows[:1])))
+    sft.run_sft(cfg, train_dataset=convert_to_sft(to_dataset(train_image_rows[:1])))
     ckpt = tmp_path / "sft" / "checkpoint-1"
     # Training edits the config it saves (special token ids, use_cache, dtype): the merge must not keep it.
     assert (ckpt / "config.json").read_bytes() != (tiny_model_dir / "config.json").read_bytes()

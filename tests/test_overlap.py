@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from medvlthinker import synthetic
-from medvlthinker.overlap import (
+from medvlthinker.curate.near_duplicates import (
     NearDuplicateIndex,
     NearImageIndex,
     char_ngrams,
-    find_overlap,
     jaccard,
     normalize_question,
-    without_flagged,
 )
+from medvlthinker.curate.overlap import find_overlap, without_flagged
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ TRAIN = [
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("overlap")
-    train, eval_ = synthetic.to_dataset(TRAIN), synthetic.to_dataset(EVAL)
+    train, eval_ = to_dataset(TRAIN), to_dataset(EVAL)
     train.save_to_disk(str(root / "train"))
     eval_.save_to_disk(str(root / "eval"))
     return root, train, eval_
@@ -169,7 +169,7 @@ def scan_sets():
     train_rows = [_row(f"Train question {k}?", [img], "pmc_vqa", 100 + k) for k, img in PLANTED.items()]
     # distinct scans of the same modality, none a copy of an eval scan
     train_rows += [_row(f"Other question {k}?", [synthetic.draw_scan(1000 + k)], "pmc_vqa", 200 + k) for k in range(40)]
-    return synthetic.to_dataset(train_rows), synthetic.to_dataset(eval_rows)
+    return to_dataset(train_rows), to_dataset(eval_rows)
 
 
 def test_every_planted_near_duplicate_image_is_found_and_no_distinct_one(scan_sets):
@@ -177,7 +177,7 @@ def test_every_planted_near_duplicate_image_is_found_and_no_distinct_one(scan_se
     report = find_overlap(train, eval_, near_images=True)
     found = {(m["train_dataset_index"], m["eval_dataset_index"]): m for m in report.matches}
     assert set(found) == {(100 + k, k) for k in PLANTED}
-    for (_, k), match in found.items():
+    for match in found.values():
         assert match["kinds"] == ["near_image"] and 0 <= match["image_distance"] <= 10, match
     assert report.eval_rows_matched["slake_closed"]["near_image"] == 3
     assert report.eval_rows_matched["pmc_vqa"]["near_image"] == 2

@@ -11,12 +11,13 @@ import pytest
 from PIL import Image
 from test_tables import ROOT, make_records, write_run
 
-from medvlthinker import grading, stats, synthetic
+from medvlthinker import grading, stats
 from medvlthinker.analysis import AnalysisError, plots
 from medvlthinker.analysis.paper_table import build_table
 from medvlthinker.analysis.published import load_published
 from medvlthinker.analysis.runs import load_records, load_runs
 from medvlthinker.benchmarks import AVG
+from medvlthinker.demo import synthetic
 from medvlthinker.inference.regrade import regrade_records
 
 

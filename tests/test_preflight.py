@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from medvlthinker import synthetic
 from medvlthinker.converters.verl_format import convert_to_verl, write_verl_parquet
-from medvlthinker.train.preflight import PreflightError, run_preflight
+from medvlthinker.data import to_dataset
+from medvlthinker.train.preflight import run_preflight
+from medvlthinker.train.preflight_config import PreflightError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "rl").glob("*.yaml"))
@@ -19,7 +20,7 @@ ONE = ROOT / "configs" / "rl" / "qwen2.5-vl-3b_rl_pmc.yaml"
 def tiny_overrides(tmp_path_factory, tiny_model_dir, train_image_rows, train_text_rows):
     """Hydra overrides that swap in the tiny model and a 4-row parquet (2 image rows, 2 text-only rows)."""
     path = tmp_path_factory.mktemp("preflight") / "train.parquet"
-    write_verl_parquet(convert_to_verl(synthetic.to_dataset(train_image_rows[:2] + train_text_rows[:2])), path)
+    write_verl_parquet(convert_to_verl(to_dataset(train_image_rows[:2] + train_text_rows[:2])), path)
     # the CPU profile (configs/rl/overlays/cpu.yaml): on this machine remove-padding runs only through its SDPA path
     return ["+overlays=[cpu]", f"actor_rollout_ref.model.path={tiny_model_dir}", f"data.train_files=[{path}]",
             f"data.val_files=[{path}]"]
@@ -74,9 +75,9 @@ def test_preflight_names_the_problem(tiny_overrides, extra, message):
 
 
 def test_cli_reports_and_fails_cleanly(tiny_overrides):
-    from click.testing import CliRunner
-
     import importlib.util
+
+    from click.testing import CliRunner
 
     spec = importlib.util.spec_from_file_location("rl_preflight_cli", ROOT / "train" / "rl" / "preflight.py")
     cli = importlib.util.module_from_spec(spec)
@@ -164,9 +165,9 @@ def test_wrong_type_on_the_command_line_is_named_as_such(tiny_overrides):
 
 
 def test_cli_takes_an_overlay_file(tiny_overrides, tmp_path):
-    from click.testing import CliRunner
-
     import importlib.util
+
+    from click.testing import CliRunner
 
     spec = importlib.util.spec_from_file_location("rl_preflight_cli2", ROOT / "train" / "rl" / "preflight.py")
     cli = importlib.util.module_from_spec(spec)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from medvlthinker.data import load_unified
-from medvlthinker.images import decode_image, image_sha256, pmc_resize
+from medvlthinker.images import image_sha256, pmc_resize
 from medvlthinker.prepare import PrepareError, m23k_row, prepare_m23k, prepare_pmc_vqa, strip_choice_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def pmc_raw(tmp_path_factory):
             "Figure_path": figure,
             "Question": question if question is not None else f"Which modality is shown in figure {i}?",
             "Answer": answer if answer is not None else texts["ABCD".index(label)] if label in "ABCD" else "CT",
-            **{f"Choice {l}": _choice(l, t, i % 3) for l, t in zip("ABCD", texts)},
+            **{f"Choice {c}": _choice(c, t, i % 3) for c, t in zip("ABCD", texts)},
             "Answer_label": label,
         })
 

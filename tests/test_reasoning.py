@@ -11,10 +11,11 @@ import datasets
 import pytest
 from click.testing import CliRunner
 
-from medvlthinker import reasoning, synthetic
 from medvlthinker.cli import UserError
-from medvlthinker.data import load_unified
+from medvlthinker.data import load_unified, to_dataset
+from medvlthinker.demo import synthetic
 from medvlthinker.inference.records import read_records
+from medvlthinker.prepare import reasoning
 from medvlthinker.staging import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ EXPECTED = {100: "step one\nstep two", 101: "a", 103: "by text", 105: "later", 1
 @pytest.fixture(scope="module")
 def train_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("pmc") / "train"
-    synthetic.to_dataset(ROWS).save_to_disk(str(path))
+    to_dataset(ROWS).save_to_disk(str(path))
     return path
 
 

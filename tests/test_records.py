@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from medvlthinker import benchmarks, synthetic
+from medvlthinker import benchmarks
 from medvlthinker.analysis import paper_table, published, runs, tables
+from medvlthinker.demo import synthetic
 from medvlthinker.errors import UserError
 from medvlthinker.inference import records, regrade
 

@@ -19,9 +19,10 @@ import urllib.request
 import pytest
 from test_tables import ROOT, make_records, write_run
 
-from medvlthinker import synthetic
 from medvlthinker.analysis import report, tables
 from medvlthinker.analysis.runs import load_runs
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -33,7 +34,7 @@ def built(tmp_path_factory):
     rows = synthetic.make_eval_rows(rows_per_benchmark=4, seed=9, image_size=(48, 48))
     # One output tries to break out of its <pre> and the JSON <script>: it must stay text.
     rows[0]["question"] = "Is </script><b id='injected'>this</b> red?"
-    synthetic.to_dataset(rows).save_to_disk(str(tmp / "evalset"))
+    to_dataset(rows).save_to_disk(str(tmp / "evalset"))
     for r in range(2):
         write_run(tmp / "runs" / "base" / f"r{r}", make_records(rows, seed=r, p_correct=0.4, p_unparsed=0.2))
         write_run(tmp / "runs" / "sft" / f"r{r}", make_records(rows, seed=10 + r, p_correct=0.7))

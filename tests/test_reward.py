@@ -136,10 +136,10 @@ def test_loads_standalone_by_path_like_verl():
     spec = importlib.util.spec_from_file_location("custom_module", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    fn = getattr(module, "compute_score")
+    fn = module.compute_score
     assert fn("pmc_vqa", "<think>x</think><answer>B</answer>", "No", INFO) == 1.0
     assert fn("pmc_vqa", "<think>x</think><answer>\nB\n</answer>", "No", INFO) == 0.0
-    fix = getattr(module, "compute_score_multiline_fix")
+    fix = module.compute_score_multiline_fix
     assert fix("pmc_vqa", "<think>x</think><answer>\nB\n</answer>", "No", INFO) == 1.0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from medvlthinker.compat import verl_fixes
-from medvlthinker.train.preflight import compose_config
+from medvlthinker.train.preflight_config import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RL = ROOT / "configs" / "rl"

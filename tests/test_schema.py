@@ -10,14 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import medvlthinker.schema as schema
-from medvlthinker.schema import (
-    COLUMNS,
-    REQUIRED_COLUMNS,
-    SchemaError,
-    parse_options,
-    validate_row,
-    validate_rows,
-)
+from medvlthinker.schema import COLUMNS, REQUIRED_COLUMNS, SchemaError, parse_options, validate_row, validate_rows
 
 
 def make_row(**overrides):

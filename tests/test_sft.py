@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from medvlthinker import prompts, synthetic
+from medvlthinker import prompts
 from medvlthinker.converters.sft_format import convert_to_sft
-from medvlthinker.train import sft
+from medvlthinker.data import to_dataset
+from medvlthinker.train import sft, sft_benchmark, sft_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_CONFIGS = sorted((ROOT / "configs" / "sft").glob("qwen2.5-vl-*_sft_*.yaml"))
@@ -40,7 +41,7 @@ def test_paper_configs_carry_the_protocol_hyperparameters():
         f"qwen2.5-vl-{size}_sft_{data}.yaml" for size in ("3b", "7b") for data in ("m23k", "pmc_vqa")
     }
     for path in PAPER_CONFIGS:
-        cfg = sft.load_config(path, CPU)
+        cfg = sft_config.load_config(path, CPU)
         # warmup_ratio reaches transformers 5 as the fractional warmup_steps it reads as a ratio
         assert (cfg.learning_rate, cfg.lr_scheduler_type, cfg.warmup_steps, cfg.weight_decay) == (
             1e-5, "cosine", 0.05, 1e-4), path
@@ -48,8 +49,8 @@ def test_paper_configs_carry_the_protocol_hyperparameters():
             0.9, 0.95, 5.0, "epoch"), path
         assert cfg.bf16 and cfg.global_batch_size == 16 and cfg.per_device_train_batch_size == 1
         # 1 per device x 8 GPUs x 2 accumulation steps; on 2 nodes x 8 GPUs accumulation drops to 1.
-        assert sft.build_sft_config(cfg, n_processes=8).gradient_accumulation_steps == 2
-        assert sft.build_sft_config(cfg, n_processes=16).gradient_accumulation_steps == 1
+        assert sft_config.build_sft_config(cfg, n_processes=8).gradient_accumulation_steps == 2
+        assert sft_config.build_sft_config(cfg, n_processes=16).gradient_accumulation_steps == 1
         size = "3B" if "3b" in path.name else "7B"
         assert cfg.model_name_or_path == f"Qwen/Qwen2.5-VL-{size}-Instruct"
         assert cfg.train_data.endswith("m23k" if "m23k" in path.name else "pmc_vqa_reasoning")
@@ -58,19 +59,19 @@ def test_paper_configs_carry_the_protocol_hyperparameters():
 def test_weights_load_in_float32_as_the_original(tiny_model_dir):
     """The original calls from_pretrained without a dtype (fp32 weights; bf16 only as mixed-precision compute)."""
     for path in PAPER_CONFIGS:
-        assert sft.load_config(path, CPU).dtype == "float32", path
-    cfg = sft.load_config(PAPER_CONFIGS[0], [*CPU, f"model_name_or_path={tiny_model_dir}"])
+        assert sft_config.load_config(path, CPU).dtype == "float32", path
+    cfg = sft_config.load_config(PAPER_CONFIGS[0], [*CPU, f"model_name_or_path={tiny_model_dir}"])
     model, _ = sft.load_model_and_processor(cfg)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert cfg.bf16  # the compute stays bf16 mixed precision
-    bf16 = sft.load_config(PAPER_CONFIGS[0], [*CPU, f"model_name_or_path={tiny_model_dir}", "dtype=bfloat16"])
+    bf16 = sft_config.load_config(PAPER_CONFIGS[0], [*CPU, f"model_name_or_path={tiny_model_dir}", "dtype=bfloat16"])
     assert {p.dtype for p in sft.load_model_and_processor(bf16)[0].parameters()} == {torch.bfloat16}
 
 
 def test_trainer_arguments_follow_the_config():
     # use_cpu: this machine has no GPU, and transformers refuses bf16 without one unless told.
-    cfg = sft.load_config(PAPER_CONFIGS[0], ["output_dir=/tmp/x", "trainer_args.use_cpu=true"])
-    args = sft.build_sft_config(cfg, n_processes=8)
+    cfg = sft_config.load_config(PAPER_CONFIGS[0], ["output_dir=/tmp/x", "trainer_args.use_cpu=true"])
+    args = sft_config.build_sft_config(cfg, n_processes=8)
     assert args.gradient_accumulation_steps == 2 and args.completion_only_loss is True
     assert (args.learning_rate, args.weight_decay, args.adam_beta2, args.warmup_steps) == (1e-5, 1e-4, 0.95, 0.05)
     assert args.lr_scheduler_type == "cosine" and args.save_strategy == "epoch" and args.bf16
@@ -81,8 +82,8 @@ def test_unknown_key_is_rejected_naming_key_and_file(tmp_path):
     data["learnig_rate"] = 1e-5
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(sft.ConfigError, match=r"typo\.yaml: unknown key\(s\) \['learnig_rate'\]"):
-        sft.load_config(path)
+    with pytest.raises(sft_config.ConfigError, match=r"typo\.yaml: unknown key\(s\) \['learnig_rate'\]"):
+        sft_config.load_config(path)
 
 
 @pytest.mark.parametrize(
@@ -98,14 +99,20 @@ def test_unknown_key_is_rejected_naming_key_and_file(tmp_path):
     ],
 )
 def test_bad_values_and_overrides_are_rejected(override, message):
-    with pytest.raises(sft.ConfigError, match=message):
-        sft.load_config(TINY_CONFIG, override)
+    with pytest.raises(sft_config.ConfigError, match=message):
+        sft_config.load_config(TINY_CONFIG, override)
 
 
 def test_overrides_parse_as_yaml_and_nest():
-    cfg = sft.load_config(TINY_CONFIG, ["learning_rate=2e-5", "max_length=512", "trainer_args.save_only_model=true"])
+    cfg = sft_config.load_config(TINY_CONFIG, ["learning_rate=2e-5", "max_length=512", "save_only_model=true"])
     assert cfg.learning_rate == 2e-5 and cfg.max_length == 512
-    assert cfg.use_cpu and cfg.disable_tqdm and cfg.save_only_model  # trainer_args.* are SFTConfig's own keys
+    assert cfg.use_cpu and cfg.disable_tqdm and cfg.save_only_model
+
+
+def test_the_old_trainer_args_spelling_warns_and_still_works():
+    with pytest.warns(FutureWarning, match=r"trainer_args is deprecated; write its keys \(save_only_model\) at the top"):
+        cfg = sft_config.load_config(TINY_CONFIG, ["trainer_args.save_only_model=true"])
+    assert cfg.save_only_model
 
 
 def test_every_config_gives_the_recorded_trainer_arguments():
@@ -123,12 +130,12 @@ def test_every_config_gives_the_recorded_trainer_arguments():
     configs = sorted((ROOT / "configs" / "sft").glob("*.yaml"))
     assert {key.split("@")[0] for key in recorded} == {str(p.relative_to(ROOT)) for p in configs}
     for path in configs:
-        cfg = sft.load_config(path, CPU if yaml.safe_load(path.read_text()).get("bf16", True) else [])
+        cfg = sft_config.load_config(path, CPU if yaml.safe_load(path.read_text()).get("bf16", True) else [])
         for n in (1, 2, 8, 16):
             key = f"{path.relative_to(ROOT)}@{n}"
             try:
-                got = differing(sft.build_sft_config(cfg, n_processes=n))
-            except sft.ConfigError as exc:
+                got = differing(sft_config.build_sft_config(cfg, n_processes=n))
+            except sft_config.ConfigError as exc:
                 got = f"ERROR {exc}"
             assert got == recorded[key], key
 
@@ -136,10 +143,10 @@ def test_every_config_gives_the_recorded_trainer_arguments():
 def test_unknown_key_names_the_nearest_key_and_help_lists_every_key():
     from click.testing import CliRunner
 
-    with pytest.raises(sft.ConfigError, match=r"unknown key\(s\) \['lerning_rate'\] \(did you mean learning_rate\?\)"):
-        sft.load_config(TINY_CONFIG, ["lerning_rate=1e-5"])
-    with pytest.raises(sft.ConfigError, match=r"gradient_accumulation_steps is set by this project; fix: .*global_"):
-        sft.load_config(TINY_CONFIG, ["gradient_accumulation_steps=4"])
+    with pytest.raises(sft_config.ConfigError, match=r"unknown key\(s\) \['lerning_rate'\] \(did you mean learning_rate\?\)"):
+        sft_config.load_config(TINY_CONFIG, ["lerning_rate=1e-5"])
+    with pytest.raises(sft_config.ConfigError, match=r"gradient_accumulation_steps is set by this project; fix: .*global_"):
+        sft_config.load_config(TINY_CONFIG, ["gradient_accumulation_steps=4"])
     text = CliRunner().invoke(_load_script("train/sft/train_sft.py").main, ["--help"]).output
     for key, help_text in (("global_batch_size", "Examples per optimizer step"), ("train_data", "SFT data set"),
                            ("adam_epsilon", "Epsilon value")):  # the project's fields and TRL's, with their help
@@ -150,16 +157,17 @@ def test_print_config_shows_the_resolved_config(tmp_path):
     from click.testing import CliRunner
 
     script = _load_script("train/sft/train_sft.py")
-    for flag in ("--print_config", "--print-config"):  # the second: the spelling sft.sh used before
+    for flag in ("--print_config", "--print-config"):  # the second: the old spelling, which warns
         result = CliRunner().invoke(script.main, [str(PAPER_CONFIGS[0]), *CPU, f"output_dir={tmp_path}", flag])
         assert result.exit_code == 0, result.output
+        assert ("--print-config is deprecated; use --print_config" in result.output) == (flag == "--print-config")
         shown = yaml.safe_load(result.output.rsplit("gradient_accumulation_steps", 1)[0])
         assert (shown["lr_scheduler_type"], shown["global_batch_size"], shown["warmup_steps"]) == ("cosine", 16, 0.05)
 
 
 def test_missing_train_data_names_the_path_and_the_fix(tmp_path):
-    cfg = sft.load_config(TINY_CONFIG, [f"train_data={tmp_path / 'nowhere'}"])
-    with pytest.raises(sft.ConfigError, match=r"nowhere does not exist; fix: build it with .*convert_sft_format"):
+    cfg = sft_config.load_config(TINY_CONFIG, [f"train_data={tmp_path / 'nowhere'}"])
+    with pytest.raises(sft_config.ConfigError, match=r"nowhere does not exist; fix: build it with .*convert_sft_format"):
         sft.load_train_dataset(cfg)
 
 
@@ -213,7 +221,7 @@ def test_sft_sh_rejects_a_bad_config_before_launching(tmp_path):
 
 
 def _cfg(tmp_path, tiny_model_dir, *extra):
-    return sft.load_config(
+    return sft_config.load_config(
         TINY_CONFIG,
         [f"model_name_or_path={tiny_model_dir}", f"output_dir={tmp_path / 'out'}", f"train_data={tmp_path}", *extra],
     )
@@ -224,7 +232,7 @@ def test_labels_cover_exactly_the_assistant_turn(kind, tmp_path, tiny_model_dir,
     import torch
 
     rows = (train_text_rows if kind == "text" else train_image_rows)[:2]
-    ds = convert_to_sft(synthetic.to_dataset(rows))
+    ds = convert_to_sft(to_dataset(rows))
     trainer = sft.build_trainer(_cfg(tmp_path, tiny_model_dir), train_dataset=ds)
     processor = trainer.processing_class
     tokenizer = processor.tokenizer
@@ -264,7 +272,7 @@ def test_cli_trains_text_sft_and_saves_a_loadable_model_then_resumes(tmp_path, t
 
     from medvlthinker.converters.sft_format import write_sft_dataset
 
-    data = write_sft_dataset(convert_to_sft(synthetic.to_dataset(train_text_rows[:4])), tmp_path / "m23k")
+    data = write_sft_dataset(convert_to_sft(to_dataset(train_text_rows[:4])), tmp_path / "m23k")
     out = tmp_path / "run"
     script = _load_script("train/sft/train_sft.py")
     args = [str(TINY_CONFIG), f"model_name_or_path={tiny_model_dir}", f"train_data={data}", f"output_dir={out}",
@@ -281,7 +289,7 @@ def test_cli_trains_text_sft_and_saves_a_loadable_model_then_resumes(tmp_path, t
 
 @pytest.mark.slow
 def test_loss_falls_when_overfitting_an_image_batch(tmp_path, tiny_model_dir, train_image_rows):
-    ds = convert_to_sft(synthetic.to_dataset(train_image_rows[:1]))
+    ds = convert_to_sft(to_dataset(train_image_rows[:1]))
     cfg = _cfg(
         tmp_path, tiny_model_dir, "max_steps=8", "learning_rate=1e-3", "lr_scheduler_type=constant",
         "warmup_ratio=0", "global_batch_size=1", "per_device_train_batch_size=1", "save_strategy=no",
@@ -312,15 +320,15 @@ def test_flops_per_token_counts_every_matmul_parameter_of_the_3b_text_model():
     seq = 4096
     text = config.get_text_config()
     expected = 6 * matmul + 12 * text.num_hidden_layers * text.hidden_size * seq
-    assert sft.training_flops_per_token(config, seq) == pytest.approx(expected)
-    assert 17e9 < sft.training_flops_per_token(config, 0) < 20e9  # ~6 x 3.1B matmul parameters
+    assert sft_benchmark.training_flops_per_token(config, seq) == pytest.approx(expected)
+    assert 17e9 < sft_benchmark.training_flops_per_token(config, 0) < 20e9  # ~6 x 3.1B matmul parameters
 
 
 def test_benchmark_runs_random_weights_from_a_config_only_dir(tmp_path):
-    from medvlthinker.tiny import write_config_only_model
+    from medvlthinker.demo.tiny import write_config_only_model
 
     model_dir = write_config_only_model("tiny", tmp_path / "tiny", with_tokenizer=False)
-    figures = sft.benchmark_sft_step(str(model_dir), seq_len=32, steps=1, warmup=0, random_weights=True,
+    figures = sft_benchmark.benchmark_sft_step(str(model_dir), seq_len=32, steps=1, warmup=0, random_weights=True,
                                      gradient_checkpointing=False, peak=1e12)
     assert figures["tokens_per_s"] > 0 and figures["device"] == "cpu"
     assert figures["mfu"] == pytest.approx(figures["tflops_per_s"] / 1.0)

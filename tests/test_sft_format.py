@@ -9,13 +9,9 @@ import datasets
 import pytest
 from PIL import Image
 
-from medvlthinker import prompts, synthetic
-from medvlthinker.converters.sft_format import (
-    check_sft_dataset,
-    convert_to_sft,
-    to_sft_example,
-    write_sft_dataset,
-)
+from medvlthinker import prompts
+from medvlthinker.converters.sft_format import check_sft_dataset, convert_to_sft, to_sft_example, write_sft_dataset
+from medvlthinker.data import to_dataset
 from medvlthinker.images import image_sha256
 from medvlthinker.schema import SchemaError
 
@@ -42,7 +38,7 @@ def test_dataset_round_trip_keeps_images_in_order(tmp_path, eval_rows, train_tex
     two_image_rows = [r for r in eval_rows if r["dataset_name"] == "MMMU-medical"][:2]
     # copies: the fixtures are shared by the whole session
     rows = [dict(r, dataset_index=100 + i) for i, r in enumerate(two_image_rows + train_text_rows[:2])]
-    sft = convert_to_sft(synthetic.to_dataset(rows), keep_image_bytes=True)
+    sft = convert_to_sft(to_dataset(rows), keep_image_bytes=True)
     path = write_sft_dataset(sft, tmp_path / "sft")
     back = datasets.load_from_disk(str(path))
     check_sft_dataset(back)
@@ -67,7 +63,7 @@ def test_missing_reasoning_names_the_row(train_text_rows):
 def test_invalid_row_is_rejected_with_its_index(train_text_rows):
     row = dict(train_text_rows[2], answer_label="Z")
     with pytest.raises(SchemaError, match=r"dataset_index=2.*answer_label 'Z'"):
-        convert_to_sft(synthetic.to_dataset([row]))
+        convert_to_sft(to_dataset([row]))
 
 
 def test_resize_pmc_applies_the_training_image_rule(train_image_rows):
@@ -100,7 +96,7 @@ def test_cli_converts_a_local_unified_dataset(tmp_path, train_image_rows, train_
     from click.testing import CliRunner
 
     src = tmp_path / "unified"
-    synthetic.to_dataset(train_image_rows[:3]).save_to_disk(str(src))
+    to_dataset(train_image_rows[:3]).save_to_disk(str(src))
     out = tmp_path / "sft"
     script = _load_script("data_process/convert_sft_format.py")
     result = CliRunner().invoke(script.main, [str(src), str(out), "--size", "2"])

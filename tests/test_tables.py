@@ -18,28 +18,15 @@ from dataclasses import replace
 
 import pytest
 
-from medvlthinker import grading, stats, synthetic
+from medvlthinker import grading, stats
 from medvlthinker.analysis import AnalysisError, tables
-from medvlthinker.analysis.paper_table import (
-    build_table,
-    compare_published,
-    paired_comparison,
-    row_values,
-)
-from medvlthinker.analysis.published import (
-    average_of,
-    check_published_averages,
-    load_published,
-)
-from medvlthinker.analysis.render import (
-    TSV_FIELDS,
-    expected_intervals_markdown,
-    to_latex,
-    to_markdown,
-    to_tsv,
-)
+from medvlthinker.analysis.paper_table import build_table, compare_published, paired_comparison, row_values
+from medvlthinker.analysis.published import average_of, check_published_averages, load_published
+from medvlthinker.analysis.render import TSV_FIELDS, expected_intervals_markdown, to_latex, to_markdown, to_tsv
 from medvlthinker.analysis.runs import discover_runs, load_records, load_runs
 from medvlthinker.benchmarks import AVG, BENCHMARKS, COLUMNS
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -375,7 +362,7 @@ def test_original_result_files_are_read_by_the_table_and_the_regrade(tmp_path, r
     assert "parsed_outputs" not in loaded[0] and loaded[0]["prompt"] == records[0]["prompt"]
 
     # the original's own regrade joins the options from the eval set by dataset_index; so do the table and regrade
-    eval_set = synthetic.to_dataset(rows)
+    eval_set = to_dataset(rows)
     # (the original's records carry no misc.image_id, so both tables resample rows)
     settings = tables.TableSettings(n_resamples=20, compare_published_names=False)
     expected = tables.make_tables(replace(settings, run_specs=[f"m={ours}"], cluster_by_image=False)).table

@@ -28,9 +28,8 @@ def test_profile_is_off_without_verl_platform_cpu(monkeypatch):
 
 
 def test_platform_registered_and_answers_for_the_cpu():
-    from verl.plugin.platform.platform_manager import PlatformRegistry
-
     import verl  # noqa: F401  (loads the project's plugin through verl's entry points)
+    from verl.plugin.platform.platform_manager import PlatformRegistry
 
     assert platform.is_active()
     cls = PlatformRegistry.get("cpu")

@@ -7,8 +7,10 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from medvlthinker import prompts, synthetic
+from medvlthinker import prompts
 from medvlthinker.converters.verl_format import check_verl_parquet, convert_to_verl, write_verl_parquet
+from medvlthinker.data import to_dataset
+from medvlthinker.demo import synthetic
 from medvlthinker.schema import SchemaError
 
 
@@ -23,7 +25,7 @@ def rl_rows(train_image_rows, train_text_rows):
 
 @pytest.fixture(scope="module")
 def rl_parquet(tmp_path_factory, rl_rows):
-    ds = synthetic.to_dataset(rl_rows)
+    ds = to_dataset(rl_rows)
     path = tmp_path_factory.mktemp("verl") / "train.parquet"
     write_verl_parquet(convert_to_verl(ds), path)
     return path
@@ -71,15 +73,15 @@ def test_rlhf_dataset_renders_the_eval_prompt(rl_parquet, rl_rows, tiny_model_di
 
 def test_order_is_kept_and_bad_rows_are_named(train_text_rows):
     rows = list(reversed(train_text_rows[:4]))
-    out = convert_to_verl(synthetic.to_dataset(rows))
+    out = convert_to_verl(to_dataset(rows))
     assert [r["dataset_index"] for r in out["extra_info"]] == [r["dataset_index"] for r in rows]
     bad = dict(train_text_rows[0], answer="not an option")
     with pytest.raises(SchemaError, match=r"dataset_index=0.*differs from options"):
-        convert_to_verl(synthetic.to_dataset([bad]))
+        convert_to_verl(to_dataset([bad]))
 
 
 def test_written_file_is_atomic_and_not_overwritten(tmp_path, train_text_rows):
-    ds = convert_to_verl(synthetic.to_dataset(train_text_rows[:2]))
+    ds = convert_to_verl(to_dataset(train_text_rows[:2]))
     path = write_verl_parquet(ds, tmp_path / "a.parquet")
     with pytest.raises(FileExistsError):
         write_verl_parquet(ds, path)

@@ -15,7 +15,7 @@ def small_model(vocab: int = 512):
     import transformers
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from medvlthinker.tiny import architecture_config
+    from medvlthinker.demo.tiny import architecture_config
 
     config = architecture_config("tiny")
     config.update(vocab_size=vocab, bos_token_id=0, eos_token_id=0)  # inside the small vocabulary

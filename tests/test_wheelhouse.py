@@ -7,8 +7,15 @@ import socket
 
 import pytest
 
-from medvlthinker.wheelhouse import (PYTHON_VERSIONS, WheelhouseError, build_wheelhouse, gpu_requirements,
-                                     not_wheels, resolve, target_args)
+from medvlthinker.cluster.wheelhouse import (
+    PYTHON_VERSIONS,
+    WheelhouseError,
+    build_wheelhouse,
+    gpu_requirements,
+    not_wheels,
+    resolve,
+    target_args,
+)
 
 
 def pypi_reachable() -> bool:

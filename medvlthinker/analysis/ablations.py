@@ -33,13 +33,7 @@ from medvlthinker import stats
 from medvlthinker.analysis import AnalysisError
 from medvlthinker.analysis.paper_table import row_values
 from medvlthinker.analysis.render import md_table
-from medvlthinker.analysis.runs import (
-    ModelRuns,
-    graded,
-    load_records,
-    parse_run_specs,
-    run_condition,
-)
+from medvlthinker.analysis.runs import ModelRuns, graded, load_records, parse_run_specs, run_condition
 from medvlthinker.benchmarks import BENCHMARKS
 from medvlthinker.inference.image_modes import IMAGE_MODES
 from medvlthinker.staging import write_json, write_text

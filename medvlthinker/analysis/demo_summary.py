@@ -89,7 +89,7 @@ def constant_letter_accuracy(records: Iterable[Mapping[str, Any]]) -> float:
 
 def pass_count_histogram(pass_rate_dir: str | os.PathLike, rollouts: int) -> list[int]:
     """How many training questions had 0, 1, ..., ``rollouts`` correct samples."""
-    from medvlthinker import curation
+    from medvlthinker.curate import curation
 
     counts = curation.load_pass_counts(pass_rate_dir, expected_rollouts=rollouts)
     histogram = [0] * (rollouts + 1)
@@ -122,7 +122,7 @@ def describe(summary: Mapping[str, Any]) -> str:
         lines.append(f"{model:<7} {100 * s['format_rate']:>10.1f}%  {100 * s['accuracy']:>8.1f}%   ({s['rows']} rows)")
     if "constant_letter_accuracy" in summary:
         lines.append(f"one letter for every question (chance) {100 * summary['constant_letter_accuracy']:.1f}%: "
-                     "the evaluation answers are balanced (medvlthinker.demo_task)")
+                     "the evaluation answers are balanced (medvlthinker.demo.demo_task)")
     hist = summary["pass_count_histogram"]
     n = summary["pass_rollouts"]
     middle = sum(hist[1:n])

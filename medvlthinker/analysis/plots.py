@@ -1,7 +1,7 @@
 """The paper's figures, as PNG and PDF (matplotlib, Agg backend, no timestamps in the files).
 
 - pass-count distribution of a pass-rate run (n=16): :func:`plot_pass_counts` draws it with
-  :func:`medvlthinker.curation.plot_pass_count_distribution`, the curation stage's own plot;
+  :func:`medvlthinker.curate.curation_report.plot_pass_count_distribution`, the curation stage's own plot;
 - metrics@n per benchmark from a sampled run (the paper: temperature 0.5, n=5): mean accuracy, majority vote and
   pass@n (:func:`metrics_at_n`, :func:`plot_metrics_at_n`), from the regraded rollouts as in the original;
 - pass@k curves with the unbiased estimator 1 - C(n-c, k) / C(n, k) (the paper: n=64, every k from 1 to n), one
@@ -91,14 +91,14 @@ def plot_pass_counts(
     title: str | None = None,
 ) -> list[str]:
     """The pass-count distribution of a pass-rate run (an eval output directory with n rollouts per row)."""
-    from medvlthinker import curation
+    from medvlthinker.curate import curation, curation_report
 
     counts = curation.load_pass_counts(pass_rate_dir, expected_rollouts=expected_rollouts)
     max_count = expected_rollouts or max((c for _, c in counts.values()), default=0)
-    distribution = curation.pass_count_distribution([c for _, c in counts.values()], max_count=max_count)
+    distribution = curation_report.pass_count_distribution([c for _, c in counts.values()], max_count=max_count)
     os.makedirs(out_dir, exist_ok=True)
     return [
-        str(curation.plot_pass_count_distribution(distribution, os.path.join(out_dir, f"{stem}.{fmt}"), title))
+        str(curation_report.plot_pass_count_distribution(distribution, os.path.join(out_dir, f"{stem}.{fmt}"), title))
         for fmt in FORMATS
     ]
 

@@ -13,12 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medvlthinker.analysis import AnalysisError
-from medvlthinker.inference.records import (
-    ARGS_FILE,
-    RESULTS_FILE,
-    read_run,
-    shard_files,
-)
+from medvlthinker.inference.records import ARGS_FILE, RESULTS_FILE, read_run, shard_files
 from medvlthinker.inference.regrade import regrade_records
 
 

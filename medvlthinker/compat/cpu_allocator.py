@@ -19,11 +19,16 @@ import ctypes
 import os
 import sys
 
+from medvlthinker.compat.patch import Patch
+
 ENV = "MEDVLTHINKER_KEEP_FREED_MEMORY"
 
 # <malloc.h>
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+# glibc's defaults (mallopt(3)): DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD
+DEFAULT_MMAP_MAX = 65536
+DEFAULT_TRIM_THRESHOLD = 128 * 1024
 
 _kept = False
 
@@ -34,11 +39,9 @@ def _glibc():
         return None
     try:
         libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version
-        libc.mallopt
-    except (OSError, AttributeError):
+    except OSError:
         return None
-    return libc
+    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
 
 def keep_freed_memory() -> bool:
@@ -64,3 +67,26 @@ def keep_freed_memory_on_cpu() -> bool:
     import torch
 
     return False if torch.cuda.is_available() else keep_freed_memory()
+
+
+def give_freed_memory_back() -> None:
+    """Set glibc's default values back (what :func:`keep_freed_memory` changed); glibc's dynamic mmap threshold,
+    which any ``mallopt`` turns off, stays off."""
+    global _kept
+    libc = _glibc()
+    if _kept and libc is not None:
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+    _kept = False
+
+
+PATCH = Patch(
+    name="cpu_allocator", target="glibc malloc: mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, -1)",
+    upstream="glibc: blocks above the mmap threshold (at most 32 MB) are mapped per allocation and unmapped on free",
+    symptom="on 2 cores about half of a tiny model's training step is the kernel faulting in and zero-filling the "
+            "same freed logits blocks again",
+    library="", probe=lambda: _glibc() is not None, install=keep_freed_memory, uninstall=give_freed_memory_back,
+    is_active=lambda: _kept,
+    where="the CPU entry points: SFT, the eval runner, the RL benchmark, verl's workers under VERL_PLATFORM=cpu",
+    switch=f"{ENV}=0", switched=lambda: os.environ.get(ENV, "1").strip() == "0",
+)

@@ -1,9 +1,10 @@
 """A fix of an installed library that applies itself only where a behavioural probe fails without it.
 
-Each fix of :mod:`medvlthinker.compat.verl_fixes` is one :class:`ProbedFix`: a probe (a list of failures, empty
-when the library behaves), how to apply the fix and how to take it back. The probe runs once against the library
-as installed; the fix goes in only when it failed, and is checked by running the probe again, so it steps aside by
-itself once the library is fixed, whatever its version string, and refuses to run on a library it does not know.
+This is how the fixes of :mod:`medvlthinker.compat.verl_fixes` install; each module declares its fix as a
+:class:`~medvlthinker.compat.patch.Patch` whose probe, install and uninstall are those of its :class:`ProbedFix`.
+The probe (a list of failures, empty when the library behaves) runs once against the library as installed; the fix
+goes in only when it failed, and is checked by running the probe again, so it steps aside by itself once the library
+is fixed, whatever its version string, and refuses to run on a library it does not know.
 """
 
 from __future__ import annotations

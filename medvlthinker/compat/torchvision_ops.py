@@ -19,6 +19,8 @@ import importlib.abc
 import importlib.util
 import sys
 
+from medvlthinker.compat.patch import Patch
+
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -82,10 +84,29 @@ class _Hook(importlib.abc.MetaPathFinder):
         return spec
 
 
-def install() -> None:
+def install() -> bool:
+    """Wait for torchvision's first import (nothing to do once it is imported); whether the hook is in place."""
     if "torchvision" in sys.modules or any(isinstance(f, _Hook) for f in sys.meta_path):
-        return
+        return is_active()
     sys.meta_path.insert(0, _Hook())
+    return True
+
+
+def uninstall() -> None:
+    """Take the import hook back while it waits; schemas it defined stay (torchvision's registrations use them)."""
+    for finder in [f for f in sys.meta_path if isinstance(f, _Hook)]:
+        sys.meta_path.remove(finder)
+
+
+def is_active() -> bool:
+    """The hook waits for torchvision's first import, or it has defined the missing schemas."""
+    return _library is not None or any(isinstance(f, _Hook) for f in sys.meta_path)
+
+
+def needed() -> bool:
+    """torchvision's compiled extension does not load beside the installed torch (loads it when it does)."""
+    spec = importlib.util.find_spec("torchvision")
+    return spec is not None and not extension_loads(spec.origin)
 
 
 PTH_NAME = "zz_medvlthinker_torchvision.pth"  # sorts after the editable-install .pth that puts the package on the path
@@ -101,6 +122,16 @@ def write_pth(site_packages: str | None = None) -> str:
     with open(path, "w") as f:
         f.write("import medvlthinker.compat.torchvision_ops as _m; _m.install()\n")
     return path
+
+
+PATCH = Patch(
+    name="torchvision_ops", target="torch.library: torchvision::nms, torchvision::qnms schemas",
+    upstream="torchvision 0.28.0 torchvision/_meta_registrations.py:163 (the PyPI wheel links CUDA, torch is +cpu)",
+    symptom="import torchvision (hence transformers' Qwen2-VL video processor and qwen-vl-utils) dies with "
+            "'operator torchvision::nms does not exist'",
+    library="torchvision", probe=needed, install=install, uninstall=uninstall, is_active=is_active,
+    where="every Python process of the environment, from the .pth file make setup writes",
+)
 
 
 if __name__ == "__main__":

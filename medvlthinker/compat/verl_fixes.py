@@ -9,9 +9,9 @@ module                      what it covers
 
 Each one probes the installed verl and installs itself only where the probe fails. :func:`worker_setup` is the
 ``runtime_env.worker_process_setup_hook`` of every RL config (``configs/rl/base/grpo.yaml``), so each Ray worker
-process installs the set before running anything; the driver installs it in ``medvlthinker.train.rl``, and
-``python -m medvlthinker.compat.verl_fixes [hydra args]`` runs verl's ``main_ppo`` with the set installed.
-docs/known-issues.md describes each failure with a minimal reproduction.
+process installs the set before running anything; the driver installs it in ``medvlthinker.train.rl``.
+Each module declares itself as one :class:`~medvlthinker.compat.patch.Patch` (``PATCH``); docs/known-issues.md
+describes each failure with a minimal reproduction.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ HOOK = "medvlthinker.compat.verl_fixes.worker_setup"
 
 
 def name(fix) -> str:
-    return fix.__name__.rsplit(".", 1)[-1]
+    return fix.PATCH.name
 
 
 def install_all() -> list[str]:
     """Install every fix the installed verl needs; the names of those active afterwards."""
-    return [name(fix) for fix in FIXES if fix.install()]
+    return [fix.PATCH.name for fix in FIXES if fix.PATCH.install()]
 
 
 def status() -> dict[str, dict]:
@@ -42,15 +42,3 @@ def worker_setup() -> None:
     the opt-in speed-up of :mod:`medvlthinker.compat.verl_response_logits` where its variable asks for it."""
     install_all()
     verl_response_logits.install_if_requested()
-
-
-def main() -> None:
-    """``python -m medvlthinker.compat.verl_fixes [hydra args]``: verl's main_ppo with the fixes installed."""
-    install_all()
-    from verl.trainer.main_ppo import main as main_ppo
-
-    main_ppo()
-
-
-if __name__ == "__main__":
-    main()

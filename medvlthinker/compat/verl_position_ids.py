@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import pickle
 
+from medvlthinker.compat.patch import Patch, env_is
 from medvlthinker.compat.probed_fix import ProbedFix
 
 KEY = "position_ids"
@@ -224,3 +225,14 @@ def _remove() -> None:
 
 FIX = ProbedFix("verl_position_ids", "verl 3-D position-id fix", ENV_DISABLE, probe, _apply, _remove)
 needed, is_active, install, uninstall, status = FIX.needed, FIX.is_active, FIX.install, FIX.uninstall, FIX.status
+
+PATCH = Patch(
+    name="verl_position_ids",
+    target="verl.utils.tensordict_utils.index_select_tensor_dict, chunk_tensordict, concat_tensordict, "
+           "maybe_fix_3d_position_ids",
+    upstream="verl 0.9.1 verl/utils/tensordict_utils.py:910 maybe_fix_3d_position_ids (tensordict 0.10)",
+    symptom="GRPO on Qwen2.5-VL dies in the actor update: split_with_sizes expects split_sizes to sum exactly to ...",
+    library="verl", probe=needed, install=install, uninstall=uninstall, is_active=is_active,
+    where="the driver of every RL run and every Ray worker (worker_process_setup_hook), any machine",
+    switch=f"{ENV_DISABLE}=0", switched=env_is(ENV_DISABLE, "0"),
+)

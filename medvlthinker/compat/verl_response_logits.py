@@ -30,6 +30,8 @@ from __future__ import annotations
 import functools
 import os
 
+from medvlthinker.compat.patch import Patch
+
 ENV = "MEDVLTHINKER_RESPONSE_LOGITS"
 POSITIONS = "medvlthinker_response_positions"
 ENTROPY = "medvlthinker_response_entropy"
@@ -154,3 +156,29 @@ def install_if_requested() -> bool:
     install()
     print(f"[medvlthinker.compat pid={os.getpid()}] installed verl_response_logits", flush=True)
     return True
+
+
+def is_active() -> bool:
+    return bool(_saved)
+
+
+def targets_exist() -> bool:
+    """Whether the installed verl still has both functions this replaces (an opt-in has nothing to probe beyond)."""
+    from verl.models.transformers import qwen2_vl
+    from verl.workers.engine.fsdp import transformer_impl
+
+    return (hasattr(transformer_impl.FSDPEngineWithLMHead, "prepare_model_inputs")
+            and hasattr(qwen2_vl, "forward_with_torch_backend"))
+
+
+PATCH = Patch(
+    name="verl_response_logits",
+    target="verl.workers.engine.fsdp.transformer_impl.FSDPEngineWithLMHead.prepare_model_inputs, "
+           "verl.models.transformers.qwen2_vl.forward_with_torch_backend",
+    upstream="verl 0.9.1 verl/workers/engine/fsdp/transformer_impl.py:1145 (logits at every packed position)",
+    symptom="not a fix: on a tiny model most of a GRPO step computes log-probabilities at prompt positions that "
+            "verl then discards",
+    library="verl", probe=targets_exist, install=install, uninstall=uninstall, is_active=is_active,
+    where="every Ray worker (worker_process_setup_hook) where the variable asks for it; the demo does",
+    switch=f"{ENV}=1", switched=requested, opt_in=True,
+)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 
+from medvlthinker.compat.patch import Patch, env_is
 from medvlthinker.compat.probed_fix import ProbedFix
 
 ENV_DISABLE = "MEDVLTHINKER_VERL_TEXT_ONLY_FIX"
@@ -68,7 +69,7 @@ def probe_model():
     from transformers import Qwen2_5_VLConfig
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
-    from medvlthinker.tiny import architecture_config
+    from medvlthinker.demo.tiny import architecture_config
 
     config = architecture_config("tiny")
     for key in ("bos_token_id", "eos_token_id"):
@@ -131,3 +132,13 @@ def _remove() -> None:
 
 FIX = ProbedFix("verl_text_only", "verl text-only forward fix", ENV_DISABLE, probe, _apply, _remove)
 needed, is_active, install, uninstall, status = FIX.needed, FIX.is_active, FIX.install, FIX.uninstall, FIX.status
+
+PATCH = Patch(
+    name="verl_text_only", target="verl.models.transformers.qwen2_vl._get_input_embeds",
+    upstream="verl 0.9.1 verl/models/transformers/qwen2_vl.py:394 (0.0 * image_embeds.mean()), transformers >= 5",
+    symptom="the actor's first compute_log_prob on a batch without pictures raises AttributeError "
+            "'BaseModelOutputWithPooling' object has no attribute 'mean'",
+    library="verl", probe=needed, install=install, uninstall=uninstall, is_active=is_active,
+    where="the driver of every RL run and every Ray worker (worker_process_setup_hook), any machine",
+    switch=f"{ENV_DISABLE}=0", switched=env_is(ENV_DISABLE, "0"),
+)

@@ -8,6 +8,7 @@ from medvlthinker.data.loading import (
     check_dataset_images,
     load_unified,
     save_unified,
+    to_dataset,
     unified_features,
     validate_dataset,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "load_unified",
     "save_unified",
     "source_kind",
+    "to_dataset",
     "unified_features",
     "validate_dataset",
 ]

@@ -28,6 +28,7 @@ from typing import Any
 from medvlthinker.data.sources import load_disk_dataset, load_hub, pick_split, source_kind
 from medvlthinker.schema import COLUMNS, REQUIRED_COLUMNS, SchemaError, validate_row
 
+
 def unified_features(image_decode: bool = True):
     """The ``datasets.Features`` of the unified schema (``image_decode=False`` keeps images as dicts)."""
     import datasets
@@ -46,6 +47,16 @@ def unified_features(image_decode: bool = True):
             "misc": datasets.Value("string"),
         }
     )
+
+
+def to_dataset(rows: list[dict]):
+    """Rows -> ``datasets.Dataset`` with the unified features (images as ``Sequence(Image)``)."""
+    import datasets
+
+    features = unified_features()
+    if not rows:  # from_list cannot build an empty table (e.g. a preparation chunk whose rows were all dropped)
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    return datasets.Dataset.from_list(rows, features=features)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -106,9 +117,8 @@ def check_image_paths(ds, bases: list[Path], *, allow_outside: bool = False, sou
         return
     import pyarrow.compute as pc
 
-    from medvlthinker.images import OutsideImageError, check_inside
-
     from medvlthinker.data.paging import mapped_files, release_mapped_pages
+    from medvlthinker.images import OutsideImageError, check_inside
 
     named = [c for c in ("dataset_name", "dataset_index") if c in ds.column_names]
     view = ds.select_columns(["images", *named]).with_format("arrow")

@@ -11,13 +11,7 @@ from itertools import islice
 from typing import Any
 
 from medvlthinker.errors import UserError
-from medvlthinker.inference.openai_client import (
-    API_KEY_ENV,
-    ChatClient,
-    EndpointError,
-    RetryPolicy,
-    describe,
-)
+from medvlthinker.inference.openai_client import API_KEY_ENV, ChatClient, EndpointError, RetryPolicy, describe
 from medvlthinker.inference.requests import Completion, Request
 from medvlthinker.inference.settings import SamplingSettings
 

@@ -87,7 +87,8 @@ def stream_records(config: RunConfig, rows, builder: Any, backend: Any, *, windo
     with the number of rows.
     """
     window = window or config.window or backend.default_window(config.sampling)
-    requests = (builder.build(row) for row in with_image_mode(rows, config))
+    source = load_rows(config, check_images=False) if config.image_mode == "shuffled" else None
+    requests = (builder.build(row) for row in with_image_mode(rows, config, source))
     for request, completions in backend.generate(requests, config.sampling, window=window):
         yield make_record(request.row, request.prompt, request.prompt_tokens, request.image_tokens, completions,
                           llava_med_rule=config.llava_med_rule)

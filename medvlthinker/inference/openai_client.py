@@ -1,5 +1,5 @@
 """The project's one client of an OpenAI-compatible chat API: the api backend (:mod:`~.api_backend`) and the
-option writer of the eval set (:mod:`medvlthinker.option_writer`) both send their requests through it.
+option writer of the eval set (:mod:`medvlthinker.prepare.option_writer`) both send their requests through it.
 
 - The key is read from the environment variable ``api_key_env`` when the client is made and is held only by the
   ``openai`` client: it is never written anywhere.

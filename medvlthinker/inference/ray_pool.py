@@ -22,12 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from medvlthinker.inference.engines import (
-    load_rows,
-    make_backend,
-    make_builder,
-    stream_records,
-)
+from medvlthinker.inference.engines import load_rows, make_backend, make_builder, stream_records
 from medvlthinker.inference.records import ShardWriter, finished_indices, shard_name
 from medvlthinker.inference.run_config import RunConfig
 
@@ -73,8 +68,7 @@ class InferenceWorker:
             while positions := ray.get(queue.take.remote(take)):
                 yield from raw_rows(self.rows, positions)
 
-        for record in stream_records(self.config, rows(), self.builder, self.backend, window=window):
-            yield record
+        yield from stream_records(self.config, rows(), self.builder, self.backend, window=window)
 
     def peak_in_flight(self) -> int:
         return getattr(self.backend, "peak_in_flight", 0)

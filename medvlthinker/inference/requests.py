@@ -21,10 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from medvlthinker.images import ImageDecodeError, decode_image
+from medvlthinker.images import MAX_PIXELS, MIN_PIXELS, ImageDecodeError, decode_image
 from medvlthinker.prompts import INSTRUCTION_PROMPT, PROMPT_MODES, build_messages, build_raw_prompt, user_text
 from medvlthinker.schema import SchemaError
-from medvlthinker.images import MAX_PIXELS, MIN_PIXELS
 
 PATCH_SIZE = 14
 MERGE_SIZE = 2

@@ -23,12 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from medvlthinker.inference.engines import (
-    load_rows,
-    make_backend,
-    make_builder,
-    stream_records,
-)
+from medvlthinker.inference.engines import load_rows, make_backend, make_builder, stream_records
 from medvlthinker.inference.records import (
     ARGS_FILE,
     ShardWriter,

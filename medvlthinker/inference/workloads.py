@@ -123,7 +123,7 @@ class PeakRss:
 
 def eval_set_rows(num_rows: int, *, image_size: tuple[int, int] = (56, 56), seed: int = 0) -> list[dict]:
     """``num_rows`` synthetic one-image rows named and ordered like the eval set's benchmarks (same proportions)."""
-    from medvlthinker import synthetic
+    from medvlthinker.demo import synthetic
 
     total = sum(n for _, n, _ in EVAL_SET)
     rows: list[dict] = []
@@ -156,13 +156,13 @@ def benchmark_model(model: str | None, on_gpu: bool, tmp: str | os.PathLike) -> 
     if model:
         return model, "auto"
     if on_gpu:
-        from medvlthinker.tiny import build_qwen_tokenizer
+        from medvlthinker.demo.tiny import build_qwen_tokenizer
 
         target = Path(tmp) / "qwen2.5-vl-3b"
         shutil.copytree(Path(__file__).resolve().parents[2] / "configs" / "models" / "qwen2.5-vl-3b", target)
         build_qwen_tokenizer(target)
         return str(target), "dummy"
-    from medvlthinker.tiny import tiny_model_path
+    from medvlthinker.demo.tiny import tiny_model_path
 
     return str(tiny_model_path()), "auto"
 
@@ -231,14 +231,15 @@ def compare_raw_and_runner(model_dir: str, tmp: str | os.PathLike, *, num_reques
     import datasets
     from transformers import AutoProcessor
 
-    from medvlthinker import synthetic
+    from medvlthinker.data import to_dataset
+    from medvlthinker.demo import synthetic
     from medvlthinker.inference.backends import VllmBackend
     from medvlthinker.inference.requests import RequestBuilder
     from medvlthinker.inference.run_config import RunConfig
 
     tmp = Path(tmp)
     rows = synthetic.make_image_rows(n=num_requests, seed=0, image_size=(image_size, image_size))
-    synthetic.to_dataset(rows).save_to_disk(str(tmp / "data"))
+    to_dataset(rows).save_to_disk(str(tmp / "data"))
     if backend is None:
         backend = VllmBackend(model_dir, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                               limit_mm_per_prompt={"image": 1, "video": 0}, seed=42, load_format=load_format)

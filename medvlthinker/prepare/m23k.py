@@ -145,7 +145,7 @@ def prepare_m23k(
     (save_to_disk dir or .parquet, plus ``<out_path>.report.json``)."""
     from tqdm.auto import tqdm
 
-    from medvlthinker.synthetic import to_dataset
+    from medvlthinker.data import to_dataset
 
     check_on_error(on_error)
     table = load_table(source, split)

@@ -119,8 +119,8 @@ def prepare_pmc_vqa(
     import datasets
     from tqdm.auto import tqdm
 
+    from medvlthinker.data import to_dataset
     from medvlthinker.staging import staged, write_text
-    from medvlthinker.synthetic import to_dataset
 
     check_on_error(on_error)
     check_compat(compat)
@@ -197,9 +197,8 @@ def _write_chunks(chunk_files: list[Path], out_path: Path, datasets) -> None:
     The join is written beside the output and renamed into place (:func:`medvlthinker.staging.staged`), so a run
     killed while joining leaves the previous output, or none, never a torn one.
     """
-    from medvlthinker.data import save_unified, unified_features
+    from medvlthinker.data import save_unified, to_dataset, unified_features
     from medvlthinker.staging import staged
-    from medvlthinker.synthetic import to_dataset
 
     parquet = out_path.suffix == ".parquet"
     with staged(out_path, overwrite=True) as tmp:

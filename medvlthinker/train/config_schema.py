@@ -37,7 +37,7 @@ def verl_defaults() -> dict:
     return OmegaConf.to_container(cfg, resolve=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dataclass_fields(target: str) -> dict[str, Any]:
     from hydra.utils import get_class
 

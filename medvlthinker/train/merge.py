@@ -171,7 +171,8 @@ def check_merged_model(model_dir: str | os.PathLike, *, max_new_tokens: int = 8)
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from medvlthinker import prompts, synthetic
+    from medvlthinker import prompts
+    from medvlthinker.demo import synthetic
 
     model_dir = Path(model_dir)
     processor = AutoProcessor.from_pretrained(model_dir)

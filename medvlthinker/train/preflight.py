@@ -31,9 +31,7 @@ import os
 import statistics
 
 from medvlthinker.compat import verl_fixes
-
-# the config and reward checks, and the error and report every check uses, live in preflight_config
-from medvlthinker.train.preflight_config import (  # noqa: F401
+from medvlthinker.train.preflight_config import (
     PreflightError,
     PreflightReport,
     check_keys,
@@ -42,7 +40,6 @@ from medvlthinker.train.preflight_config import (  # noqa: F401
     check_reward_scores,
     compose_config,
     load_reward,
-    synthetic_completions,
     validate_with_verl,
 )
 

@@ -40,8 +40,8 @@ class PreflightReport:
 # --------------------------------------------------------------------------------------------------- 1. config
 def compose_config(config: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
     """Compose ``config`` (a YAML path under configs/rl) with Hydra overrides, as ``main_ppo`` would."""
-    from hydra import compose, initialize_config_dir
     import yaml
+    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 

@@ -16,21 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medvlthinker.train.sft_benchmark import (  # noqa: F401  the throughput helpers' former home
-    PEAK_BF16_FLOPS,
-    benchmark_sft_step,
-    peak_flops,
-    training_flops_per_token,
-)
-from medvlthinker.train.sft_config import (  # noqa: F401  the config's names, as callers import them from here
-    ConfigError,
-    SFTRunConfig,
-    build_sft_config,
-    config_from_dict,
-    load_config,
-    parse_overrides,
-    world_size,
-)
+from medvlthinker.train.sft_config import ConfigError, SFTRunConfig, build_sft_config
 
 
 def load_train_dataset(cfg: SFTRunConfig, *, check_images: bool = False, num_proc: int | None = None):
@@ -128,12 +114,12 @@ def preflight(cfg: SFTRunConfig, *, check_images: bool | None = None):
 
 
 TINY_MODEL = "tiny"
-"""``model_name_or_path: tiny`` names the tiny random Qwen2.5-VL of :func:`medvlthinker.tiny.tiny_model_path`."""
+"""``model_name_or_path: tiny`` names the tiny random Qwen2.5-VL of :func:`medvlthinker.demo.tiny.tiny_model_path`."""
 
 
 def resolve_model_path(name: str) -> str:
     if name == TINY_MODEL:
-        from medvlthinker.tiny import tiny_model_path
+        from medvlthinker.demo.tiny import tiny_model_path
 
         return str(tiny_model_path())
     return name

@@ -9,7 +9,7 @@ A config file (``configs/sft/*.yaml``) plus ``key=value`` overrides is loaded by
 checks run on the plain mapping first (an unknown key names the file, the key and the nearest known key; a value of
 the wrong type names the key and the type; fields the project derives are refused), then TRL's parser
 (``trl.TrlParser``) builds the dataclass, whose ``__post_init__`` is transformers' own validation. A
-``trainer_args:`` mapping, as older configs write it, is read as top-level keys.
+``trainer_args:`` mapping, the spelling of older configs, is still read as top-level keys, with a warning.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import enum
 import os
 import types
 import typing
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +210,10 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
 def _flatten_trainer_args(data: dict[str, Any], source: str) -> dict[str, Any]:
     """``trainer_args: {k: v}`` (the older spelling of further SFTConfig fields) as top-level keys."""
     extra = data.pop("trainer_args", None) or {}
+    if extra:
+        warnings.warn(f"{source}: trainer_args is deprecated; write its keys ({', '.join(map(str, extra))}) at the "
+                      "top level of the config (or key=value instead of trainer_args.key=value)", FutureWarning,
+                      stacklevel=2)
     if not isinstance(extra, dict):
         raise ConfigError(f"{source}: trainer_args must be a mapping, got {extra!r}")
     for key, value in extra.items():
@@ -297,7 +302,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> SFTRunCo
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """``["learning_rate=2e-5", "trainer_args.eval_strategy=no"]`` -> a nested mapping (values parsed as YAML)."""
+    """``["learning_rate=2e-5", "eval_strategy=no"]`` -> a nested mapping (values parsed as YAML)."""
     hints = typing.get_type_hints(SFTRunConfig)
     out: dict[str, Any] = {}
     for item in overrides:

@@ -23,7 +23,8 @@ from medvlthinker import cli
               help="Rows per data file loaded through RLHFDataset and measured.")
 def main(config, overrides, sample_rows):
     """Preflight CONFIG with overlay files and Hydra OVERRIDES (key=value), as for train/rl/train.sh."""
-    from medvlthinker.train.preflight import PreflightError, run_preflight
+    from medvlthinker.train.preflight import run_preflight
+    from medvlthinker.train.preflight_config import PreflightError
     from medvlthinker.train.rl import LaunchError, split_arguments
 
     try:

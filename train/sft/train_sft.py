@@ -33,18 +33,20 @@ class _WithConfigKeys(cli.Command):
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--print_config", is_flag=True, help="Print the validated config and the trainer arguments, then exit.")
-@click.option("--print-config", "print_config_dashed", is_flag=True, hidden=True)  # the spelling before --print_config
+@click.option("--print-config", "print_config_dashed", is_flag=True, hidden=True)  # deprecated spelling
 @click.option("--check", is_flag=True,
               help="Check the model path, output directory and data set (path, columns, rows), then exit.")
 def main(config, overrides, print_config, print_config_dashed, check):
-    """Train with CONFIG; OVERRIDES are key=value pairs (trainer_args.key=value is read as key=value)."""
+    """Train with CONFIG; OVERRIDES are key=value pairs of the config's keys."""
     import yaml
 
-    from medvlthinker.train.sft import load_config, preflight, run_sft
-    from medvlthinker.train.sft_config import project_values
+    from medvlthinker.train.sft import preflight, run_sft
+    from medvlthinker.train.sft_config import load_config, project_values
 
     cfg = load_config(config, overrides)
-    print_config = print_config or print_config_dashed
+    if print_config_dashed:
+        click.echo("warning: --print-config is deprecated; use --print_config", err=True)
+        print_config = True
     if print_config:
         click.echo(yaml.safe_dump(project_values(cfg), sort_keys=False))
         click.echo(f"gradient_accumulation_steps: {cfg.gradient_accumulation_steps}")

@@ -19,7 +19,9 @@ module                    what it covers
 The profile is on when ``VERL_PLATFORM=cpu`` (``configs/rl/overlays/cpu.yaml`` sets it for the driver and every
 Ray worker). Installation goes through verl's own plugin entry point (``verl.plugins`` in pyproject.toml), so every
 process that imports verl, Ray workers and vLLM's engine processes included, installs the same set without a manual
-step. :func:`status` says, per module, whether it is needed here and whether it is active.
+step. Each module declares itself as one :class:`~medvlthinker.compat.patch.Patch` (``PATCH``, listed by
+``python -m medvlthinker.compat``); :func:`status` says, per module, whether it is needed here and whether it is
+active.
 """
 
 from __future__ import annotations
@@ -65,16 +67,17 @@ def install_all() -> list[str]:
     """
     installed = []
     for module in WORKAROUNDS:
-        name = module.__name__.rsplit(".", 1)[-1]
+        patch = module.PATCH
+        name = patch.name
         if module is not platform and not cpu_profile():
             continue
-        if name in disabled():
+        if patch.switched():
             log(f"{name}: disabled by {ENV_DISABLE}")
             continue
         try:
-            if module.is_active():
+            if patch.is_active():
                 continue
-            if module.install():
+            if patch.install():
                 installed.append(name)
                 log(f"installed {name}")
         except Exception as exc:  # a work-around that cannot install must not hide verl's own error

@@ -4,6 +4,9 @@
   work-around is needed, and put back by ``uninstall``;
 * :func:`after_import` / :func:`install_after_import`: a patch applied to a heavy module right after it is first
   imported (or now, when it already is), so nothing imports vLLM or verl before they are used.
+
+Each module of the profile still declares itself as one :class:`~medvlthinker.compat.patch.Patch`; :func:`disabled_by`
+and :data:`WHERE` are what those declarations share.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _pending: dict[str, list[Callable]] = {}
 
@@ -102,3 +106,17 @@ class Wrap:
         if self.original is not None:
             setattr(self.owner(), self.attr, self.original)
             self.original = None
+
+
+WHERE = "import verl under VERL_PLATFORM=cpu (the verl plugin), in the driver and every Ray worker"
+
+
+def disabled_by(name: str) -> Callable[[], bool]:
+    """A declaration's ``switched``: ``name`` is listed in ``MEDVLTHINKER_VERL_CPU_DISABLE``."""
+
+    def switched() -> bool:
+        from medvlthinker.compat.verl_cpu import disabled
+
+        return name in disabled()
+
+    return switched

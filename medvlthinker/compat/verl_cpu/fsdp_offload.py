@@ -8,7 +8,8 @@ on a CPU needs no pinned staging buffer: where pinning is impossible the policy 
 
 from __future__ import annotations
 
-from medvlthinker.compat.verl_cpu._hooks import Wrap
+from medvlthinker.compat.patch import Patch
+from medvlthinker.compat.verl_cpu._hooks import WHERE, Wrap, disabled_by
 
 
 def pinning_works() -> bool:
@@ -41,3 +42,11 @@ def _unpinned(original):
 
 _wrap = Wrap(_policy, "__init__", _unpinned, needed)
 is_active, install, uninstall = _wrap.is_active, _wrap.install, _wrap.uninstall
+
+PATCH = Patch(
+    name="fsdp_offload", target="torch.distributed.fsdp.CPUOffloadPolicy.__init__",
+    upstream="verl 0.9.1 verl/workers/engine/fsdp/transformer_impl.py:462 (CPUOffloadPolicy(pin_memory=True))",
+    symptom="the reference model's first forward raises 'Cannot access accelerator device when none is available'",
+    library="torch", probe=needed, install=install, uninstall=uninstall, is_active=is_active, where=WHERE,
+    switch="MEDVLTHINKER_VERL_CPU_DISABLE=fsdp_offload", switched=disabled_by("fsdp_offload"),
+)

@@ -8,7 +8,8 @@ the single backend it names, and passes everything else through.
 
 from __future__ import annotations
 
-from medvlthinker.compat.verl_cpu._hooks import Wrap
+from medvlthinker.compat.patch import Patch
+from medvlthinker.compat.verl_cpu._hooks import WHERE, Wrap, disabled_by
 
 
 def collapse(backend):
@@ -61,3 +62,12 @@ def _collapsing(original):
 
 _wrap = Wrap(_distributed, "init_process_group", _collapsing, needed)
 is_active, install, uninstall = _wrap.is_active, _wrap.install, _wrap.uninstall
+
+PATCH = Patch(
+    name="gloo_backend", target="torch.distributed.init_process_group",
+    upstream="verl 0.9.1 verl/utils/distributed.py:63 and :89 (backend f\"cpu:gloo,{device}:{backend}\")",
+    symptom="on a CPU platform verl asks torch for 'cpu:gloo,cpu:gloo', which torch refuses: Duplicate device type cpu",
+    library="torch", probe=lambda: refused("cpu:gloo,cpu:gloo"), install=install, uninstall=uninstall,
+    is_active=is_active, where=WHERE, switch="MEDVLTHINKER_VERL_CPU_DISABLE=gloo_backend",
+    switched=disabled_by("gloo_backend"),
+)

@@ -21,6 +21,9 @@ from __future__ import annotations
 import types
 from contextlib import contextmanager, nullcontext
 
+from medvlthinker.compat.patch import Patch
+from medvlthinker.compat.verl_cpu._hooks import disabled_by
+
 NAME = "cpu"
 _state = {"registered": False}
 
@@ -155,6 +158,17 @@ def is_active() -> bool:
     return _state["registered"]
 
 
+def uninstall() -> None:
+    """Take the ``cpu`` platform out of verl's registry again (only the one registered here)."""
+    if not _state["registered"]:
+        return
+    from verl.plugin.platform.platform_manager import PlatformRegistry
+
+    if getattr(PlatformRegistry.get(NAME), "__medvlthinker__", False):
+        PlatformRegistry._platforms.pop(NAME, None)  # verl has no unregister; its registry is this dict
+    _state["registered"] = False
+
+
 def install() -> bool:
     if _state["registered"]:
         return True
@@ -167,3 +181,12 @@ def install() -> bool:
     PlatformRegistry.register(platform=NAME)(cls)
     _state["registered"] = True
     return True
+
+PATCH = Patch(
+    name="platform", target="verl.plugin.platform.platform_manager.PlatformRegistry['cpu']",
+    upstream="verl 0.9.1 verl/plugin/platform/ (CUDA, NPU and ROCm platforms only, CUDA the fallback)",
+    symptom="without an accelerator verl has no platform to select and falls back to CUDA",
+    library="verl", probe=needed, install=install, uninstall=uninstall, is_active=is_active,
+    where="import verl, on every machine (selected only by VERL_PLATFORM=cpu)",
+    switch="MEDVLTHINKER_VERL_CPU_DISABLE=platform", switched=disabled_by("platform"),
+)

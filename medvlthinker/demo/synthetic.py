@@ -11,24 +11,16 @@ multi-image rows, and SLAKE/VQA-RAD/PathVQA reuse one image for several question
 
 from __future__ import annotations
 
-import io
-import json
 import random
-from typing import Any
 
 from PIL import Image, ImageDraw
 
 from medvlthinker.benchmarks import BENCHMARKS
+from medvlthinker.demo import vocabulary
 
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 70, 220),
-    "yellow": (230, 210, 40),
-    "purple": (140, 50, 170),
-}
-SHAPES = ("circle", "square", "triangle")
-LETTERS = "ABCDE"
+# The tests' figures take the first three shapes of the vocabulary.
+SHAPES = vocabulary.SHAPES[:3]
+COLOURS = vocabulary.COLOURS
 
 # dataset_name -> (number of options, images per row, rows sharing one image), from the registry
 EVAL_BENCHMARKS: dict[str, tuple[int, int, int]] = {
@@ -45,13 +37,7 @@ def draw_image(colour: str, shape: str, size: tuple[int, int], seed: int) -> Ima
     m = min(w, h)
     r = rng.randint(m // 5, m // 3)
     cx, cy = rng.randint(r, w - r), rng.randint(r, h - r)
-    fill = COLOURS[colour]
-    if shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif shape == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    vocabulary.draw_shape(draw, shape, cx, cy, r, COLOURS[colour])
     return img
 
 
@@ -74,36 +60,13 @@ def draw_scan(seed: int, size: tuple[int, int] = (320, 256)) -> Image.Image:
     return Image.merge("RGB", (grey, grey.point(lambda v: int(v * 0.8)), grey.point(lambda v: int(v * 0.65))))
 
 
-def image_to_png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _options_with_answer(rng: random.Random, correct: str, pool: list[str], n: int) -> tuple[dict[str, str], str]:
     distractors = rng.sample([p for p in pool if p != correct], n - 1)
     texts = distractors + [correct]
     rng.shuffle(texts)
-    options = {LETTERS[i]: t for i, t in enumerate(texts)}
-    label = LETTERS[texts.index(correct)]
+    options = {vocabulary.LETTERS[i]: t for i, t in enumerate(texts)}
+    label = vocabulary.LETTERS[texts.index(correct)]
     return options, label
-
-
-def _row(
-    *, question, options, label, images, reasoning, dataset_name, dataset_index, misc=None
-) -> dict[str, Any]:
-    return {
-        "images": images,
-        "question": question,
-        "options": json.dumps(options),
-        "answer_label": label,
-        "answer": options[label],
-        "reasoning": reasoning,
-        "dataset_name": dataset_name,
-        "dataset_index": dataset_index,
-        "hash": None,
-        "misc": json.dumps(misc or {}),
-    }
 
 
 def _image_question(rng: random.Random, n_options: int, figures: list[tuple[str, str]]):
@@ -145,7 +108,7 @@ def make_eval_rows(rows_per_benchmark: int = 4, seed: int = 0, image_size: tuple
             figures, images, image_id = shared
             question, options, label, reasoning = _image_question(rng, n_options, figures)
             rows.append(
-                _row(
+                vocabulary.row(
                     question=question, options=options, label=label, images=list(images), reasoning=reasoning,
                     dataset_name=name, dataset_index=len(rows), misc={"image_id": image_id},
                 )
@@ -168,7 +131,7 @@ def make_text_rows(n: int = 16, seed: int = 0, start_index: int = 0, dataset_nam
         options, label = _options_with_answer(rng, f"{dose} mg", pool, 4)
         reasoning = f"The daily dose is the sum of both doses: {a} + {b} = {dose} mg."
         rows.append(
-            _row(
+            vocabulary.row(
                 question=question, options=options, label=label, images=None, reasoning=reasoning,
                 dataset_name=dataset_name, dataset_index=start_index + i,
             )
@@ -187,7 +150,7 @@ def make_image_rows(
         images = [draw_image(figures[0][0], figures[0][1], image_size, rng.randrange(1 << 30))]
         question, options, label, reasoning = _image_question(rng, 4, figures)
         rows.append(
-            _row(
+            vocabulary.row(
                 question=question, options=options, label=label, images=images, reasoning=reasoning,
                 dataset_name=dataset_name, dataset_index=start_index + i,
             )
@@ -195,23 +158,11 @@ def make_image_rows(
     return rows
 
 
-def to_dataset(rows: list[dict]):
-    """Rows -> ``datasets.Dataset`` with the unified features (images as ``Sequence(Image)``)."""
-    import datasets
-
-    from medvlthinker.data import unified_features
-
-    features = unified_features()
-    if not rows:  # from_list cannot build an empty table (e.g. a preparation chunk whose rows were all dropped)
-        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-    return datasets.Dataset.from_list(rows, features=features)
-
-
 def write_demo_data(out_dir, rows_per_benchmark: int = 8, train_rows: int = 24, seed: int = 0) -> dict[str, str]:
     """The bundled default data: an evaluation set over the six benchmarks and two training sets (image, text)."""
     from pathlib import Path
 
-    from medvlthinker.data import save_unified
+    from medvlthinker.data import save_unified, to_dataset
 
     out = Path(out_dir)
     paths = {
@@ -226,7 +177,7 @@ def write_demo_data(out_dir, rows_per_benchmark: int = 8, train_rows: int = 24, 
 
 
 def main(argv=None) -> None:
-    """``python -m medvlthinker.synthetic OUT_DIR``: write the bundled synthetic data sets (save_to_disk dirs)."""
+    """``python -m medvlthinker.demo.synthetic OUT_DIR``: write the bundled synthetic data sets (save_to_disk dirs)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)

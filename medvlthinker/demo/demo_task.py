@@ -33,20 +33,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from medvlthinker.synthetic import EVAL_BENCHMARKS, LETTERS, _row, image_to_png_bytes, to_dataset
+from medvlthinker.data import to_dataset
+from medvlthinker.demo.synthetic import EVAL_BENCHMARKS
+from medvlthinker.demo.vocabulary import COLOURS, LETTERS, SHAPES, draw_shape, image_to_png_bytes, row
 
-# Options are drawn from the front of the palette in this order: a picture has one of the first four colours, and
-# the fifth is a distractor of the 5-option benchmark only.
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 180, 50),
-    "blue": (30, 60, 230),
-    "yellow": (235, 215, 30),
-    "purple": (150, 40, 180),
-}
 PICTURE_COLOURS = tuple(COLOURS)[:4]
 MAX_FIGURES = 4
-SHAPES = ("circle", "square", "triangle", "cross")
 CELL = 28
 SIZE = (2 * CELL, 2 * CELL)
 KINDS = ("colour", "count")
@@ -67,16 +59,7 @@ def draw_figures(colour: str, shape: str, cells: list[int], seed: int) -> Image.
         x0, y0 = (cell % 2) * CELL, (cell // 2) * CELL
         r = rng.randint(9, 12)
         cx, cy = x0 + CELL // 2 + rng.randint(-1, 1), y0 + CELL // 2 + rng.randint(-1, 1)
-        if shape == "circle":
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-        elif shape == "square":
-            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-        elif shape == "triangle":
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-        else:
-            w = r // 3
-            draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
-            draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
+        draw_shape(draw, shape, cx, cy, r, fill)
     return img
 
 
@@ -189,7 +172,7 @@ def make_image_rows(n: int, seed: int, start_index: int = 0, dataset_name: str =
         pics, images, image_id = shared
         truth = rounds["yes_no"].next() if balanced and n_options == 2 else None
         question, options, label, reasoning = _image_question(rng, n_options, pics[0], kind, n_images > 1, truth)
-        rows.append(_row(question=question, options=options, label=label, images=list(images),
+        rows.append(row(question=question, options=options, label=label, images=list(images),
                          reasoning=reasoning, dataset_name=dataset_name, dataset_index=start_index + i,
                          misc={"image_id": image_id, "kind": "yes_no" if n_options == 2 else kind}))
     return rows
@@ -222,7 +205,7 @@ def make_text_rows(n: int, seed: int, start_index: int = 0, dataset_name: str = 
             options, label = _options(str(pic["count"]), [str(k) for k in range(1, 6)], n_options)
             question = f"{report} How many nodules does the report note?"
             reasoning = _count_sentence(pic, noun)
-        rows.append(_row(question=question, options=options, label=label, images=None, reasoning=reasoning,
+        rows.append(row(question=question, options=options, label=label, images=None, reasoning=reasoning,
                          dataset_name=dataset_name, dataset_index=start_index + i, misc={"kind": f"text_{kind}"}))
     return rows
 
@@ -351,7 +334,7 @@ def write_task_data(out_dir, rows_per_benchmark: int = 16, train_rows: int = 96,
 
 
 def main(argv=None) -> None:
-    """``python -m medvlthinker.demo_task OUT_DIR``: write the demo's learnable synthetic data sets."""
+    """``python -m medvlthinker.demo.demo_task OUT_DIR``: write the demo's learnable synthetic data sets."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)

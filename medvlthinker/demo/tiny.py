@@ -197,7 +197,7 @@ def write_config_only_model(size: str, out_dir: str | os.PathLike, with_tokenize
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m medvlthinker.tiny {3b,7b,32b,tiny} OUT_DIR [--no_tokenizer | --random_weights]``."""
+    """``python -m medvlthinker.demo.tiny {3b,7b,32b,tiny} OUT_DIR [--no_tokenizer | --random_weights]``."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -240,7 +240,7 @@ def default_cache_dir() -> Path:
     env = os.environ.get("MEDVLTHINKER_CACHE")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / ".cache"
+    return Path(__file__).resolve().parents[2] / ".cache"
 
 
 def tiny_model_path(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -1,5 +1,5 @@
 """The report of a curation run (docs/protocol.md section 6, docs/data.md): the rows each filter removed, and the
-pass-count distributions before and after, as a table and as plots (:mod:`medvlthinker.curation` does the join,
+pass-count distributions before and after, as a table and as plots (:mod:`medvlthinker.curate.curation` does the join,
 the band and the order).
 
 >>> pass_count_distribution([0, 1, 1, 16, -1], max_count=2)

@@ -19,12 +19,13 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from medvlthinker.errors import UserError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = ROOT / "pyproject.toml"
 PYTHON_VERSIONS = ("3.10", "3.11", "3.12")
 # every manylinux tag of x86-64 glibc Linux up to glibc 2.39 (the CUDA wheels use manylinux_2_28 and newer)

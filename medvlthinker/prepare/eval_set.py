@@ -9,7 +9,7 @@ made, so a user can rebuild it (with the original's options cache, exactly), or 
    ``A``..``D``; answer_label = ``label``.
 2. ``pathvqa_closed``, ``slake_closed``, ``vqa_rad_closed``: the ``PathVQA``, ``SLAKE``, ``VQA_RAD`` test splits,
    rows with ``answer_type == "CLOSED"``. question = ``input`` as it is; options written by an LLM
-   (:mod:`medvlthinker.option_writer`), lettered A, B, ... in its order; answer_label = the first option equal to
+   (:mod:`medvlthinker.prepare.option_writer`), lettered A, B, ... in its order; answer_label = the first option equal to
    ``label`` ignoring case, answer = that option's text; hash = the options cache key.
 3. ``MMMU-medical``: MMMU/MMMU, the five health subjects, validation then dev, ``question_type ==
    "multiple-choice"``; ``<image n>`` tags removed from the question (stripped); options from the ``options``
@@ -35,7 +35,7 @@ from typing import Any
 
 from medvlthinker.benchmarks import BY_LABEL, ROW_ORDER
 from medvlthinker.cli import UserError
-from medvlthinker.option_writer import Completer, fill_options, row_key
+from medvlthinker.prepare.option_writer import Completer, fill_options, row_key
 
 ADAPTLLM = "AdaptLLM/biomed-VQA-benchmark"
 MMMU = "MMMU/MMMU"

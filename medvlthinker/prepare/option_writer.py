@@ -30,13 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from medvlthinker.cli import UserError
-from medvlthinker.inference.openai_client import (
-    API_BASE_ENV,
-    API_KEY_ENV,
-    ChatClient,
-    EndpointError,
-    RetryPolicy,
-)
+from medvlthinker.inference.openai_client import API_BASE_ENV, API_KEY_ENV, ChatClient, EndpointError, RetryPolicy
 from medvlthinker.staging import write_text
 
 Completer = Callable[[list[dict[str, str]]], str]

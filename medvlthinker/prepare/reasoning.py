@@ -149,7 +149,7 @@ def merge_reasoning(ds, records: Iterable[Mapping[str, Any]], *, seed: int = SHU
     is not in ``ds``, or whose dataset_name differs from the row's, is an error (records of another set)."""
     import datasets
 
-    from medvlthinker.curation import order_positions
+    from medvlthinker.curate.curation import order_positions
     from medvlthinker.data import unified_features
 
     by_index = _index_records(records, num_rollouts)

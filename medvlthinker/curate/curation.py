@@ -9,7 +9,7 @@ The order of the paper's curriculum runs: filter, shuffle with seed 42 (the perm
 ``datasets.Dataset.shuffle(seed=42)``), then a stable sort by pass_count, descending for ``easy_to_hard``.
 
 The report of a run (what each filter removed, the pass-count distributions, their table and plots) is
-:mod:`medvlthinker.curation_report`; its names are importable from here too.
+:mod:`medvlthinker.curate.curation_report`; its names are importable from here too.
 """
 
 from __future__ import annotations
@@ -21,14 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from medvlthinker.curation_report import (  # noqa: F401
-    NO_RESULT,
-    CurationReport,
-    format_distribution_table,
-    pass_count_distribution,
-    plot_pass_count_distribution,
-    write_curation_outputs,
-)
+from medvlthinker.curate.curation_report import NO_RESULT, CurationReport, pass_count_distribution
 from medvlthinker.errors import UserError
 from medvlthinker.inference.settings import CURATION
 
@@ -229,43 +222,11 @@ def curate(
 
 
 # ------------------------------------------------------------------------------------------------------- I/O
-def _unified_io():
-    try:
-        from medvlthinker.data import load_unified, save_unified
-    except ImportError:  # the loader package is optional here: fall back to datasets' own local formats
-        return None
-    return load_unified, save_unified
-
-
 def load_dataset_any(source: str | os.PathLike, split: str | None = None):
-    """A data set in the unified schema (plus any extra columns) from a Hub name or a local path.
+    """A data set in the unified schema (plus any extra columns) from a Hub name or a local path."""
+    from medvlthinker.data import load_unified
 
-    Goes through ``medvlthinker.data.load_unified``; without it, reads a save_to_disk directory or a parquet file.
-    """
-    io = _unified_io()
-    if io is not None:
-        return io[0](str(source), split, validate=False)
-    import datasets
-
-    path = Path(source)
-    if path.is_dir():
-        ds = datasets.load_from_disk(str(path))
-        return ds[split or next(iter(ds))] if isinstance(ds, datasets.DatasetDict) else ds
-    if path.suffix == ".parquet":
-        return datasets.Dataset.from_parquet(str(path))
-    raise CurationError(f"cannot read {source}; fix: pass a save_to_disk directory or a .parquet file")
-
-
-def save_dataset(ds, path: str | os.PathLike) -> None:
-    """save_to_disk directory, or a parquet file when ``path`` ends in .parquet."""
-    io = _unified_io()
-    if io is not None:
-        io[1](ds, str(path))
-    elif str(path).endswith(".parquet"):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        ds.to_parquet(str(path))
-    else:
-        ds.save_to_disk(str(path))
+    return load_unified(str(source), split, validate=False)
 
 
 def save_curated(ds, path: str | os.PathLike, report: CurationReport | None = None, min_rows: int = 1) -> Path:
@@ -288,16 +249,9 @@ def save_curated(ds, path: str | os.PathLike, report: CurationReport | None = No
             fix = ("widen --remove_pass_count_below/above, estimate pass rates on more training rows, or lower "
                    "--min_rows together with the RL batch size it stands for")
         raise CurationError(f"{path}: {problem} ({summary}); it is not written and an existing one is kept; fix: {fix}")
-    io = _unified_io()
-    if io is not None:
-        from medvlthinker.data import validate_dataset
+    from medvlthinker.data import save_unified, validate_dataset
 
-        validate_dataset(ds, source=f"the curated set for {path}")
+    validate_dataset(ds, source=f"the curated set for {path}")
     with staged(path, overwrite=True) as tmp:
-        if io is not None:
-            io[1](ds, str(tmp), parquet=path.suffix == ".parquet")
-        elif path.suffix == ".parquet":
-            ds.to_parquet(str(tmp))
-        else:
-            ds.save_to_disk(str(tmp))
+        save_unified(ds, str(tmp), parquet=path.suffix == ".parquet")
     return path

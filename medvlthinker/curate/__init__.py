@@ -1,0 +1,1 @@
+"""Pass-rate curation, its report, and the overlap between a training set and the evaluation set."""
