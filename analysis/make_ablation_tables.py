@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import click
 
-from medvlthinker import cli
 from medvlthinker.analysis import AnalysisError, ablations
-from medvlthinker.analysis.cli_options import RUN_OPTIONS, flag, with_options
-from medvlthinker.analysis.runs import eval_options
+from medvlthinker.analysis.cli_options import RUN_OPTIONS, command, flag, with_options
+from medvlthinker.inference.regrade import eval_options
 
 
-@cli.command(context_settings={"show_default": True})
+@command()
 @with_options(RUN_OPTIONS)
 @flag("output_dir", required=True, type=click.Path(file_okay=False), help="Where the tables go.")
 @flag("n_resamples", default=2000, help="Bootstrap resamples per interval.")

@@ -13,14 +13,18 @@ n=64 for pass@k) for the metrics@n bars (graded with --grading) and the pass@k c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
-from medvlthinker import cli
 from medvlthinker.analysis import plots, tables
-from medvlthinker.analysis.cli_options import FIGURE_OPTIONS, RUN_OPTIONS, flag, with_options
+from medvlthinker.analysis.cli_options import FIGURE_OPTIONS, RUN_OPTIONS, command, flag, table_settings, with_options
+from medvlthinker.analysis.published import published_rows
+from medvlthinker.analysis.runs import load_sampling_runs
+from medvlthinker.inference.regrade import eval_options
 
 
-@cli.command(context_settings={"show_default": True})
+@command()
 @with_options(RUN_OPTIONS, FIGURE_OPTIONS)
 @flag("output_dir", required=True, type=click.Path(file_okay=False), help="Where the figures go.")
 def main(runs, runs_root, grading, eval_data, eval_split, published_model, sampling_run, pass_rate_dir,
@@ -28,15 +32,16 @@ def main(runs, runs_root, grading, eval_data, eval_split, published_model, sampl
     table = None
     if runs or runs_root:
         # The radar needs the means only, so one bootstrap resample is enough here.
-        table = tables.make_tables(runs, runs_root, grading_mode=grading, n_resamples=1,
-                                   compare_published_names=False, eval_data=eval_data, eval_split=eval_split).table
-    published = tables.published_rows(published_model)
-    sampling = tables.load_sampling_runs(sampling_run)
+        settings = table_settings(dict(runs=runs, runs_root=runs_root, grading=grading, eval_data=eval_data,
+                                       eval_split=eval_split))
+        table = tables.make_tables(replace(settings, n_resamples=1, compare_published_names=False)).table
+    published = published_rows(published_model)
+    sampling = load_sampling_runs(sampling_run)
     written = plots.make_plots(
         output_dir, table=table, published=published, sampling_runs=sampling, pass_rate_dir=pass_rate_dir,
         pass_rate_rollouts=pass_rate_rollouts, metrics_grading=grading, pass_at_k_grading=pass_at_k_grading,
         drop_unconverted=majority_drops_unconverted,
-        options=tables.eval_options(eval_data, eval_split) if sampling and eval_data else None,
+        options=eval_options(eval_data, eval_split) if sampling and eval_data else None,
     )
     if not written:
         raise click.ClickException("nothing to plot; give --run/--runs_root, --sampling_run or --pass_rate_dir")

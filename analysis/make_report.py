@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import click
 
-from medvlthinker import cli
 from medvlthinker.analysis import report
-from medvlthinker.analysis.cli_options import COMPARISON_OPTIONS, FIGURE_OPTIONS, RUN_OPTIONS, flag, with_options
+from medvlthinker.analysis.cli_options import (
+    COMPARISON_OPTIONS,
+    FIGURE_OPTIONS,
+    RUN_OPTIONS,
+    command,
+    flag,
+    report_settings,
+    with_options,
+)
 
 
-@cli.command(context_settings={"show_default": True})
+@command()
 @with_options(RUN_OPTIONS, FIGURE_OPTIONS, COMPARISON_OPTIONS)
 @flag("output_dir", required=True, type=click.Path(file_okay=False), help="Where everything goes.")
 @flag("seed", default=0, help="Seed of the bootstrap and of the sample choice.")
@@ -28,17 +35,8 @@ from medvlthinker.analysis.cli_options import COMPARISON_OPTIONS, FIGURE_OPTIONS
       help="An eval run of MODEL with --image_mode (as_is, blank, shuffled, none; its args.json says which): adds "
            "the visual-reliance table (docs/experiments.md).")
 @flag("title", default="MedVLThinker evaluation report", help="Report title.")
-def main(runs, runs_root, grading, eval_data, eval_split, published_model, sampling_run, pass_rate_dir,
-         pass_rate_rollouts, pass_at_k_grading, majority_drops_unconverted, compare, paired, n_resamples, output_dir,
-         seed, samples_per_benchmark, rl_log, reliance_run, title):
-    out = report.make_report(
-        output_dir, run_specs=runs, runs_root=runs_root, eval_data=eval_data, eval_split=eval_split,
-        sampling_runs=sampling_run, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
-        published_models=published_model, compare=compare, paired=paired, grading_mode=grading,
-        pass_at_k_grading=pass_at_k_grading, drop_unconverted=majority_drops_unconverted,
-        n_resamples=n_resamples, seed=seed, samples_per_benchmark=samples_per_benchmark, title=title, rl_log=rl_log,
-        reliance_runs=reliance_run,
-    )
+def main(**params):
+    out = report.make_report(report_settings(params))
     click.echo(f"report: {out['report']}")
     click.echo(f"tables: {out['tables']['md']} (also .tex, .tsv, .json)")
     for name, paths in out["plots"].items():

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import click
 
-from medvlthinker import cli
-from medvlthinker.analysis import tables
-from medvlthinker.analysis.cli_options import COMPARISON_OPTIONS, RUN_OPTIONS, flag, with_options
+from medvlthinker.analysis import AnalysisError, tables
+from medvlthinker.analysis.cli_options import (
+    COMPARISON_OPTIONS,
+    RUN_OPTIONS,
+    command,
+    flag,
+    table_settings,
+    with_options,
+)
+from medvlthinker.analysis.render import to_markdown, write_tables
 
 
-@cli.command(context_settings={"show_default": True})
+@command()
 @with_options(RUN_OPTIONS, COMPARISON_OPTIONS)
 @flag("output_dir", required=True, type=click.Path(file_okay=False), help="Where the tables go.")
 @flag("alpha", default=0.05, help="1 - confidence level of the intervals.")
@@ -29,18 +36,13 @@ from medvlthinker.analysis.cli_options import COMPARISON_OPTIONS, RUN_OPTIONS, f
                                  "(cost.md, cost.json; docs/experiments.md).")
 @flag("rl_log", multiple=True, metavar="MODEL=LOG",
       help="verl's console log of MODEL's RL run, for --cost (seconds per step, tokens/s per device).")
-def main(runs, runs_root, grading, eval_data, eval_split, compare, paired, n_resamples, output_dir, alpha, seed,
-         no_cluster, published, cost, rl_log):
+def main(output_dir, cost, rl_log, **params):
     try:
-        result = tables.make_tables(
-            runs, runs_root, grading_mode=grading, n_resamples=n_resamples, alpha=alpha, seed=seed,
-            cluster_by_image=not no_cluster, compare=compare, published_path=published, paired=paired,
-            eval_data=eval_data, eval_split=eval_split,
-        )
-    except tables.AnalysisError as exc:
+        result = tables.make_tables(table_settings(params))
+    except AnalysisError as exc:
         raise click.ClickException(str(exc)) from None
-    paths = tables.write_tables(result.table, output_dir, result.comparison, result.paired)
-    click.echo(tables.to_markdown(result.table, result.comparison, result.paired))
+    paths = write_tables(result.table, output_dir, result.comparison, result.paired)
+    click.echo(to_markdown(result.table, result.comparison, result.paired))
     if cost or rl_log:
         from medvlthinker.analysis import cost as cost_module
         from medvlthinker.staging import write_json, write_text

@@ -15,6 +15,7 @@ from __future__ import annotations
 import click
 
 from medvlthinker import cli
+from medvlthinker.inference.openai_client import API_BASE_ENV, API_KEY_ENV
 from medvlthinker.prepare import eval_set, option_writer
 
 
@@ -31,8 +32,8 @@ from medvlthinker.prepare import eval_set, option_writer
               help="Folder of per-row options (<key>.json); the original recipe's extract_options cache reads as is.")
 @click.option("--option_model", default=option_writer.DEFAULT_MODEL, show_default=True, help="The LLM writing options.")
 @click.option("--api_base", default=None,
-              help=f"OpenAI-compatible endpoint [default: ${option_writer.API_BASE_ENV}, else OpenAI].")
-@click.option("--api_key_env", default=option_writer.API_KEY_ENV, show_default=True,
+              help=f"OpenAI-compatible endpoint [default: ${API_BASE_ENV}, else OpenAI].")
+@click.option("--api_key_env", default=API_KEY_ENV, show_default=True,
               help="Environment variable holding the API key (the key is never written anywhere).")
 @click.option("--workers", type=int, default=8, show_default=True, help="Rows asked for options at a time.")
 @click.option("--max_tries", type=click.IntRange(min=1), default=option_writer.MAX_TRIES, show_default=True,

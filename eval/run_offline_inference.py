@@ -8,7 +8,7 @@
     ray job submit --address http://HEAD:8265 --working-dir . -- \
         python eval/run_offline_inference.py --ray --dp_size 32 --model M --output_dir /shared/runs/M
 
-Every flag is a field of ``RunConfig`` (medvlthinker/inference/runner.py), its help text declared there; --preset
+Every flag is a field of ``RunConfig`` (medvlthinker/inference/run_config.py), its help text declared there; --preset
 sets the sampling flags to one of the paper's experiments (medvlthinker/inference/settings.py).
 
 Output (docs/eval.md): shard-*.jsonl records appended as rows finish, eval_results.jsonl, accuracy.json,

@@ -95,5 +95,5 @@ def test_the_paper_table_does_not_average_two_conditions_as_repeats(runs):
 
     with pytest.raises(AnalysisError, match=r"model 'm': .*blank is a run with \{'image_mode': 'blank'.*fix: give "
                                             r"them different names"):
-        tables.make_tables([f"m={runs['as_is']}", f"m={runs['blank']}"], n_resamples=10)
-    assert tables.make_tables([f"m={runs['as_is']}", f"b={runs['blank']}"], n_resamples=10).table.rows
+        tables.make_tables(tables.TableSettings([f"m={runs['as_is']}", f"m={runs['blank']}"], n_resamples=10))
+    assert tables.make_tables(tables.TableSettings([f"m={runs['as_is']}", f"b={runs['blank']}"], n_resamples=10)).table.rows

@@ -1,7 +1,8 @@
 """The api backend's client behaviour through the real ``openai`` package against a small local HTTP server that
 answers like an OpenAI-compatible endpoint and misbehaves on purpose: rate limits that pass (retried with
 backoff), a row that keeps failing (reported by dataset_index, retried by the rerun), a bad key (stops at once),
-reasoning fields, n > 1. The live vLLM server is in test_api_backend.py."""
+reasoning fields, n > 1; and the eval set's option writer, which sends through the same client. The live vLLM
+server is in test_api_backend.py."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class Endpoint:
         self.limited: set[str] = set()  # questions answered 429 forever
         self.flaky = 2  # 429s before a "flaky" question is answered
         self.mode: str | None = None  # a misbehaving endpoint: other_model, one_choice, no_choices, not_json, trickle
+        self.content: str | None = None  # the reply's text (default: an answer letter)
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,8 +44,9 @@ class Endpoint:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 endpoint.bodies.append(body)
-                text = body["messages"][0]["content"][-1]["text"]
-                question = text.split("Question: ", 1)[1].split("\n", 1)[0]
+                content = body["messages"][-1]["content"]  # the backend's parts, or the option writer's text
+                text = content if isinstance(content, str) else content[-1]["text"]
+                question = text.rsplit("Question: ", 1)[1].split("\n", 1)[0]
                 count = endpoint.calls[question] = endpoint.calls.get(question, 0) + 1
                 if self.headers["Authorization"] != f"Bearer {SECRET}":
                     return self.reply(401, {"error": {"message": "invalid key"}})
@@ -51,7 +54,8 @@ class Endpoint:
                     return self.reply(429, {"error": {"message": "rate limited"}})
                 n = {"one_choice": 1, "no_choices": 0}.get(endpoint.mode, body.get("n", 1))
                 choices = [{"index": i, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": f"<answer> {'AB'[i % 2]} </answer>",
+                            "message": {"role": "assistant",
+                                        "content": endpoint.content or f"<answer> {'AB'[i % 2]} </answer>",
                                         "reasoning_content": f"look {i}"}} for i in range(n)]
                 model = "another-model" if endpoint.mode == "other_model" else body["model"]
                 self.reply(200, {"id": "c", "object": "chat.completion", "created": 0, "model": model,
@@ -237,3 +241,29 @@ def test_the_answering_model_is_kept_and_another_endpoint_cannot_resume(endpoint
             run(cfg)
     finally:
         other.server.shutdown()
+
+
+def test_the_option_writer_sends_through_the_same_client(endpoint, monkeypatch):
+    from medvlthinker.inference.openai_client import EndpointError, RetryPolicy
+    from medvlthinker.prepare.option_writer import OpenAIChat, write_options
+
+    endpoint.content = '["Yes", "No"]'
+    writer = OpenAIChat(base_url=endpoint.url)
+    writer.retry = RetryPolicy(max_retries=3, backoff=0.01, max_backoff=0.02)
+    result = write_options("flaky: is it red?", "yes", writer)
+    assert (result.options, result.attempts, endpoint.calls["flaky: is it red?"]) == (["Yes", "No"], 1, 3)
+    assert endpoint.bodies[-1]["model"] == "gpt-4o-2024-11-20" and "seed" not in endpoint.bodies[-1]
+
+    # the api backend's total deadline: a trickling reply is a failed try, not a wait of minutes
+    endpoint.mode = "trickle"
+    slow = OpenAIChat(base_url=endpoint.url, max_retries=0, timeout=0.5)
+    result = write_options("is it blue?", "no", slow, max_tries=1)
+    assert result.options is None and result.errors[0].startswith("_ReplyDeadline: the reply took more than 0.5 s")
+
+    # a bad key is the account's problem, not the row's: the build stops at the first reply
+    endpoint.mode = None
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    before = len(endpoint.bodies)
+    with pytest.raises(EndpointError, match=r"answered 401 for model 'gpt-4o-2024-11-20'.*fix: check OPENAI_BASE_URL"):
+        write_options("is it green?", "yes", OpenAIChat(base_url=endpoint.url))
+    assert len(endpoint.bodies) == before + 1

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from medvlthinker.analysis.runs import load_records, load_runs
 from medvlthinker.data import to_dataset
 from medvlthinker.demo import synthetic
 
@@ -322,12 +323,13 @@ def test_report_marks_whitespace_outputs_and_bounds_elongated_thumbnails(tmp_pat
     for record in records:
         record["rollouts"][0]["output_text"] = " \n\n "
     write_run(tmp_path / "runs" / "m" / "r0", records)
-    runs = tables.load_runs([("m", str(tmp_path / "runs" / "m" / "r0"))])
+    runs = load_runs([("m", str(tmp_path / "runs" / "m" / "r0"))])
     samples = report.collect_samples(runs, per_benchmark=1)
     assert samples and all(s["output_note"] == "(output is only whitespace: 4 characters, 2 line breaks)"
                            for s in samples)
     assert all(s["output"].strip() for s in samples)  # the whitespace is drawn, not an empty box
-    out = report.make_report(tmp_path / "out", runs_root=tmp_path / "runs", n_resamples=20, samples_per_benchmark=1)
+    out = report.make_report(report.ReportSettings(tmp_path / "out", tables.TableSettings(
+        runs_root=tmp_path / "runs", n_resamples=20), samples_per_benchmark=1))
     assert "output is only whitespace" in Path(out["report"]).read_text(encoding="utf-8")
 
     uri = report.thumbnail_uri(Image.new("RGB", (27, 1100), (200, 30, 30)))
@@ -436,7 +438,6 @@ def test_a_duplicated_record_is_refused_by_regrade_and_tables_alike(eval_run, tm
 
 
 def test_a_torn_shard_line_is_skipped_alike_and_a_torn_merged_file_refused(eval_run, tmp_path):
-    from medvlthinker.analysis import tables
     from medvlthinker.inference.records import read_run
 
     run_dir = _copy_run(eval_run["out"], tmp_path / "torn")
@@ -446,7 +447,7 @@ def test_a_torn_shard_line_is_skipped_alike_and_a_torn_merged_file_refused(eval_
         fh.write('{"dataset_name": "pmc_vqa", "dataset_in')
     merged.rename(tmp_path / "merged.jsonl")
     assert [r["dataset_index"] for r in read_run(run_dir)] == \
-        [r["dataset_index"] for r in tables.load_records(run_dir)] == sorted(r["dataset_index"] for r in data_rows(eval_run))
+        [r["dataset_index"] for r in load_records(run_dir)] == sorted(r["dataset_index"] for r in data_rows(eval_run))
     torn = tmp_path / "merged.jsonl"
     with torn.open("a") as fh:
         fh.write('{"dataset_name": "pmc_vqa", "dataset_in')

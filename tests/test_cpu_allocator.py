@@ -82,9 +82,9 @@ if which == "sft":
     except ConfigError as e:
         print("stopped:", e)
 if which == "inference":
-    from medvlthinker.inference import runner
+    from medvlthinker.inference import engines
     from medvlthinker.inference.run_config import RunConfig
-    runner._make_backend(RunConfig(model=sys.argv[2], output_dir=sys.argv[3], backend="hf"), 1)
+    engines.make_backend(RunConfig(model=sys.argv[2], output_dir=sys.argv[3], backend="hf"), 1)
 from medvlthinker.compat import cpu_allocator
 print(json.dumps(cpu_allocator._kept))
 """

@@ -233,13 +233,13 @@ def test_reduced_demo_shows_the_effects(tmp_path):
     # a real spread of pass counts: the middle band holds at least a quarter of the training questions
     hist = summary["pass_count_histogram"]
     assert sum(hist[1:4]) >= 16, hist
-    # SFT teaches the format and the link from the picture to the option letter (docs/demo.md has the seeds tried)
+    # SFT teaches the format and the link from the picture to the option letter (docs/demo.md has the margins)
     assert sft["format_rate"] >= 0.9 and sft["format_rate"] > base["format_rate"], (base, sft)
     assert sft["accuracy"] >= base["accuracy"] + 0.1, (base, sft)
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in (base, sft, rl))
     # GRPO learns: the demo's RL stage as it is (six epochs over the same 8 questions, 64 answers a step) raises the
     # mean reward of the last two steps above that of the first two (a step's mean alone moves by about 0.1 between
-    # runs of the same model; docs/demo.md has the seeds tried)
+    # runs of the same model; docs/demo.md has the margins)
     curve = summary["reward_curve"]
     assert [s for s, _ in curve] == [1, 2, 3, 4, 5, 6]
     assert all(0.0 <= r <= 1.0 for _, r in curve), curve

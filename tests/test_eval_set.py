@@ -218,7 +218,7 @@ def test_script_rebuilds_from_the_cache_without_a_key(built, sources, tmp_path, 
     # the unanswerable row is not cached, so a call is needed: the missing key is named before any row is sent
     result = CliRunner().invoke(script.main, [*common, "--options_cache", str(work / "cache"),
                                               "--output", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "environment variable OPENAI_API_KEY: is not set" in result.output
+    assert result.exit_code == 1 and "environment variable OPENAI_API_KEY is not set; fix: export" in result.output
     cache = tmp_path / "cache"
     cache.mkdir()
     for path in (work / "cache").glob("*.json"):

@@ -13,7 +13,7 @@ from medvlthinker.data import to_dataset
 from medvlthinker.demo import synthetic
 from medvlthinker.inference import RunConfig, run
 from medvlthinker.inference.backends import vllm_engine_args
-from medvlthinker.inference.runner import backend_kwargs
+from medvlthinker.inference.engines import backend_kwargs
 from medvlthinker.schema import SchemaError
 
 

@@ -12,9 +12,13 @@ from PIL import Image
 from test_tables import ROOT, make_records, write_run
 
 from medvlthinker import grading, stats
-from medvlthinker.analysis import plots, tables
-from medvlthinker.analysis.tables import AVG, AnalysisError
+from medvlthinker.analysis import AnalysisError, plots
+from medvlthinker.analysis.paper_table import build_table
+from medvlthinker.analysis.published import load_published
+from medvlthinker.analysis.runs import load_records, load_runs
+from medvlthinker.benchmarks import AVG
 from medvlthinker.demo import synthetic
+from medvlthinker.inference.regrade import regrade_records
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,7 @@ def rows():
 
 @pytest.fixture(scope="module")
 def sampled(rows):
-    return tables.regrade_records(make_records(rows, seed=1, p_correct=0.4, n_rollouts=8))
+    return regrade_records(make_records(rows, seed=1, p_correct=0.4, n_rollouts=8))
 
 
 def _check_files(paths, stem, out_dir):
@@ -77,10 +81,10 @@ def test_uneven_rollouts_are_refused(sampled):
 
 def test_radar_from_table_and_published(tmp_path, rows):
     run = write_run(tmp_path / "run", make_records(rows, seed=0))
-    table = tables.build_table(tables.load_runs([("demo", run)]), n_resamples=1)
+    table = build_table(load_runs([("demo", run)]), n_resamples=1)
     values = plots.radar_values(table)
     assert values["demo"]["VQA-Rad"] == table.row("demo").cells["VQA-Rad"].mean
-    published = tables.load_published()
+    published = load_published()
     paths = plots.plot_radar(values | {"GPT-4o": published["GPT-4o"]}, tmp_path / "fig")
     _check_files(paths, "radar", str(tmp_path / "fig"))
     with pytest.raises(AnalysisError, match="lacks"):
@@ -136,7 +140,7 @@ def test_pass_at_k_uses_recorded_grades_and_a_pooled_panel(rows, tmp_path):
                         "answer_label": row["answer_label"], "answer": row["answer"], "options": row["options"],
                         "rollouts": rollouts, "num_rollouts": 2, "num_correct": sum(r["is_correct"] for r in rollouts)})
     run = write_run(tmp_path / "sampling", records)
-    loaded = tables.load_records(run)
+    loaded = load_records(run)
     metrics, curves = plots.sampling_figures(loaded)
     assert curves["SLAKE"] == [(1, 100.0), (2, 100.0)]  # the recorded strict grades, not the regrade
     assert curves["PMC"] == [(1, 0.0), (2, 0.0)]

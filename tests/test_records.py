@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from medvlthinker import benchmarks
-from medvlthinker.analysis import tables
+from medvlthinker.analysis import paper_table, published, runs, tables
 from medvlthinker.demo import synthetic
 from medvlthinker.errors import UserError
 from medvlthinker.inference import records, regrade
@@ -94,7 +94,8 @@ def test_one_regrade_records_for_every_stage():
     package = ROOT / "medvlthinker"
     defined = [p for p in package.rglob("*.py") if "def regrade_records(" in p.read_text(encoding="utf-8")]
     assert defined == [package / "inference" / "regrade.py"]
-    assert tables.regrade_records is regrade.regrade_records
+    assert runs.regrade_records is regrade.regrade_records  # imported from its one home, not re-exported
+    assert not hasattr(tables, "regrade_records")
 
     wrong = {**_record(0), "rollouts": [{"output_text": "<answer>B</answer>", "pred_letter": "A", "is_correct": True}]}
     assert regrade.regrade_records([wrong])[0]["num_correct"] == 0
@@ -115,8 +116,8 @@ def test_the_benchmarks_registry_feeds_eval_synthetic_data_and_analysis():
     assert benchmarks.EVAL_SET_ROWS == 8220
     assert synthetic.EVAL_BENCHMARKS == {
         b.dataset_name: (b.num_options, b.images_per_row, b.rows_per_image) for b in benchmarks.BENCHMARKS}
-    assert tables.BENCHMARKS is benchmarks.BENCHMARKS and tables.COLUMNS[-1] == benchmarks.AVG
-    assert tables.HALF_WIDTHS == {**{b.label: b.half_width for b in benchmarks.BENCHMARKS},
+    assert paper_table.BENCHMARKS is benchmarks.BENCHMARKS and paper_table.COLUMNS[-1] == benchmarks.AVG
+    assert published.HALF_WIDTHS == {**{b.label: b.half_width for b in benchmarks.BENCHMARKS},
                                   benchmarks.AVG: benchmarks.AVERAGE_HALF_WIDTH}
     from medvlthinker.inference.workloads import EVAL_SET
 

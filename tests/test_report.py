@@ -20,6 +20,7 @@ import pytest
 from test_tables import ROOT, make_records, write_run
 
 from medvlthinker.analysis import report, tables
+from medvlthinker.analysis.runs import load_runs
 from medvlthinker.data import to_dataset
 from medvlthinker.demo import synthetic
 
@@ -38,11 +39,13 @@ def built(tmp_path_factory):
         write_run(tmp / "runs" / "base" / f"r{r}", make_records(rows, seed=r, p_correct=0.4, p_unparsed=0.2))
         write_run(tmp / "runs" / "sft" / f"r{r}", make_records(rows, seed=10 + r, p_correct=0.7))
     write_run(tmp / "sampling", make_records(rows, seed=3, n_rollouts=4))
-    out = report.make_report(
-        tmp / "out", runs_root=tmp / "runs", eval_data=str(tmp / "evalset"), sampling_runs=[f"sft={tmp / 'sampling'}"],
-        published_models=["Qwen2.5-VL-3B-Instruct"], compare=["base=Qwen2.5-VL-3B-Instruct"], paired=("sft", "base"),
-        n_resamples=100, samples_per_benchmark=3,
-    )
+    out = report.make_report(report.ReportSettings(
+        tmp / "out", tables.TableSettings(runs_root=tmp / "runs", eval_data=str(tmp / "evalset"),
+                                          compare=["base=Qwen2.5-VL-3B-Instruct"], paired=("sft", "base"),
+                                          n_resamples=100),
+        sampling_runs=[f"sft={tmp / 'sampling'}"], published_models=["Qwen2.5-VL-3B-Instruct"],
+        samples_per_benchmark=3,
+    ))
     html = open(out["report"], encoding="utf-8").read()
     data = json.loads(re.search(r'<script id="samples-data" type="application/json">(.*?)</script>', html,
                                 re.S).group(1))
@@ -69,7 +72,7 @@ def test_report_samples_follow_the_records(built):
     assert [s["dataset_index"] for s in samples if s["model"] == "base"] == [
         s["dataset_index"] for s in samples if s["model"] == "sft"
     ]
-    base = tables.load_runs([("base", str(built["tmp"] / "runs" / "base" / "r0"))])[0].repeats[0]
+    base = load_runs([("base", str(built["tmp"] / "runs" / "base" / "r0"))])[0].repeats[0]
     by_index = {r["dataset_index"]: r for r in base}
     for s in samples:
         if s["model"] != "base":

@@ -14,12 +14,17 @@ import random
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
 from medvlthinker import grading, stats
-from medvlthinker.analysis import tables
-from medvlthinker.analysis.tables import AVG, BENCHMARKS, COLUMNS, AnalysisError
+from medvlthinker.analysis import AnalysisError, tables
+from medvlthinker.analysis.paper_table import build_table, compare_published, paired_comparison, row_values
+from medvlthinker.analysis.published import average_of, check_published_averages, load_published
+from medvlthinker.analysis.render import TSV_FIELDS, expected_intervals_markdown, to_latex, to_markdown, to_tsv
+from medvlthinker.analysis.runs import discover_runs, load_records, load_runs
+from medvlthinker.benchmarks import AVG, BENCHMARKS, COLUMNS
 from medvlthinker.data import to_dataset
 from medvlthinker.demo import synthetic
 
@@ -106,34 +111,34 @@ def test_doctests():
 
 
 def test_published_average_column_follows_from_the_six_benchmarks():
-    published = tables.load_published()
+    published = load_published()
     assert len(published) == 19
     for model, row in published.items():
         mean = math.fsum(row[b.label] for b in BENCHMARKS) / 6
         assert abs(mean - row[AVG]) <= 0.01, model
-        assert tables.average_of(row) == pytest.approx(mean)
+        assert average_of(row) == pytest.approx(mean)
     assert published["Qwen2.5-VL-3B-Instruct"] == {
         "PMC": 44.77, "MMMU": 44.12, "MedX-M": 20.69, "PathVQA": 61.96, "SLAKE": 61.30, "VQA-Rad": 62.01,
         "Avg.": 49.14,
     }
     assert published["32B RL(m23k)"]["MMMU"] == 70.00
-    tables.check_published_averages(published)
+    check_published_averages(published)
 
 
 def test_a_wrong_published_average_is_caught(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("model," + ",".join(COLUMNS) + "\nX,1,2,3,4,5,6,9.50\n")
     with pytest.raises(AnalysisError, match="'X'.*Avg. 9.5.*3.5"):
-        tables.check_published_averages(tables.load_published(bad))
+        check_published_averages(load_published(bad))
 
 
 # ---- cells -------------------------------------------------------------------------------------------------------
 
 
 def test_cells_match_a_direct_computation(runs_root, rows):
-    models = tables.load_runs(tables.discover_runs(runs_root), grading_mode="regrade")
+    models = load_runs(discover_runs(runs_root), grading_mode="regrade")
     assert [m.name for m in models] == ["base", "tuned"] and len(models[0].repeats) == 3
-    table = tables.build_table(models, n_resamples=300, seed=7)
+    table = build_table(models, n_resamples=300, seed=7)
     base = models[0]
 
     per_bench_values, per_bench_clusters = {}, {}
@@ -166,7 +171,7 @@ def test_cells_match_a_direct_computation(runs_root, rows):
     assert avg.mean == pytest.approx(statistics.fmean(table.row("base").cells[b.label].mean for b in BENCHMARKS))
     assert avg.low < avg.mean < avg.high
     # The interval is clustered by image: two rows share an image in PathVQA, so it must differ from a row bootstrap.
-    unclustered = tables.build_table(models, n_resamples=300, seed=7, cluster_by_image=False)
+    unclustered = build_table(models, n_resamples=300, seed=7, cluster_by_image=False)
     assert unclustered.row("base").cells["PathVQA"].low != table.row("base").cells["PathVQA"].low
 
 
@@ -178,15 +183,15 @@ def test_grading_mode_regrade_takes_the_last_answer(tmp_path, rows):
     record["rollouts"] = [grading.grade_rollout(text, row, mode="strict")]
     record["num_correct"] = 0
     write_run(tmp_path / "run", [record])
-    strict = tables.load_runs([("m", str(tmp_path / "run"))], grading_mode="strict")[0].repeats[0][0]
-    regraded = tables.load_runs([("m", str(tmp_path / "run"))], grading_mode="regrade")[0].repeats[0][0]
+    strict = load_runs([("m", str(tmp_path / "run"))], grading_mode="strict")[0].repeats[0][0]
+    regraded = load_runs([("m", str(tmp_path / "run"))], grading_mode="regrade")[0].repeats[0][0]
     assert (strict["num_correct"], regraded["num_correct"]) == (0, 1)
 
 
 def test_shards_are_read_when_the_merged_file_is_absent(tmp_path, rows):
     records = make_records(rows, seed=1)
     write_run(tmp_path / "sharded", records, shards=3)
-    loaded = tables.load_records(tmp_path / "sharded")
+    loaded = load_records(tmp_path / "sharded")
     assert [r["dataset_index"] for r in loaded] == sorted(r["dataset_index"] for r in records)
 
 
@@ -195,45 +200,45 @@ def test_errors_name_the_file_and_the_fix(tmp_path, rows):
     with open(os.path.join(run, "eval_results.jsonl"), "a") as handle:
         handle.write('{"dataset_name": "pmc_va')
     with pytest.raises(AnalysisError, match=r"eval_results.jsonl:49: a torn last line.*delete that line"):
-        tables.load_records(run)
+        load_records(run)
     with pytest.raises(AnalysisError, match=r"no eval records \(eval_results.jsonl or shard-\*-of-\*.jsonl\)"):
-        tables.load_records(tmp_path)
+        load_records(tmp_path)
     full = write_run(tmp_path / "full", make_records(rows, seed=1))
     part = write_run(tmp_path / "part", make_records(rows[:-1], seed=2))
-    models = tables.load_runs([("m", full), ("m", part)])
+    models = load_runs([("m", full), ("m", part)])
     with pytest.raises(AnalysisError, match=r"model 'm', vqa_rad_closed: .*part holds 7 rows.*resume"):
-        tables.build_table(models, n_resamples=10)
+        build_table(models, n_resamples=10)
 
 
 def test_missing_benchmark_leaves_the_average_empty(tmp_path, rows):
     run = write_run(tmp_path / "pmc_only", make_records([r for r in rows if r["dataset_name"] == "pmc_vqa"], seed=0))
-    table = tables.build_table(tables.load_runs([("m", run)]), n_resamples=10)
+    table = build_table(load_runs([("m", run)]), n_resamples=10)
     row = table.row("m")
     assert set(row.cells) == {"PMC"} and row.missing == ["MMMU", "MedX-M", "PathVQA", "SLAKE", "VQA-Rad"]
     assert row.cells["PMC"].spread is None
-    assert "| m | " in tables.to_markdown(table) and "—" in tables.to_markdown(table)
+    assert "| m | " in to_markdown(table) and "—" in to_markdown(table)
 
 
 # ---- comparisons and rendering -----------------------------------------------------------------------------------
 
 
 def test_published_and_paired_comparisons(runs_root):
-    models = tables.load_runs(tables.discover_runs(runs_root))
-    table = tables.build_table(models, n_resamples=200)
-    published = tables.load_published()
-    comparison = tables.compare_published(table, published, {"base": "Qwen2.5-VL-3B-Instruct"})
+    models = load_runs(discover_runs(runs_root))
+    table = build_table(models, n_resamples=200)
+    published = load_published()
+    comparison = compare_published(table, published, {"base": "Qwen2.5-VL-3B-Instruct"})
     assert list(comparison) == ["base"]
     cell = comparison["base"]["cells"]["PMC"]
     assert cell["diff"] == pytest.approx(table.row("base").cells["PMC"].mean - 44.77)
     assert comparison["base"]["cells"][AVG]["published"] == 49.14
     with pytest.raises(AnalysisError, match="no published row 'nope'"):
-        tables.compare_published(table, published, {"base": "nope"})
+        compare_published(table, published, {"base": "nope"})
 
-    paired = tables.paired_comparison(models[1], models[0], n_resamples=200, seed=3)
+    paired = paired_comparison(models[1], models[0], n_resamples=200, seed=3)
     assert set(paired) == set(COLUMNS)
     # Direct: per row, the repeat-averaged accuracy of each model, paired by dataset_index, clustered by image.
-    _, va, clusters = tables.row_values(models[1], "slake_closed")
-    _, vb, _ = tables.row_values(models[0], "slake_closed")
+    _, va, clusters = row_values(models[1], "slake_closed")
+    _, vb, _ = row_values(models[0], "slake_closed")
     direct = stats.paired_bootstrap(va, vb, clusters=clusters, n_resamples=200, seed=3)
     assert paired["SLAKE"]["diff"] == pytest.approx(100 * direct["diff"])
     assert (paired["SLAKE"]["low"], paired["SLAKE"]["high"]) == pytest.approx((100 * direct["low"],
@@ -242,19 +247,19 @@ def test_published_and_paired_comparisons(runs_root):
     assert paired[AVG]["diff"] == pytest.approx(table.row("tuned").cells[AVG].mean - table.row("base").cells[AVG].mean)
     assert paired[AVG]["p_value"] is None
 
-    md = tables.to_markdown(table, comparison, {"a": "tuned", "b": "base", "results": paired})
+    md = to_markdown(table, comparison, {"a": "tuned", "b": "base", "results": paired})
     assert "| Model | PMC | MMMU | MedX-M | PathVQA | SLAKE | VQA-Rad | Avg. |" in md
     base = table.row("base")
     assert f"| base | {base.cells['PMC'].mean:.2f} ±{base.cells['PMC'].spread:.2f} |" in md
     assert f"[{base.cells[AVG].low:.2f}, {base.cells[AVG].high:.2f}]" in md
     assert "base vs Qwen2.5-VL-3B-Instruct" in md and "Paired comparison: tuned − base" in md
 
-    tex = tables.to_latex(table, comparison)
+    tex = to_latex(table, comparison)
     assert tex.count("\\\\") == len(table.rows) + 1 and "\\toprule" in tex
-    tsv = tables.to_tsv(table, comparison).splitlines()
-    assert tsv[0].split("\t") == list(tables.TSV_FIELDS)
+    tsv = to_tsv(table, comparison).splitlines()
+    assert tsv[0].split("\t") == list(TSV_FIELDS)
     assert len(tsv) == 1 + 2 * len(COLUMNS)
-    first = dict(zip(tables.TSV_FIELDS, tsv[1].split("\t")))
+    first = dict(zip(TSV_FIELDS, tsv[1].split("\t")))
     assert first["model"] == "base" and first["dataset_name"] == "pmc_vqa" and first["published"] == "44.77"
     assert float(first["mean"]) == pytest.approx(base.cells["PMC"].mean)
 
@@ -282,11 +287,54 @@ def test_make_tables_cli(runs_root, tmp_path):
     assert bad.returncode != 0 and "no eval records" in bad.stderr
 
 
+def _script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "analysis", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_the_settings_defaults_are_the_flags_defaults():
+    from dataclasses import FrozenInstanceError
+
+    from medvlthinker.analysis import report
+    from medvlthinker.analysis.cli_options import report_settings, table_settings
+
+    params = _script("make_tables").make_context("make_tables.py", ["--output_dir", "out"]).params
+    assert table_settings(params) == tables.TableSettings()
+    params = _script("make_report").make_context("make_report.py", ["--output_dir", "out"]).params
+    assert report_settings(params) == report.ReportSettings("out")
+    flags = ["--run", "a=x", "--run", "a=y", "--grading", "strict", "--paired", "a", "b", "--no_cluster",
+             "--alpha", "0.1", "--published", "p.csv", "--output_dir", "out"]
+    settings = table_settings(_script("make_tables").make_context("make_tables.py", flags).params)
+    assert (settings.run_specs, settings.grading_mode, settings.paired, settings.cluster_by_image, settings.alpha,
+            settings.published_path) == (("a=x", "a=y"), "strict", ("a", "b"), False, 0.1, "p.csv")
+    with pytest.raises(FrozenInstanceError):
+        settings.seed = 1
+
+
+def test_a_dashed_flag_still_works_and_names_its_snake_case_spelling(runs_root, tmp_path):
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(_script("make_tables"), ["--runs-root", str(runs_root), "--n-resamples=20",
+                                                         "--output-dir", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[:3] == [
+        "warning: --runs-root is deprecated; spell it --runs_root",
+        "warning: --n-resamples is deprecated; spell it --n_resamples",
+        "warning: --output-dir is deprecated; spell it --output_dir"]
+    data = json.loads((tmp_path / "t" / "table.json").read_text())
+    assert data["table"]["n_resamples"] == 20 and [r["model"] for r in data["table"]["rows"]] == ["base", "tuned"]
+    assert "--output-dir" not in CliRunner().invoke(_script("make_tables"), ["--help"]).output
+
+
 def test_reproduction_guide_lists_the_expected_intervals():
     guide = open(os.path.join(ROOT, "docs", "reproduction.md"), encoding="utf-8").read()
-    assert tables.expected_intervals_markdown() in guide
+    assert expected_intervals_markdown() in guide
     assert "| Qwen2.5-VL-3B-Instruct | 44.77 [42.6, 47.0] |" in guide
-    for row in tables.load_published():
+    for row in load_published():
         if row not in ("GPT-4o", "HuatuoGPT-Vision-7B", "MedGemma 4B"):
             assert f"| {row} |" in guide.split("## Compute")[0], row
 
@@ -309,24 +357,23 @@ def test_original_result_files_are_read_by_the_table_and_the_regrade(tmp_path, r
     records = make_records(rows, seed=11, n_rollouts=2)
     ours = write_run(tmp_path / "ours", records)
     theirs = write_run(tmp_path / "theirs", [original_layout(r) for r in records])
-    loaded = tables.load_records(theirs)
+    loaded = load_records(theirs)
     assert [r["rollouts"] for r in loaded] == [r["rollouts"] for r in records]
     assert "parsed_outputs" not in loaded[0] and loaded[0]["prompt"] == records[0]["prompt"]
 
     # the original's own regrade joins the options from the eval set by dataset_index; so do the table and regrade
     eval_set = to_dataset(rows)
     # (the original's records carry no misc.image_id, so both tables resample rows)
-    expected = tables.make_tables([f"m={ours}"], n_resamples=20, compare_published_names=False,
-                                  cluster_by_image=False).table
-    joined = tables.make_tables([f"m={theirs}"], n_resamples=20, compare_published_names=False,
-                                cluster_by_image=False, eval_data=eval_set).table
+    settings = tables.TableSettings(n_resamples=20, compare_published_names=False)
+    expected = tables.make_tables(replace(settings, run_specs=[f"m={ours}"], cluster_by_image=False)).table
+    joined = tables.make_tables(replace(settings, run_specs=[f"m={theirs}"], cluster_by_image=False,
+                                        eval_data=eval_set)).table
     assert joined.row("m").cells == expected.row("m").cells
     with pytest.raises(AnalysisError, match=r"has no options .*--eval_data"):
-        tables.make_tables([f"m={theirs}"], n_resamples=20, compare_published_names=False)
-    recorded = tables.make_tables([f"m={theirs}"], grading_mode="recorded", n_resamples=20,
-                                  compare_published_names=False).table
+        tables.make_tables(replace(settings, run_specs=[f"m={theirs}"]))
+    recorded = tables.make_tables(replace(settings, run_specs=[f"m={theirs}"], grading_mode="recorded")).table
     assert recorded.row("m").cells[AVG].mean == tables.make_tables(
-        [f"m={ours}"], grading_mode="recorded", n_resamples=20, compare_published_names=False).table.row("m").cells[AVG].mean
+        replace(settings, run_specs=[f"m={ours}"], grading_mode="recorded")).table.row("m").cells[AVG].mean
 
     save_unified(eval_set, tmp_path / "evalset")
     assert regrade(theirs, tmp_path / "r1", eval_data=str(tmp_path / "evalset")) == regrade(ours, tmp_path / "r2")

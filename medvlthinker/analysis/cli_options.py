@@ -1,26 +1,54 @@
-"""The command-line options of the analysis scripts (make_tables, make_plots, make_report), declared once.
+"""The command-line options of the analysis scripts (make_tables, make_plots, make_report, make_ablation_tables),
+declared once, and the settings of :func:`~medvlthinker.analysis.tables.make_tables` and
+:func:`~medvlthinker.analysis.report.make_report` built from them.
 
-Flags are spelled in the project's snake_case (``--output_dir``); the dashed spelling these scripts had before
-(``--output-dir``) is still accepted, so older command lines and notes keep working.
+Flags are spelled in the project's snake_case (``--output_dir``). The dashed spelling (``--output-dir``) is
+deprecated: it still works and prints a warning naming the snake_case flag (:class:`Command`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
+from medvlthinker import cli
 from medvlthinker.analysis.plots import PASS_AT_K_GRADING
-from medvlthinker.analysis.runs import GRADINGS
+from medvlthinker.analysis.report import ReportSettings
+from medvlthinker.analysis.tables import TableSettings
+from medvlthinker.inference.regrade import GRADINGS
 from medvlthinker.inference.settings import PASS_RATE
 
 
 def flag(name: str, *, dest: str | None = None, **kwargs: Any) -> Callable:
-    """``click.option`` for ``--name``, also accepting ``--na-me``; the value goes to ``dest`` (default ``name``)."""
-    dashed = name.replace("_", "-")
-    spellings = [f"--{name}"] + ([f"--{dashed}"] if dashed != name else [])
-    return click.option(*spellings, dest or name, **kwargs)
+    """``click.option`` for ``--name``; the value goes to ``dest`` (default ``name``)."""
+    return click.option(f"--{name}", dest or name, **kwargs)
+
+
+class Command(cli.Command):
+    """An analysis script: a dashed spelling of one of its flags (``--output-dir``) is read as the snake_case flag
+    (``--output_dir``), with a deprecation warning on stderr."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        dashed = {opt.replace("_", "-"): opt for param in self.params for opt in param.opts
+                  if opt.startswith("--") and "_" in opt}
+        spelled = []
+        for position, arg in enumerate(args):
+            if arg == "--":
+                spelled += args[position:]
+                break
+            name, equals, value = arg.partition("=")
+            if name in dashed:
+                click.echo(f"warning: {name} is deprecated; spell it {dashed[name]}", err=True)
+                arg = dashed[name] + equals + value
+            spelled.append(arg)
+        return super().parse_args(ctx, spelled)
+
+
+def command() -> Callable[[Callable], click.Command]:
+    """``cli.command`` of an analysis script: one-line errors, defaults on ``--help``, dashed flags deprecated."""
+    return cli.command(cls=Command, context_settings={"show_default": True})
 
 
 RUN_OPTIONS = (
@@ -70,3 +98,28 @@ def with_options(*groups: tuple[Callable, ...]) -> Callable[[Callable], Callable
         return command
 
     return decorate
+
+
+def table_settings(params: Mapping[str, Any]) -> TableSettings:
+    """The table's settings from the parsed flags of ``analysis/make_tables.py`` (or of a script sharing them: a
+    flag the script lacks keeps the settings' default)."""
+    defaults = TableSettings()
+    return TableSettings(
+        run_specs=tuple(params.get("runs", ())), runs_root=params.get("runs_root"),
+        grading_mode=params.get("grading", defaults.grading_mode),
+        n_resamples=params.get("n_resamples", defaults.n_resamples), alpha=params.get("alpha", defaults.alpha),
+        seed=params.get("seed", defaults.seed), cluster_by_image=not params.get("no_cluster", False),
+        compare=tuple(params.get("compare", ())), published_path=params.get("published"),
+        paired=tuple(params["paired"]) if params.get("paired") else None, eval_data=params.get("eval_data"),
+        eval_split=params.get("eval_split"))
+
+
+def report_settings(params: Mapping[str, Any]) -> ReportSettings:
+    """The report's settings from the parsed flags of ``analysis/make_report.py``."""
+    return ReportSettings(
+        output_dir=params["output_dir"], table=table_settings(params),
+        sampling_runs=tuple(params["sampling_run"]), pass_rate_dir=params["pass_rate_dir"],
+        pass_rate_rollouts=params["pass_rate_rollouts"], published_models=tuple(params["published_model"]),
+        pass_at_k_grading=params["pass_at_k_grading"], drop_unconverted=params["majority_drops_unconverted"],
+        samples_per_benchmark=params["samples_per_benchmark"], title=params["title"], rl_log=params["rl_log"],
+        reliance_runs=tuple(params["reliance_run"]))

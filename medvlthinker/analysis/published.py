@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 
 from medvlthinker.analysis import AnalysisError
-from medvlthinker.analysis.render import md_table
 from medvlthinker.benchmarks import AVERAGE_HALF_WIDTH, AVG, BENCHMARKS, COLUMNS
 
 
@@ -64,17 +63,6 @@ def check_published_averages(published: Mapping[str, Mapping[str, float]], toler
 HALF_WIDTHS: dict[str, float] = {b.label: b.half_width for b in BENCHMARKS} | {AVG: AVERAGE_HALF_WIDTH}
 """95% half-widths in points of one benchmark at its size (docs/protocol.md section 11): the expected interval of a
 reproduced number is the published one +- this (rows sharing an image widen the real interval somewhat)."""
-
-
-def expected_intervals_markdown(published: Mapping[str, Mapping[str, float]] | None = None) -> str:
-    """The published table as ``value [low, high]`` with the section-11 half-widths (docs/reproduction.md)."""
-    published = published if published is not None else load_published()
-    header = ("Model",) + COLUMNS
-    rows = [
-        [model] + [f"{row[c]:.2f} [{row[c] - HALF_WIDTHS[c]:.1f}, {row[c] + HALF_WIDTHS[c]:.1f}]" for c in COLUMNS]
-        for model, row in published.items()
-    ]
-    return md_table(header, rows) + "\n"
 
 
 def published_rows(names: Sequence[str], published: Mapping[str, Mapping[str, float]] | None = None,

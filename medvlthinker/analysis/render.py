@@ -1,17 +1,17 @@
-"""The paper table rendered: Markdown, LaTeX (booktabs), TSV with every statistic, and JSON, written whole."""
+"""The paper table rendered: Markdown, LaTeX (booktabs), TSV with every statistic, and JSON, written whole; and the
+published table with the interval a reproduction should land in (docs/reproduction.md)."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from medvlthinker.analysis.paper_table import Cell, PaperTable
+from medvlthinker.analysis.published import HALF_WIDTHS, load_published
 from medvlthinker.benchmarks import AVG, BENCHMARKS, BY_LABEL, COLUMNS
 from medvlthinker.staging import write_text
-
-if TYPE_CHECKING:  # the renderers only read the table; importing its module would make a cycle with published
-    from medvlthinker.analysis.paper_table import Cell, PaperTable
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -22,6 +22,17 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def expected_intervals_markdown(published: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """The published table as ``value [low, high]`` with the section-11 half-widths (docs/reproduction.md)."""
+    published = published if published is not None else load_published()
+    header = ("Model",) + COLUMNS
+    rows = [
+        [model] + [f"{row[c]:.2f} [{row[c] - HALF_WIDTHS[c]:.1f}, {row[c] + HALF_WIDTHS[c]:.1f}]" for c in COLUMNS]
+        for model, row in published.items()
+    ]
+    return md_table(header, rows) + "\n"
 
 
 def _cell_text(cell: Cell | None) -> str:

@@ -23,9 +23,14 @@ from importlib import resources
 from typing import Any
 
 from medvlthinker import grading
-from medvlthinker.analysis import plots, tables
-from medvlthinker.analysis.tables import AVG, BENCHMARKS, COLUMNS, LABEL_OF, AnalysisError, ModelRuns
+from medvlthinker.analysis import AnalysisError, plots, tables
+from medvlthinker.analysis.published import published_rows
+from medvlthinker.analysis.render import write_tables
+from medvlthinker.analysis.runs import ModelRuns, load_sampling_runs
+from medvlthinker.analysis.tables import LABEL_OF
+from medvlthinker.benchmarks import AVG, BENCHMARKS, COLUMNS
 from medvlthinker.inference.image_modes import IMAGE_MODES
+from medvlthinker.inference.regrade import eval_options
 from medvlthinker.inference.settings import PASS_RATE
 from medvlthinker.schema import parse_options
 from medvlthinker.staging import write_json, write_text
@@ -293,64 +298,72 @@ def _reward_curve(rl_log: str | os.PathLike) -> list[tuple[int, float]]:
         raise AnalysisError(f"--rl_log {rl_log}: {exc.strerror}; fix: pass the log file of the RL run") from None
 
 
-def make_report(
-    output_dir: str | os.PathLike,
-    *,
-    run_specs: Sequence[str] = (),
-    runs_root: str | os.PathLike | None = None,
-    eval_data: str | os.PathLike | None = None,
-    eval_split: str | None = None,
-    sampling_runs: Sequence[str] = (),
-    pass_rate_dir: str | os.PathLike | None = None,
-    pass_rate_rollouts: int | None = PASS_RATE.n,
-    published_models: Sequence[str] = (),
-    compare: Sequence[str] = (),
-    paired: tuple[str, str] | None = None,
-    grading_mode: str = "regrade",
-    pass_at_k_grading: str = plots.PASS_AT_K_GRADING,
-    drop_unconverted: bool = False,
-    n_resamples: int = 2000,
-    seed: int = 0,
-    samples_per_benchmark: int = 8,
-    title: str = "MedVLThinker evaluation report",
-    rl_log: str | os.PathLike | None = None,
-    reliance_runs: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Tables, figures and ``report.html`` in ``output_dir``: ``{"report": path, "tables": {...}, "plots": {...}}``.
+@dataclass(frozen=True)
+class ReportSettings:
+    """What :func:`make_report` reads, draws and writes: the flags of ``analysis/make_report.py``
+    (:func:`medvlthinker.analysis.cli_options.report_settings` builds it from them)."""
+
+    output_dir: str | os.PathLike
+    """Where ``report.html``, ``tables/`` and ``plots/`` go."""
+    table: tables.TableSettings = tables.TableSettings()
+    """The runs and the table; its grading, resamples and seed serve the figures, samples and reliance table too."""
+    sampling_runs: Sequence[str] = ()
+    """``MODEL=DIR`` sampled runs (n > 1) for the metrics@n bars and the pass@k curves."""
+    pass_rate_dir: str | os.PathLike | None = None
+    """A pass-rate run for the pass-count plot."""
+    pass_rate_rollouts: int | None = PASS_RATE.n
+    """Rollouts per question of the pass-rate run."""
+    published_models: Sequence[str] = ()
+    """Published rows drawn on the radar."""
+    pass_at_k_grading: str = plots.PASS_AT_K_GRADING
+    """How rollouts are graded for the pass@k curves."""
+    drop_unconverted: bool = False
+    """Only predictions that map to an option letter vote in majority@n."""
+    samples_per_benchmark: int = 8
+    """Rows per benchmark and model in the sample browser."""
+    title: str = "MedVLThinker evaluation report"
+    rl_log: str | os.PathLike | None = None
+    """verl's console log of an RL run: adds the reward curve."""
+    reliance_runs: Sequence[str] = ()
+    """``MODEL=DIR`` eval runs with ``--image_mode``: adds the visual-reliance table."""
+
+
+def make_report(settings: ReportSettings) -> dict[str, Any]:
+    """Tables, figures and ``report.html`` in ``settings.output_dir``: ``{"report": path, "tables": {...},
+    "plots": {...}}``.
 
     Writes ``output_dir/tables/table.{md,tex,tsv,json}``, ``output_dir/plots/*.{png,pdf}`` and
     ``output_dir/report.html``. ``rl_log``, verl's console log of an RL run, adds the reward curve;
     ``reliance_runs`` (``MODEL=DIR`` eval runs with ``--image_mode``, the ``as_is`` one among them) the
     visual-reliance table (also ``output_dir/tables/visual_reliance.{md,json}``).
     """
-    options = tables.eval_options(eval_data, eval_split) if eval_data is not None else None
-    result = tables.make_tables(
-        run_specs, runs_root, grading_mode=grading_mode, n_resamples=n_resamples, seed=seed, compare=compare,
-        paired=paired, options=options,
-    )
-    table_paths = tables.write_tables(result.table, os.path.join(output_dir, "tables"), result.comparison,
+    s, t = settings, settings.table
+    output_dir = s.output_dir
+    options = eval_options(t.eval_data, t.eval_split) if t.eval_data is not None else None
+    result = tables.make_tables(t, options=options)
+    table_paths = write_tables(result.table, os.path.join(output_dir, "tables"), result.comparison,
                                       result.paired)
-    sampling = tables.load_sampling_runs(sampling_runs)
+    sampling = load_sampling_runs(s.sampling_runs)
     written = plots.make_plots(
-        os.path.join(output_dir, "plots"), table=result.table, published=tables.published_rows(published_models),
-        sampling_runs=sampling, pass_rate_dir=pass_rate_dir, pass_rate_rollouts=pass_rate_rollouts,
-        metrics_grading=grading_mode, pass_at_k_grading=pass_at_k_grading, drop_unconverted=drop_unconverted,
-        options=options, reward_curve=_reward_curve(rl_log) if rl_log is not None else None,
+        os.path.join(output_dir, "plots"), table=result.table, published=published_rows(s.published_models),
+        sampling_runs=sampling, pass_rate_dir=s.pass_rate_dir, pass_rate_rollouts=s.pass_rate_rollouts,
+        metrics_grading=t.grading_mode, pass_at_k_grading=s.pass_at_k_grading, drop_unconverted=s.drop_unconverted,
+        options=options, reward_curve=_reward_curve(s.rl_log) if s.rl_log is not None else None,
     )
     samples = collect_samples(
-        result.models, per_benchmark=samples_per_benchmark, eval_data=eval_data, split=eval_split, seed=seed
+        result.models, per_benchmark=s.samples_per_benchmark, eval_data=t.eval_data, split=t.eval_split, seed=t.seed
     )
     reliance = None
-    if reliance_runs:
+    if s.reliance_runs:
         from medvlthinker.analysis import ablations
 
         reliance = ablations.visual_reliance(
-            ablations.load_conditions(reliance_runs, "image_mode", grading_mode, options),
-            n_resamples=n_resamples, seed=seed)
+            ablations.load_conditions(s.reliance_runs, "image_mode", t.grading_mode, options),
+            n_resamples=t.n_resamples, seed=t.seed)
         write_json(os.path.join(output_dir, "tables", "visual_reliance.json"), reliance)
         write_text(os.path.join(output_dir, "tables", "visual_reliance.md"),
                    ablations.visual_reliance_markdown(reliance) + "\n")
-    html = render_report(result, samples, figures_from(written), title=title, reliance=reliance)
+    html = render_report(result, samples, figures_from(written), title=s.title, reliance=reliance)
     path = os.path.join(output_dir, "report.html")
     write_text(path, html)
     return {"report": path, "tables": table_paths, "plots": written}

@@ -14,7 +14,7 @@ from typing import Any
 
 from medvlthinker.analysis import AnalysisError
 from medvlthinker.inference.records import ARGS_FILE, RESULTS_FILE, read_run, shard_files
-from medvlthinker.inference.regrade import GRADINGS, eval_options, regrade_records  # noqa: F401 (re-exported)
+from medvlthinker.inference.regrade import regrade_records
 
 
 def load_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -1,5 +1,4 @@
-"""The paper table (docs/protocol.md sections 5, 10, 11) from eval output directories: one call for the scripts,
-and the public names of the modules it is made of.
+"""The paper table (docs/protocol.md sections 5, 10, 11) from eval output directories: one call for the scripts.
 
 Input: the directories ``eval/run_offline_inference.py`` writes (``eval_results.jsonl``, or its
 ``shard-*-of-*.jsonl`` files while a run is unfinished), grouped by model: several greedy repeats of one model are
@@ -36,44 +35,48 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# re-exported: scripts and tests import the table's public names from this module
-from medvlthinker.analysis import AnalysisError  # noqa: F401
-from medvlthinker.analysis.paper_table import (  # noqa: F401
-    Cell,
-    ModelRow,
-    PaperTable,
-    build_table,
-    compare_published,
-    paired_comparison,
-    row_values,
-)
-from medvlthinker.analysis.published import (  # noqa: F401
-    HALF_WIDTHS,
-    average_of,
-    check_published_averages,
-    expected_intervals_markdown,
-    load_published,
-    published_results_path,
-    published_rows,
-)
-from medvlthinker.analysis.render import TSV_FIELDS, to_latex, to_markdown, to_tsv, write_tables  # noqa: F401
-from medvlthinker.analysis.runs import (  # noqa: F401
-    GRADINGS,
-    ModelRuns,
-    discover_runs,
-    eval_options,
-    graded,
-    image_cluster,
-    load_records,
-    load_runs,
-    load_sampling_runs,
-    parse_run_specs,
-    regrade_records,
-)
-from medvlthinker.benchmarks import AVG, BENCHMARKS, COLUMNS, Benchmark  # noqa: F401
+from medvlthinker.analysis import AnalysisError
+from medvlthinker.analysis.paper_table import PaperTable, build_table, compare_published, paired_comparison
+from medvlthinker.analysis.published import check_published_averages, load_published
+from medvlthinker.analysis.runs import ModelRuns, discover_runs, load_runs, parse_run_specs
+from medvlthinker.benchmarks import BENCHMARKS
+from medvlthinker.inference.regrade import eval_options
 
 LABEL_OF = {b.dataset_name: b.label for b in BENCHMARKS}
 DATASET_OF = {b.label: b.dataset_name for b in BENCHMARKS}
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    """What :func:`make_tables` reads and how: the flags of ``analysis/make_tables.py``
+    (:func:`medvlthinker.analysis.cli_options.table_settings` builds it from them)."""
+
+    run_specs: Sequence[str] = ()
+    """``MODEL=DIR`` eval output directories (``--run``); one per greedy repeat of MODEL."""
+    runs_root: str | os.PathLike | None = None
+    """A ``ROOT/MODEL/REPEAT/`` tree of eval outputs (``--runs_root``)."""
+    grading_mode: str = "regrade"
+    """``regrade`` (the published table's grader), ``strict`` or ``recorded`` (``--grading``)."""
+    n_resamples: int = 2000
+    """Bootstrap resamples per interval."""
+    alpha: float = 0.05
+    """1 - the confidence level of the intervals."""
+    seed: int = 0
+    """Bootstrap seed."""
+    cluster_by_image: bool = True
+    """Resample images (``misc.image_id``), not rows (``--no_cluster`` turns it off)."""
+    compare: Sequence[str] = ()
+    """``MODEL=PUBLISHED_MODEL`` comparisons with the paper's rows."""
+    compare_published_names: bool = True
+    """Also compare a model named exactly like a published row."""
+    published_path: str | os.PathLike | None = None
+    """The published results CSV (``--published``; default: the paper's)."""
+    paired: tuple[str, str] | None = None
+    """``(model a, model b)``: the paired comparison a - b on shared rows."""
+    eval_data: str | os.PathLike | Any | None = None
+    """The eval set (a source ``load_unified`` reads, or a Dataset): options of records written without them."""
+    eval_split: str | None = None
+    """Split of ``eval_data``."""
 
 
 @dataclass
@@ -86,59 +89,43 @@ class TableResult:
     paired: dict[str, Any] | None
 
 
-def make_tables(
-    run_specs: Sequence[str] = (),
-    runs_root: str | os.PathLike | None = None,
-    *,
-    grading_mode: str = "regrade",
-    n_resamples: int = 2000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    cluster_by_image: bool = True,
-    compare: Sequence[str] = (),
-    compare_published_names: bool = True,
-    published_path: str | os.PathLike | None = None,
-    paired: tuple[str, str] | None = None,
-    eval_data: str | os.PathLike | Any | None = None,
-    eval_split: str | None = None,
-    options: Mapping[int, Any] | None = None,
-) -> TableResult:
+def make_tables(settings: TableSettings, *, options: Mapping[int, Any] | None = None) -> TableResult:
     """Load runs (``MODEL=DIR`` specs and/or a ``ROOT/MODEL/REPEAT`` tree), build the table and the comparisons.
 
-    ``compare`` entries are ``MODEL=PUBLISHED_MODEL``; with ``compare_published_names`` a model named exactly like
-    a published row is compared too. ``paired`` = (model a, model b) adds a - b. ``eval_data`` (the eval set),
-    or ``options`` already read from it, supplies the options of records written without them (the original
-    recipe's result files).
+    ``settings.eval_data`` (the eval set), or ``options`` already read from it, supplies the options of records
+    written without them (the original recipe's result files).
     """
-    pairs = parse_run_specs(run_specs)
-    if runs_root is not None:
-        pairs += discover_runs(runs_root)
+    s = settings
+    pairs = parse_run_specs(s.run_specs)
+    if s.runs_root is not None:
+        pairs += discover_runs(s.runs_root)
     if not pairs:
         raise AnalysisError("no runs given; pass --run MODEL=DIR (repeatable) or --runs_root ROOT")
-    if options is None and eval_data is not None:
-        options = eval_options(eval_data, eval_split)
-    models = load_runs(pairs, grading_mode, options)
+    if options is None and s.eval_data is not None:
+        options = eval_options(s.eval_data, s.eval_split)
+    models = load_runs(pairs, s.grading_mode, options)
     table = build_table(
-        models, n_resamples=n_resamples, alpha=alpha, seed=seed, cluster_by_image=cluster_by_image,
-        grading_mode=grading_mode,
+        models, n_resamples=s.n_resamples, alpha=s.alpha, seed=s.seed, cluster_by_image=s.cluster_by_image,
+        grading_mode=s.grading_mode,
     )
     comparison = None
-    mapping = dict(spec.split("=", 1) for spec in compare if "=" in spec)
-    bad = [spec for spec in compare if "=" not in spec]
+    mapping = dict(spec.split("=", 1) for spec in s.compare if "=" in spec)
+    bad = [spec for spec in s.compare if "=" not in spec]
     if bad:
         raise AnalysisError(f"--compare {bad[0]!r}: expected MODEL=PUBLISHED_MODEL")
-    if mapping or compare_published_names:
-        published = load_published(published_path)
+    if mapping or s.compare_published_names:
+        published = load_published(s.published_path)
         check_published_averages(published)
         unknown = [m for m in mapping if m not in {r.model for r in table.rows}]
         if unknown:
             raise AnalysisError(f"--compare {unknown[0]}=...: no run named {unknown[0]!r}; models: "
                                 f"{[r.model for r in table.rows]}")
-        if not compare_published_names:
+        if not s.compare_published_names:
             published_rows = {mapping[m] for m in mapping}
             published = {k: v for k, v in published.items() if k in published_rows}
         comparison = compare_published(table, published, mapping) or None
     paired_result = None
+    paired = s.paired
     if paired:
         by_name = {m.name: m for m in models}
         for name in paired:
@@ -148,8 +135,8 @@ def make_tables(
             "a": paired[0],
             "b": paired[1],
             "results": paired_comparison(
-                by_name[paired[0]], by_name[paired[1]], n_resamples=n_resamples, alpha=alpha, seed=seed,
-                cluster_by_image=cluster_by_image,
+                by_name[paired[0]], by_name[paired[1]], n_resamples=s.n_resamples, alpha=s.alpha, seed=s.seed,
+                cluster_by_image=s.cluster_by_image,
             ),
         }
     return TableResult(table, models, comparison, paired_result)

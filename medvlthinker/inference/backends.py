@@ -12,7 +12,8 @@ generated token count, the finish reason).
   (GPT-4o, or any ``vllm serve``): ``window`` requests in flight on threads, retries with backoff, and the rows
   still failing reported (``ApiRowsFailed``) after every other row has been handed back.
 
-The two data types of the interface, ``Request`` and ``Completion``, live in :mod:`medvlthinker.inference.requests`.
+The two data types of the interface, ``Request`` and ``Completion``, live in :mod:`medvlthinker.inference.requests`;
+which backend a run gets is decided in :func:`medvlthinker.inference.engines.make_backend`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from itertools import islice
 from typing import Any
 
 from medvlthinker import env
-from medvlthinker.inference.api_backend import ApiBackend
 from medvlthinker.inference.requests import Completion, Request
 from medvlthinker.inference.settings import SamplingSettings
 
@@ -263,19 +263,6 @@ class HfBackend:
 
     def close(self) -> None:
         self.model = None
-
-
-def make_backend(name: str, model: str, **kwargs: Any):
-    """The backend called ``name`` (``vllm``, ``hf`` or ``api``); kwargs the hf backend does not take are
-    dropped."""
-    if name == "vllm":
-        return VllmBackend(model, **kwargs)
-    if name == "hf":
-        keep = {k: kwargs[k] for k in ("dtype", "batch_size", "device", "attn_implementation") if k in kwargs}
-        return HfBackend(model, **keep)
-    if name == "api":
-        return ApiBackend(model, **kwargs)
-    raise ValueError(f"unknown backend {name!r}; fix: --backend one of {BACKENDS}")
 
 
 def visible_devices() -> list[str]:

@@ -156,18 +156,14 @@ class ImageSwap:
                 yield {**row, "images": self.images(row)}
 
 
-def with_image_mode(rows: Iterable[Mapping[str, Any]], config) -> Iterable[Mapping[str, Any]]:
+def with_image_mode(rows: Iterable[Mapping[str, Any]], config, source=None) -> Iterable[Mapping[str, Any]]:
     """``rows`` as the run's ``--image_mode`` shows them (``as_is`` and ``none`` pass them through: the request
-    builder drops the images of ``none`` itself)."""
+    builder drops the images of ``none`` itself). ``source`` is the run's whole data set, from which ``shuffled``
+    draws the donor pictures."""
     mode = getattr(config, "image_mode", "as_is")
     if mode in ("as_is", "none"):
         return rows
-    source = None
-    if mode == "shuffled":
-        from medvlthinker.inference.runner import load_rows
-
-        source = load_rows(config, check_images=False)
-    swap = ImageSwap(mode, source, seed=config.seed)
+    swap = ImageSwap(mode, source if mode == "shuffled" else None, seed=config.seed)
     if swap.unshuffled:
         import sys
 

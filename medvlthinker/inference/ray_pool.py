@@ -4,7 +4,7 @@ pulling rows from one shared queue.
 - Balance: an actor takes a few rows at a time, only when its engine has room (its window), so a fast engine
   takes more rows and every engine finishes within about one window of the others, whatever the row lengths.
 - Streaming: each actor streams its rows through its engine exactly as a local rank does
-  (:func:`medvlthinker.inference.runner.stream_records`) and hands back each record the moment it finishes (a Ray
+  (:func:`medvlthinker.inference.engines.stream_records`) and hands back each record the moment it finishes (a Ray
   streaming generator); the driver appends it to that actor's shard file at once, so the output directory lives
   only where the driver runs (no shared file system needed for it).
 - Resume: the driver skips every dataset_index already in any shard file, so a killed run (driver, actor or
@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from medvlthinker import env
-from medvlthinker.inference.records import ShardWriter, shard_name
+from medvlthinker.inference.engines import load_rows, make_backend, make_builder, stream_records
+from medvlthinker.inference.records import ShardWriter, finished_indices, shard_name
+from medvlthinker.inference.run_config import RunConfig
 
 # rows an actor takes from the queue at a time (smaller: finer balance at the end; larger: fewer queue calls)
 TAKE_MAX = 16
@@ -48,21 +50,17 @@ class InferenceWorker:
 
     def __init__(self, config: dict[str, Any], worker: int, max_images: int,
                  secrets: dict[str, str] | None = None) -> None:
-        from medvlthinker.inference.run_config import RunConfig
-        from medvlthinker.inference.runner import _make_backend, _make_builder, load_rows
-
         os.environ.update(secrets or {})  # see _forwarded_secrets
         self.config = RunConfig(**config)
         self.worker = worker
         self.rows = load_rows(self.config, check_images=False)
-        self.builder = _make_builder(self.config)
-        self.backend = _make_backend(self.config, max_images)
+        self.builder = make_builder(self.config)
+        self.backend = make_backend(self.config, max_images)
 
     def run(self, queue: Any):
         import ray
 
         from medvlthinker.data.paging import raw_rows
-        from medvlthinker.inference.runner import stream_records
 
         window = self.config.window or self.backend.default_window(self.config.sampling)
         take = max(1, min(TAKE_MAX, window // 4))
@@ -125,7 +123,6 @@ def run_pool(config, ds, *, max_images: int) -> int:
     from tqdm.auto import tqdm
 
     from medvlthinker.inference.backends import visible_devices
-    from medvlthinker.inference.runner import finished_indices
 
     done = finished_indices(config.output_dir)
     todo = [pos for pos, idx in enumerate(ds["dataset_index"]) if idx not in done]

@@ -253,6 +253,14 @@ def shard_files(output_dir: str | os.PathLike) -> list[Path]:
                   if SHARD_RE.search(p))
 
 
+def finished_indices(output_dir: str | os.PathLike) -> set[int]:
+    """dataset_index values already written in any shard file of ``output_dir`` (torn last lines repaired)."""
+    done: set[int] = set()
+    for path in shard_files(output_dir):
+        done.update(int(r["dataset_index"]) for r in read_records(path, repair=True))
+    return done
+
+
 def collect_records(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every record of every shard in ``output_dir``, sorted (:func:`read_run`'s rules; none when no shard)."""
     return _read_files(shard_files(output_dir), REQUIRED_FIELDS)

@@ -15,6 +15,7 @@ from medvlthinker.cli import copy_field, option
 from medvlthinker.data.sources import looks_local
 from medvlthinker.errors import UserError
 from medvlthinker.images import MAX_PIXELS, MIN_PIXELS
+from medvlthinker.inference.openai_client import API_KEY_ENV
 from medvlthinker.inference.settings import SAMPLING_FIELDS, SamplingSettings
 
 DEFAULT_EVAL_DATASET = "UCSC-VLAA/MedVLThinker-Eval"
@@ -96,7 +97,7 @@ class RunConfig:
     instruction_prompt: str | None = option(None, f"the instruction: a name ({_instruction_names()}; step_by_step "
                                             "for LLaVA-Med and HuatuoGPT-Vision) or the text (default: the paper's)")
     api_base: str | None = option(None, "api backend: endpoint URL (default: OPENAI_BASE_URL, else OpenAI)")
-    api_key_env: str = option("OPENAI_API_KEY", "api backend: the environment variable holding the key (the key "
+    api_key_env: str = option(API_KEY_ENV, "api backend: the environment variable holding the key (the key "
                               "is never written)")
     batch_size: int = option(8, "prompts per generate call (hf backend)")
     llava_med_rule: bool = option(False, "also accept the answer text as a substring")

@@ -2,7 +2,7 @@
 
 Resume appends to the records already there, so a rerun must be the same run: the same model (and model config),
 data set, subset, size, prompt and sampling settings. The run's fingerprint is every setting of
-:class:`~medvlthinker.inference.runner.RunConfig` that can change a record, plus the model config's hash and the
+:class:`~medvlthinker.inference.run_config.RunConfig` that can change a record, plus the model config's hash and the
 number of rows, and what the model and data paths hold (:func:`content_hashes`: a path with new weights or new rows
 is another run); settings that only change how the work is spread or paced (``dp_size``, ``window``, ``ray``, ...)
 are left out, so a resume may use another GPU count. A rerun whose fingerprint differs from the one stored in

@@ -23,43 +23,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from medvlthinker.inference.image_modes import with_image_mode
+from medvlthinker.inference.engines import load_rows, make_backend, make_builder, stream_records
 from medvlthinker.inference.records import (
     ARGS_FILE,
     ShardWriter,
     collect_records,
-    make_record,
+    finished_indices,
     merge_results,
-    read_records,
-    shard_files,
     shard_name,
 )
 from medvlthinker.inference.run_config import RunConfig
 from medvlthinker.staging import write_json
-
-# ---------------------------------------------------------------- data
-
-
-def load_rows(config: RunConfig, *, check_images: bool):
-    """The run's data set, validated. With ``check_images`` every image is checked too: its header and checksums
-    (each is decoded once, later, when its request is built), or its pixels with ``config.full_image_check``."""
-    from medvlthinker.data import check_dataset_images, load_unified
-
-    ds = load_unified(config.dataset_name, config.split, subset=config.subset, size=config.dataset_size,
-                      validate=True, allow_outside_images=config.allow_outside_images)
-    if check_images and not config.ignore_image and "images" in ds.column_names:
-        check_dataset_images(ds, source=config.dataset_name, progress=config.progress,
-                             decode=config.full_image_check)
-    return ds
-
-
-def finished_indices(output_dir: str | os.PathLike) -> set[int]:
-    """dataset_index values already written in any shard file of ``output_dir`` (torn last lines repaired)."""
-    done: set[int] = set()
-    for path in shard_files(output_dir):
-        done.update(int(r["dataset_index"]) for r in read_records(path, repair=True))
-    return done
-
 
 # ---------------------------------------------------------------- metadata
 
@@ -101,45 +75,6 @@ def write_args(config: RunConfig, num_rows: int) -> Path:
 # ---------------------------------------------------------------- one rank
 
 
-def _make_builder(config: RunConfig):
-    from medvlthinker.inference.requests import ApiRequestBuilder, RequestBuilder
-    from medvlthinker.prompts import resolve_instruction
-
-    instruction = resolve_instruction(config.instruction_prompt)
-    if config.backend == "api":
-        return ApiRequestBuilder(ignore_image=config.ignore_image, instruction=instruction)
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(config.model)
-    template = Path(config.chat_template).read_text() if config.chat_template else None
-    return RequestBuilder(processor, min_pixels=config.min_pixels, max_pixels=config.max_pixels,
-                          ignore_image=config.ignore_image, chat_template=template,
-                          prompt_mode=config.prompt_mode, instruction=instruction)
-
-
-def backend_kwargs(config: RunConfig, max_images: int) -> dict[str, Any]:
-    """The arguments :func:`medvlthinker.inference.backends.make_backend` gets for ``config``'s backend."""
-    if config.backend == "vllm":
-        limit = config.limit_mm_per_prompt if config.limit_mm_per_prompt is not None else max(max_images, 1)
-        # --engine_kwargs go to the engine as they are, over the flags'
-        return {**dict(tp_size=config.tp_size, gpu_memory_utilization=config.gpu_memory_utilization,
-                       max_model_len=config.max_model_len, seed=config.seed, dtype=config.dtype,
-                       limit_mm_per_prompt={"image": 0 if config.ignore_image else limit, "video": 0},
-                       mm_processor_cache_gb=config.mm_processor_cache_gb), **config.engine_kwargs}
-    if config.backend == "api":
-        return {**dict(base_url=config.api_base, api_key_env=config.api_key_env), **config.engine_kwargs}
-    return dict(dtype=config.dtype, batch_size=config.batch_size)
-
-
-def _make_backend(config: RunConfig, max_images: int):
-    from medvlthinker.compat.cpu_allocator import keep_freed_memory_on_cpu
-    from medvlthinker.inference.backends import make_backend
-
-    if config.backend != "api":
-        keep_freed_memory_on_cpu()
-    return make_backend(config.backend, config.model, **backend_kwargs(config, max_images))
-
-
 def max_images_per_row(ds) -> int:
     """The most images any row of ``ds`` holds, from the Arrow list offsets (no image bytes are read)."""
     import pyarrow.compute as pc
@@ -152,20 +87,6 @@ def max_images_per_row(ds) -> int:
         lengths = lengths.take(indices.column(0))
     top = pc.max(lengths).as_py()
     return int(top or 0)
-
-
-def stream_records(config: RunConfig, rows, builder: Any, backend: Any, *, window: int | None = None):
-    """Generate ``rows`` (any iterable of unified rows, read lazily) and yield one record per row as it finishes.
-
-    At most ``window`` requests exist at any time (default: the backend's batch capacity): a request is built
-    (prompt rendered, images decoded and resized) only when the engine has room for it, so memory does not grow
-    with the number of rows.
-    """
-    window = window or config.window or backend.default_window(config.sampling)
-    requests = (builder.build(row) for row in with_image_mode(rows, config))
-    for request, completions in backend.generate(requests, config.sampling, window=window):
-        yield make_record(request.row, request.prompt, request.prompt_tokens, request.image_tokens, completions,
-                          llava_med_rule=config.llava_med_rule)
 
 
 @dataclass
@@ -221,9 +142,9 @@ def run_rank(config: RunConfig, rank: int, *, validated: bool = False, backend: 
 
         check_dataset_images(todo, source=config.dataset_name, progress=config.progress,
                              decode=config.full_image_check)
-    builder = builder or _make_builder(config)
+    builder = builder or make_builder(config)
     if backend is None:
-        backend = _make_backend(config, max_images if max_images is not None else max_images_per_row(ds))
+        backend = make_backend(config, max_images if max_images is not None else max_images_per_row(ds))
     summary = RankSummary(rank, world, window=config.window or backend.default_window(config.sampling))
     path = Path(config.output_dir) / shard_name(rank, world)
     bar = tqdm(total=len(todo), desc=f"rank {rank}/{world} {config.backend}", unit="row", disable=not config.progress)

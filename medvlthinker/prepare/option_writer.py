@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medvlthinker import env
 from medvlthinker.cli import UserError
+from medvlthinker.inference.openai_client import API_BASE_ENV, API_KEY_ENV, ChatClient, EndpointError, RetryPolicy
 from medvlthinker.staging import write_text
 
 Completer = Callable[[list[dict[str, str]]], str]
@@ -38,8 +38,6 @@ Completer = Callable[[list[dict[str, str]]], str]
 MAX_TRIES = 5
 DEFAULT_MODEL = "gpt-4o-2024-11-20"
 """The original's writer was GPT-4o (the 2024-11-20 version, an Azure deployment named gpt-4o-1120)."""
-API_KEY_ENV = "OPENAI_API_KEY"
-API_BASE_ENV = "OPENAI_BASE_URL"
 
 SYSTEM_PROMPT = "You write the answer options of closed medical questions."
 
@@ -102,37 +100,34 @@ def parse_reply(text: str | None, answer: str) -> list[str]:
 
 
 class OpenAIChat:
-    """A completer on an OpenAI-compatible chat API. The key is read from the environment variable ``api_key_env``
-    when the first call is made (never stored); the client retries rate limits and server errors with backoff."""
+    """A completer on an OpenAI-compatible chat API, sent through the project's one client
+    (:class:`~medvlthinker.inference.openai_client.ChatClient`: the key read from ``api_key_env`` when the first
+    call is due and never stored, ``timeout`` per request in all, the retry policy). A bad key or model name, or an
+    endpoint that does not answer as the chat API does, stops the build (:class:`EndpointError`)."""
 
     def __init__(self, model: str = DEFAULT_MODEL, *, base_url: str | None = None, api_key_env: str = API_KEY_ENV,
-                 max_retries: int = 8, timeout: float = 120.0, temperature: float | None = None) -> None:
+                 max_retries: int = RetryPolicy.max_retries, timeout: float = 120.0,
+                 temperature: float | None = None) -> None:
         self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
-        self.max_retries, self.timeout, self.temperature = max_retries, timeout, temperature
-        self._client = None
+        self.retry, self.timeout, self.temperature = RetryPolicy(max_retries=max_retries), timeout, temperature
+        self._client: ChatClient | None = None
         self._lock = threading.Lock()
 
     def open(self) -> None:
         """Create the client; a missing key or package is a one-line error before any row is sent."""
         with self._lock:
-            if self._client is not None:
-                return
-            key = env.user_named(self.api_key_env)
-            if not key:
-                raise UserError(f"environment variable {self.api_key_env}", "is not set, and rows need options written",
-                                fix=f"export {self.api_key_env}=... (and {API_BASE_ENV} or --api_base for another "
-                                    "endpoint), or pass --options_cache holding every row's options")
-            try:
-                from openai import OpenAI
-            except ImportError:
-                raise UserError("openai", "the package is not installed", fix="pip install openai") from None
-            self._client = OpenAI(api_key=key, base_url=self.base_url or env.get(API_BASE_ENV),
-                                  max_retries=self.max_retries, timeout=self.timeout)
+            if self._client is None:
+                # the writer's model may be a deployment name (Azure) that answers with the model's own name
+                self._client = ChatClient(
+                    self.model, base_url=self.base_url, api_key_env=self.api_key_env, timeout=self.timeout,
+                    retry=self.retry, same_model_only=False,
+                    key_hint=f"(and {API_BASE_ENV} or --api_base for another endpoint), or pass --options_cache "
+                             "holding every row's options")
 
     def __call__(self, messages: list[dict[str, str]]) -> str:
         self.open()
         extra = {} if self.temperature is None else {"temperature": self.temperature}
-        response = self._client.chat.completions.create(model=self.model, messages=messages, **extra)
+        response = self._client.create(messages=messages, **extra)
         return response.choices[0].message.content or ""
 
 
@@ -176,7 +171,8 @@ class OptionCache:
 
 def write_options(question: str, answer: str, complete: Completer, *, max_tries: int = MAX_TRIES) -> OptionResult:
     """Ask ``complete`` until its reply parses (:func:`parse_reply`), at most ``max_tries`` times. An exception of
-    the completer (an API error after the client's own retries) counts as a failed try."""
+    the completer (an API error after the client's retries) counts as a failed try, except an
+    :class:`EndpointError` (a bad key or model, an endpoint that is not a chat API), which stops the build."""
     result = OptionResult(options=None)
     messages = option_messages(question, answer)
     while result.attempts < max_tries:
@@ -184,6 +180,8 @@ def write_options(question: str, answer: str, complete: Completer, *, max_tries:
         try:
             result.options = parse_reply(complete(messages), answer)
             return result
+        except EndpointError:
+            raise
         except ValueError as exc:
             result.errors.append(str(exc))
         except Exception as exc:  # the API client's errors differ by provider; the row is reported, not lost
