@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medvlthinker import synthetic
+from medvlthinker import staging, synthetic
 from medvlthinker.converters.sft_format import convert_to_sft
 from medvlthinker.train import sft, sft_resume
 
@@ -105,7 +105,7 @@ def test_a_full_disk_at_a_save_is_one_line_naming_the_folder(tmp_path, text_sft,
 
     monkeypatch.setattr(Trainer, "save_model", no_space)
     cfg = _cfg(tmp_path / "run", tmp_path, tiny_model_dir, "max_steps=1")
-    with pytest.raises(sft_resume.DiskFullError, match=r"run: no space left on the device while saving .*GiB free\); "
+    with pytest.raises(staging.DiskFullError, match=r"run: no space left on the device while saving .*GiB free\); "
                                                        r"fix: free space"):
         sft.run_sft(cfg, train_dataset=text_sft)
 

@@ -32,7 +32,8 @@ from medvlthinker.train.sft_config import (  # noqa: F401  the config's names, a
     parse_overrides,
     world_size,
 )
-from medvlthinker.train.sft_resume import disk_full_named, last_complete_checkpoint, prepare_output_dir
+from medvlthinker.staging import disk_full_named
+from medvlthinker.train.sft_resume import last_complete_checkpoint, prepare_output_dir
 
 
 def load_train_dataset(cfg: SFTRunConfig, *, check_images: bool = False, num_proc: int | None = None):

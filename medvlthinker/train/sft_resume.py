@@ -6,7 +6,8 @@ and ``datasets`` fingerprint, which changes with the content) and the trainer ar
 model, data set or hyperparameter stops it before the model loads, naming the first difference.
 
 A checkpoint cut short (a disk-full or a killed save leaves ``checkpoint-N`` without ``trainer_state.json`` or
-without weights) is skipped with a warning; the run resumes from the newest complete one, or starts afresh.
+without weights) is skipped with a warning; the run resumes from the newest complete one, or starts afresh. A full
+disk at a save is one line (:func:`medvlthinker.staging.disk_full_named`).
 
 transformers' Trainer already replays the data order on resume: the sampler is accelerate's seedable sampler
 (seed ``data_seed`` or ``seed``, re-seeded each epoch), the batches already trained in the interrupted epoch are
@@ -16,13 +17,10 @@ holds it to that: the batches after a resume are those of an uninterrupted run.
 
 from __future__ import annotations
 
-import errno
 import json
 import re
 import shutil
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -138,28 +136,3 @@ def prepare_output_dir(cfg: SFTRunConfig, dataset: Any, *, overwrite: bool = Fal
         out.mkdir(parents=True, exist_ok=True)
         recorded.write_text(json.dumps(identity, indent=1) + "\n")
     return resume_from
-
-
-@contextmanager
-def disk_full_named(folder: str | Path, what: str = "writing") -> Iterator[None]:
-    """A full disk (``ENOSPC``) inside the block becomes one :class:`medvlthinker.errors.UserError` line naming the
-    folder and its free space."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        raise DiskFullError(folder, what) from None
-
-
-class DiskFullError(ConfigError):
-    def __init__(self, folder: str | Path, what: str = "writing") -> None:
-        folder = Path(folder)
-        probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-        try:
-            free = f"{shutil.disk_usage(probe).free / 2**30:.2f} GiB free"
-        except OSError:
-            free = "free space unknown"
-        super().__init__(f"{folder}: no space left on the device while {what} ({free}); fix: free space there or "
-                         "point the output at a disk with room, then run again (a run resumes from its last "
-                         "complete checkpoint)")
