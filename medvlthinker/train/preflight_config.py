@@ -108,6 +108,33 @@ def validate_with_verl(cfg, report: PreflightReport) -> None:
     report.ok(f"{sequences} rollouts a step split over {workers} agent-loop workers")
 
 
+def check_run_layout(cfg, report: PreflightReport, *, cpu: bool) -> None:
+    """The checkpoint folder can be written (verl writes it only after the first save interval), and the CPU
+    profile (``configs/rl/overlays/cpu.yaml``, one machine) is not asked for several nodes."""
+    import tempfile
+
+    nodes = int(cfg.trainer.nnodes)
+    if cpu and nodes > 1:
+        raise PreflightError(
+            f"configs/rl/overlays/cpu.yaml runs verl on this one machine, but trainer.nnodes={nodes} (the paper "
+            f"config's): Ray would wait for {nodes} nodes that never join; fix: add the override trainer.nnodes=1"
+        )
+    folder = Path(os.path.expanduser(str(cfg.trainer.default_local_dir)))
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    key = f"trainer.default_local_dir={cfg.trainer.default_local_dir}"
+    if not existing.is_dir():
+        raise PreflightError(f"{key}: {existing} is a file, so the checkpoint folder cannot be created; fix: point "
+                             "trainer.default_local_dir at a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise PreflightError(f"{key}: {existing} is not writable ({exc.strerror}), so the first checkpoint save would "
+                             "fail after hours of training; fix: point trainer.default_local_dir at a writable "
+                             "folder") from None
+    report.ok(f"checkpoints go to {folder} (writable)")
+
+
 ONLINE_FILTER_OVERLAY = "configs/rl/overlays/online_filter.yaml"
 
 
