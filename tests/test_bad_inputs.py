@@ -451,6 +451,24 @@ def test_a_torn_shard_line_is_skipped_alike_and_a_torn_merged_file_refused(eval_
     expect_failure("eval/regrade.py", torn, "--output_dir", tmp_path / "r2", names=["merged.jsonl:", "torn last line"])
 
 
+def test_regrade_of_shards_names_the_rows_a_torn_line_left_out(eval_run, tmp_path):
+    # a run killed while appending its last row: the shard rule skips the torn line, so the shards hold one row
+    # fewer than the run; regrade used to grade the others without a word
+    run_dir = _copy_run(eval_run["out"], tmp_path / "killed")
+    (run_dir / "eval_results.jsonl").unlink()
+    (run_dir / "accuracy.json").unlink()
+    shard = next(run_dir.glob("shard-*.jsonl"))
+    lines = shard.read_text().splitlines()
+    shard.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:30])
+    expect_failure("eval/regrade.py", run_dir, "--output_dir", tmp_path / "r",
+                   names=[f"holds {len(lines) - 1} of the run's {len(lines)} rows",
+                          f"shard 0 of 1: {len(lines) - 1} of {len(lines)}", "--allow_partial"], kept=[run_dir])
+    with pytest.warns(UserWarning, match=f"holds {len(lines) - 1} of the run's {len(lines)} rows"):
+        code, output = run("eval/regrade.py", run_dir, "--output_dir", tmp_path / "r", "--allow_partial")
+    assert code == 0, output
+    assert len((tmp_path / "r" / "eval_results.regrade.jsonl").read_text().splitlines()) == len(lines) - 1
+
+
 def data_rows(eval_run):
     return [json.loads(line) for line in (eval_run["out"] / "eval_results.jsonl").read_text().splitlines()]
 
