@@ -180,7 +180,7 @@ def test_teacher_run_through_the_runner_then_merge(tmp_path, tiny_model_dir, tra
 
 
 def test_a_preset_given_to_the_teacher_takes_effect():
-    # the teacher's sampling used to be passed as explicit flags, which outrank any preset, so --preset was ignored
+    # the teacher's sampling flags, given explicitly, would outrank every value of a preset
     import importlib.util
 
     from medvlthinker.inference.settings import METRICS_AT_N

@@ -42,6 +42,19 @@ _METADATA = {"png": {}, "pdf": {"CreationDate": None, "ModDate": None}}
 _COLOURS = ("#3b6ea5", "#d1603d", "#3f9b5a", "#8e5ea2", "#c9a227", "#5b5b5b", "#2aa1b3", "#b5475d")
 
 
+def _plain_text(plot):
+    """Draw every text of ``plot``'s figure as written: model names and titles are user text, and matplotlib would
+    read a pair of ``$`` in one as mathtext (failing on ``$^$``). Texts take the setting when they are created."""
+    import functools
+
+    @functools.wraps(plot)
+    def run(*args, **kwargs):
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return run
+
+
 def save_figure(fig, out_dir: str | os.PathLike, stem: str, formats: Sequence[str] = FORMATS) -> list[str]:
     """Save ``fig`` as ``out_dir/stem.{png,pdf}`` (150 dpi) and close it; return the paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -134,6 +147,7 @@ def metrics_at_n(
     return out
 
 
+@_plain_text
 def plot_metrics_at_n(
     metrics: Mapping[str, Mapping[str, float]], out_dir: str | os.PathLike, *, stem: str = "metrics_at_n",
     title: str | None = None,
@@ -205,6 +219,7 @@ def pass_at_k_curves(
     return curves
 
 
+@_plain_text
 def plot_pass_at_k(
     curves_by_model: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
     out_dir: str | os.PathLike,
@@ -256,6 +271,7 @@ def radar_values(table: PaperTable) -> dict[str, dict[str, float]]:
     }
 
 
+@_plain_text
 def plot_radar(
     values_by_model: Mapping[str, Mapping[str, float]],
     out_dir: str | os.PathLike,
@@ -310,6 +326,7 @@ def sampling_figures(
 # ---- RL reward curve ----------------------------------------------------------------------------------------------
 
 
+@_plain_text
 def plot_reward_curve(
     curve: Sequence[tuple[int, float]], out_dir: str | os.PathLike, *, stem: str = "reward_curve",
     title: str = "GRPO: mean reward per step",
