@@ -208,13 +208,14 @@ def test_online_filter_overlay_applies_to_a_paper_config_and_only_where_verl_fil
     "config, extra, message",
     [
         # verl's train loader drops the last partial batch: no step an epoch, ZeroDivisionError after start-up
-        (ONE, ["data.train_batch_size=8"], r"data\.train_batch_size=8 is larger than the 4 rows of "
-                                           r"data\.train_files.*fix: set data\.train_batch_size to at most 4"),
-        (ONE, ["trainer.default_local_dir=/proc/medvlthinker/ckpt"], r"trainer\.default_local_dir=/proc/medvlthinker"
-                                                                     r"/ckpt: /proc is not writable"),
+        (ONE, ["data.train_batch_size=8"],
+         (r"data\.train_batch_size=8 is larger than the 4 rows of data\.train_files.*fix: set "
+          r"data\.train_batch_size to at most 4")),
+        (ONE, ["trainer.default_local_dir=/proc/medvlthinker/ckpt"],
+         r"trainer\.default_local_dir=/proc/medvlthinker/ckpt: /proc is not writable"),
         (ROOT / "configs" / "rl" / "qwen2.5-vl-32b_rl_m23k.yaml", [],
-         r"overlays/cpu\.yaml runs verl on this one machine, but trainer\.nnodes=4.*fix: add the override "
-         r"trainer\.nnodes=1"),
+         (r"overlays/cpu\.yaml runs verl on this one machine, but trainer\.nnodes=4.*fix: add the override "
+          r"trainer\.nnodes=1")),
     ],
     ids=["batch-over-rows", "checkpoint-not-writable", "cpu-on-four-nodes"],
 )

@@ -97,7 +97,12 @@ def _prepare(argv: list[str]) -> tuple[Path, list[str]]:
     config = Path(argv[0]).resolve()
     overrides = split_arguments(config, argv[1:])
 
-    from medvlthinker.train.preflight import PreflightReport, check_data_files, check_run_layout, cpu_profile
+    from medvlthinker.train.preflight import (
+        PreflightReport,
+        check_data_files,
+        check_run_layout,
+        cpu_profile,
+    )
     from medvlthinker.train.preflight_config import compose_config
 
     cfg = compose_config(config, overrides)

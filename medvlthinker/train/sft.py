@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medvlthinker.staging import disk_full_named
 from medvlthinker.train.sft_benchmark import (  # noqa: F401  the throughput helpers' former home
     PEAK_BF16_FLOPS,
     benchmark_sft_step,
@@ -32,7 +33,6 @@ from medvlthinker.train.sft_config import (  # noqa: F401  the config's names, a
     parse_overrides,
     world_size,
 )
-from medvlthinker.staging import disk_full_named
 from medvlthinker.train.sft_resume import last_complete_checkpoint, prepare_output_dir
 
 
