@@ -714,3 +714,37 @@ def test_sft_refuses_a_bad_learning_rate_or_a_missing_flash_attn_before_the_mode
         pytest.skip("flash-attn is installed here")
     expect_failure("train/sft/train_sft.py", TINY_CONFIG, f"model_name_or_path={_unloadable_model(tmp_path)}",
                    f"train_data={data['sft']}", f"output_dir={tmp_path / 'run'}", override, names=names)
+
+
+# ------------------------------------------------- the sweep: empty files, out-of-range numbers, a bare RL config
+@pytest.mark.parametrize("case", ["verl-empty-jsonl", "m23k-empty-source", "overlap-ngram-0", "overlap-num-proc",
+                                  "e2h-negative-rollouts", "plots-zero-rollouts", "report-negative-samples",
+                                  "rl-config-without-base"])
+def test_the_sweep_cases_fail_in_one_line_before_any_work(data, tmp_path, case):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    good, out = data["good"], tmp_path / "out"
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("data:\n  train_batch_size: 8\n")
+    script, args, names = {
+        "verl-empty-jsonl": ("data_process/convert_verl_format.py", [empty, tmp_path / "out.parquet"],
+                             [f"{empty}: the file is empty"]),
+        "m23k-empty-source": ("data_process/prepare_m23k.py", ["--source", empty, "--output", out],
+                              [f"{empty}: the file is empty"]),
+        "overlap-ngram-0": ("data_process/check_overlap.py", ["--train", good, "--eval", good, "--ngram", "0",
+                                                              "--output_dir", out], ["--ngram", "0 is not in the range"]),
+        "overlap-num-proc": ("data_process/check_overlap.py", ["--train", good, "--eval", good, "--num_proc", "-2",
+                                                               "--output_dir", out], ["--num_proc", "x>=1"]),
+        "e2h-negative-rollouts": ("data_process/order_easy_to_hard.py",
+                                  ["--dataset_name", good, "--results_jsonl_path", good, "--num_rollouts", "-1",
+                                   "--save_to_disk_path", out], ["--num_rollouts", "x>=0"]),
+        "plots-zero-rollouts": ("analysis/make_plots.py", ["--pass_rate_dir", good, "--pass_rate_rollouts", "0",
+                                                           "--output_dir", out], ["--pass_rate_rollouts", "x>=1"]),
+        "report-negative-samples": ("analysis/make_report.py", ["--run", f"m={good}", "--samples_per_benchmark", "-1",
+                                                                "--output_dir", out],
+                                    ["--samples_per_benchmark", "x>=0"]),
+        "rl-config-without-base": ("train/rl/preflight.py", [bare], ["composes to no GRPO config",
+                                                                     "defaults: [base/grpo, _self_]"]),
+    }[case]
+    expect_failure(script, *args, names=names)
+    assert not out.exists() and not (tmp_path / "out.parquet").exists()

@@ -50,7 +50,7 @@ def compose_config(config: str | os.PathLike, overrides: list[str] | tuple[str, 
         raise PreflightError(f"config file {config} not found; fix: pass a file such as configs/rl/<row>.yaml")
     try:
         with initialize_config_dir(config_dir=str(path.parent), version_base=None):
-            return compose(config_name=path.stem, overrides=list(overrides))
+            cfg = compose(config_name=path.stem, overrides=list(overrides))
     except yaml.YAMLError as exc:
         raise PreflightError(f"{config}: a config file is not valid YAML ({' '.join(str(exc).split())}); fix: correct "
                              "the line named above") from exc
@@ -59,6 +59,12 @@ def compose_config(config: str | os.PathLike, overrides: list[str] | tuple[str, 
             f"{config}: Hydra cannot compose it with overrides {list(overrides)}: {exc}; fix: correct the key named "
             f"above (verl's keys: verl/trainer/config/_generated_ppo_trainer.yaml; a new key needs a leading +)"
         ) from exc
+    missing = [key for key in ("data", "actor_rollout_ref", "reward", "trainer") if key not in cfg]
+    if missing:
+        raise PreflightError(f"{config}: composes to no GRPO config (no {', '.join(missing)} section), so it does not "
+                             "extend verl's trainer; fix: start it with 'defaults: [base/grpo, _self_]' and the hydra "
+                             "searchpath of configs/rl/*.yaml, in the folder configs/rl")
+    return cfg
 
 
 def check_keys(config: str | os.PathLike, overrides: list[str] | tuple[str, ...], cfg, report: PreflightReport) -> None:
