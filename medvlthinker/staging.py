@@ -59,7 +59,12 @@ def staged(target: str | os.PathLike, *, overwrite: bool = False, directory: boo
     owner = f".{os.getpid()}-{threading.get_ident()}" if private else ""
     tmp = target.with_name(f".{target.name}{owner}.partial")
     _remove(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next(p for p in target.parents if p.exists() and not p.is_dir())
+        raise UserError(str(target), f"its folder cannot be created: {blocking} is a file",
+                        fix="choose an output path none of whose folders is a file") from None
     if directory:
         tmp.mkdir()
     try:

@@ -719,7 +719,7 @@ def test_sft_refuses_a_bad_learning_rate_or_a_missing_flash_attn_before_the_mode
 # ------------------------------------------------- the sweep: empty files, out-of-range numbers, a bare RL config
 @pytest.mark.parametrize("case", ["verl-empty-jsonl", "m23k-empty-source", "overlap-ngram-0", "overlap-num-proc",
                                   "e2h-negative-rollouts", "plots-zero-rollouts", "report-negative-samples",
-                                  "rl-config-without-base"])
+                                  "rl-config-without-base", "output-under-a-file"])
 def test_the_sweep_cases_fail_in_one_line_before_any_work(data, tmp_path, case):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
@@ -745,6 +745,8 @@ def test_the_sweep_cases_fail_in_one_line_before_any_work(data, tmp_path, case):
                                     ["--samples_per_benchmark", "x>=0"]),
         "rl-config-without-base": ("train/rl/preflight.py", [bare], ["composes to no GRPO config",
                                                                      "defaults: [base/grpo, _self_]"]),
+        "output-under-a-file": ("data_process/convert_verl_format.py", [good, empty / "out.parquet"],
+                                [f"its folder cannot be created: {empty} is a file"]),
     }[case]
     expect_failure(script, *args, names=names)
     assert not out.exists() and not (tmp_path / "out.parquet").exists()
