@@ -250,6 +250,9 @@ def test_cli_names_a_split_path_an_overlay_without_its_header_and_the_old_option
     assert split.exit_code == 1 and "Traceback" not in split.output
     assert ("data/val.parquet]: neither key=value nor an overlay .yaml file (a value with a space is split in two by "
             "the shell); fix: quote the whole override, e.g. 'data.val_files=[/my data/val.parquet]'") in split.output
+    stray = CliRunner().invoke(main, [str(ONE), str(cpu), *rest, "noequals"])
+    assert stray.exit_code == 1 and "noequals: neither key=value nor an overlay .yaml file; fix: write Hydra " \
+        "overrides as key=value" in stray.output
     # an overlay without '# @package _global_' would nest its keys under overlays.*
     headless = ROOT / "configs" / "rl" / "overlays" / f"headless_{tmp_path.name}.yaml"
     headless.write_text("\n".join(line for line in cpu.read_text().splitlines() if "@package" not in line))

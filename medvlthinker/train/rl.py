@@ -46,10 +46,12 @@ def split_arguments(config: str | os.PathLike, args: list[str] | tuple[str, ...]
             check_overlay_header(path)
             overlays.append(path.stem)
         elif "=" not in arg:
-            joined = f"{args[i - 1]} {arg}" if i and "=" in args[i - 1] else f"key={arg}"
-            hint = (" (a value with a space is split in two by the shell)", f"quote the whole override, e.g. '{joined}'")
-            if arg.startswith("-"):
-                hint = ("", "write Hydra overrides as key=value; the script's own options are listed by --help")
+            before = args[i - 1] if i else ""
+            hint = ("", "write Hydra overrides as key=value; the script's own options are listed by --help")
+            if "=" in before and (before.count("[") > before.count("]") or before.count("'") % 2):
+                # the shell split an unquoted value at a space: the previous argument opened a list or a quote
+                hint = (" (a value with a space is split in two by the shell)",
+                        f"quote the whole override, e.g. '{before} {arg}'")
             raise LaunchError(arg, f"neither key=value nor an overlay .yaml file{hint[0]}", fix=hint[1])
         else:
             overrides.append(arg)
