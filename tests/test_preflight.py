@@ -224,6 +224,13 @@ def test_preflight_refuses_what_would_fail_after_start_up(config, extra, message
         run_preflight(config, tiny_overrides + extra, sample_rows=1)
 
 
+def test_a_folder_for_the_data_files_is_named(tiny_overrides, tmp_path):
+    # datasets reads an empty folder as "Instruction 'train' corresponds to no data!"
+    with pytest.raises(PreflightError, match=rf"data\.train_files: {tmp_path} is a folder \(empty of parquet\).*fix: "
+                                             r"list the \.parquet files"):
+        run_preflight(ONE, tiny_overrides + [f"data.train_files=[{tmp_path}]"], sample_rows=1)
+
+
 def test_checkpoint_folder_under_a_file_is_named(tiny_overrides, tmp_path):
     (tmp_path / "taken").write_text("")
     with pytest.raises(PreflightError, match=r"taken is a file, so the checkpoint folder cannot be created"):

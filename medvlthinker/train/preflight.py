@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 import statistics
+from pathlib import Path
 
 from medvlthinker.compat import verl_fixes
 
@@ -209,6 +210,13 @@ def check_data_files(cfg, report: PreflightReport) -> list[str]:
                 raise PreflightError(
                     f"data.{key}: {path} does not exist; fix: build it with data_process/convert_verl_format.py "
                     f"or override data.{key}"
+                )
+            if os.path.isdir(local):
+                inside = sorted(str(p) for p in Path(local).rglob("*.parquet"))[:3]
+                raise PreflightError(
+                    f"data.{key}: {path} is a folder ({'holding ' + ', '.join(inside) if inside else 'empty of parquet'}"
+                    f"); verl reads the files a key lists (an empty folder is its \"Instruction 'train' corresponds to "
+                    f"no data!\"); fix: list the .parquet files, e.g. data.{key}=[{inside[0] if inside else 'a.parquet'}]"
                 )
             try:
                 rows = check_verl_parquet(local)
