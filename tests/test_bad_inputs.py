@@ -719,13 +719,18 @@ def test_sft_refuses_a_bad_learning_rate_or_a_missing_flash_attn_before_the_mode
 # ------------------------------------------------- the sweep: empty files, out-of-range numbers, a bare RL config
 @pytest.mark.parametrize("case", ["verl-empty-jsonl", "m23k-empty-source", "overlap-ngram-0", "overlap-num-proc",
                                   "e2h-negative-rollouts", "plots-zero-rollouts", "report-negative-samples",
-                                  "rl-config-without-base", "output-under-a-file"])
+                                  "rl-config-without-base", "output-under-a-file", "plots-greedy-as-sampling"])
 def test_the_sweep_cases_fail_in_one_line_before_any_work(data, tmp_path, case):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     good, out = data["good"], tmp_path / "out"
     bare = tmp_path / "bare.yaml"
     bare.write_text("data:\n  train_batch_size: 8\n")
+    greedy = tmp_path / "greedy.jsonl"  # one rollout a row, as a greedy eval writes
+    greedy.write_text("".join(json.dumps({"dataset_name": "pmc_vqa", "dataset_index": i, "answer_label": "A",
+                                          "answer": "Yes", "options": '{"A": "Yes", "B": "No"}', "num_rollouts": 1,
+                                          "rollouts": [{"output_text": "<answer>A</answer>", "pred_letter": "A",
+                                                        "is_correct": True}]}) + "\n" for i in range(3)))
     script, args, names = {
         "verl-empty-jsonl": ("data_process/convert_verl_format.py", [empty, tmp_path / "out.parquet"],
                              [f"{empty}: the file is empty"]),
@@ -745,6 +750,8 @@ def test_the_sweep_cases_fail_in_one_line_before_any_work(data, tmp_path, case):
                                     ["--samples_per_benchmark", "x>=0"]),
         "rl-config-without-base": ("train/rl/preflight.py", [bare], ["composes to no GRPO config",
                                                                      "defaults: [base/grpo, _self_]"]),
+        "plots-greedy-as-sampling": ("analysis/make_plots.py", ["--sampling_run", f"m={greedy}", "--output_dir", out],
+                                     ["--sampling_run m: every row has one rollout", "--preset metrics_at_n"]),
         "output-under-a-file": ("data_process/convert_verl_format.py", [good, empty / "out.parquet"],
                                 [f"its folder cannot be created: {empty} is a file"]),
     }[case]
