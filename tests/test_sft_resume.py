@@ -52,8 +52,11 @@ def test_checkpoints_of_another_run_are_refused_before_the_model_loads(tmp_path,
         sft.run_sft(first, train_dataset=text_sft.select(range(5)))
     with pytest.raises(sft_resume.ResumeError, match=r"model_name_or_path was 'no/such/model/dir', now 'other'"):
         sft_resume.prepare_output_dir(_cfg(out, tmp_path, "other"), text_sft)
-    # --overwrite starts afresh: the old checkpoints go, the new identity is recorded
+    # --overwrite starts afresh: the old checkpoints go, the new identity is recorded; a process other than the main
+    # one (FSDP) starts afresh too, leaving the removal to the main one
     second = _cfg(out, tmp_path, "no/such/model/dir", "learning_rate=2e-4")
+    assert sft_resume.prepare_output_dir(second, text_sft, overwrite=True, main_process=False) is None
+    assert (out / "checkpoint-1").is_dir()
     assert sft_resume.prepare_output_dir(second, text_sft, overwrite=True) is None
     assert not (out / "checkpoint-1").exists()
     recorded = json.loads((out / sft_resume.IDENTITY_FILE).read_text())

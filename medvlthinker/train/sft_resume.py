@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from medvlthinker.staging import write_text
 from medvlthinker.train.sft_config import ConfigError, SFTRunConfig
 
 IDENTITY_FILE = "run_identity.json"
@@ -111,10 +112,11 @@ def prepare_output_dir(cfg: SFTRunConfig, dataset: Any, *, overwrite: bool = Fal
     out = Path(cfg.output_dir)
     identity = run_identity(cfg, dataset)
     found = checkpoints(out)
-    if overwrite and main_process:
-        for path in found:
-            shutil.rmtree(path)
-        (out / IDENTITY_FILE).unlink(missing_ok=True)
+    if overwrite:  # every process starts afresh; the main one removes the earlier run's checkpoints
+        if main_process:
+            for path in found:
+                shutil.rmtree(path)
+            (out / IDENTITY_FILE).unlink(missing_ok=True)
         found = []
     resume_from = last_complete_checkpoint(out) if (cfg.resume and found) else None
     recorded = out / IDENTITY_FILE
@@ -132,7 +134,6 @@ def prepare_output_dir(cfg: SFTRunConfig, dataset: Any, *, overwrite: bool = Fal
     elif resume_from:
         warnings.warn(f"{out} has checkpoints but no {IDENTITY_FILE}: resuming from {resume_from} without checking "
                       "that it was written by this config", stacklevel=2)
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        recorded.write_text(json.dumps(identity, indent=1) + "\n")
+    if main_process:  # written whole (a rename), so the other processes read the old identity or the new one
+        write_text(recorded, json.dumps(identity, indent=1) + "\n")
     return resume_from
