@@ -716,11 +716,11 @@ def test_sft_refuses_a_bad_learning_rate_or_a_missing_flash_attn_before_the_mode
                    f"train_data={data['sft']}", f"output_dir={tmp_path / 'run'}", override, names=names)
 
 
-# ------------------------------------------------- the sweep: empty files, out-of-range numbers, a bare RL config
+# ----------------------------------- empty files, out-of-range numbers, a bare RL config, a file in an output path
 @pytest.mark.parametrize("case", ["verl-empty-jsonl", "m23k-empty-source", "overlap-ngram-0", "overlap-num-proc",
                                   "e2h-negative-rollouts", "plots-zero-rollouts", "report-negative-samples",
                                   "rl-config-without-base", "output-under-a-file", "plots-greedy-as-sampling"])
-def test_the_sweep_cases_fail_in_one_line_before_any_work(data, tmp_path, case):
+def test_empty_and_out_of_range_inputs_fail_in_one_line_before_any_work(data, tmp_path, case):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     good, out = data["good"], tmp_path / "out"
