@@ -28,7 +28,7 @@ from medvlthinker.analysis.cli_options import (
 @with_options(RUN_OPTIONS, FIGURE_OPTIONS, COMPARISON_OPTIONS)
 @flag("output_dir", required=True, type=click.Path(file_okay=False), help="Where everything goes.")
 @flag("seed", default=0, help="Seed of the bootstrap and of the sample choice.")
-@flag("samples_per_benchmark", default=8, help="Rows per benchmark and model in the sample browser.")
+@flag("samples_per_benchmark", type=click.IntRange(min=0), default=8, help="Rows per benchmark and model in the sample browser.")
 @flag("rl_log", type=click.Path(exists=True, dir_okay=False),
       help="verl's console log of an RL run: adds the mean-reward curve.")
 @flag("reliance_run", multiple=True, metavar="MODEL=DIR",

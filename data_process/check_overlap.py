@@ -27,14 +27,14 @@ from medvlthinker.data import load_unified, save_unified
 @click.option("--eval", "eval_source", default="UCSC-VLAA/MedVLThinker-Eval", show_default=True, help="Evaluation set.")
 @click.option("--eval_split", default="test", show_default=True)
 @click.option("--threshold", type=float, default=0.8, show_default=True, help="Character n-gram Jaccard of a near-duplicate question.")
-@click.option("--ngram", type=int, default=4, show_default=True, help="Character n-gram length.")
+@click.option("--ngram", type=click.IntRange(min=1), default=4, show_default=True, help="Character n-gram length.")
 @click.option("--with_options", is_flag=True, help="Compare the question followed by its option texts.")
 @click.option("--images/--no_images", default=True, show_default=True, help="Also look for identical images (pixel hash).")
 @click.option("--near_images/--no_near_images", default=True, show_default=True,
               help="Also look for near-duplicate images (64-bit pHash within --image_threshold bits).")
 @click.option("--image_threshold", type=int, default=DEFAULT_IMAGE_THRESHOLD, show_default=True,
               help=f"Most pHash bits (of 64) two near-duplicate images may differ in, 0..{MAX_IMAGE_THRESHOLD}.")
-@click.option("--num_proc", type=int, default=1, show_default=True, help="Processes hashing images.")
+@click.option("--num_proc", type=click.IntRange(min=1), default=1, show_default=True, help="Processes hashing images.")
 @click.option("--output_dir", required=True, help="Where the report, the matches and the table go.")
 @click.option("--write_train_without", default=None, type=click.Path(file_okay=False),
               help="Also save the training set without the rows flagged by any kind here (save_to_disk).")

@@ -7,7 +7,7 @@
 
 This is eval/run_offline_inference.py with the teacher's sampling (split train, n 3, temperature 1.0, top_p 1.0,
 max_tokens 4096, seed 42) put first; every flag of the runner is accepted, and one given here overrides the
-teacher's. The output directory is the runner's (shard files, eval_results.jsonl, args.json); rerunning resumes.
+teacher's; --preset NAME replaces the teacher's sampling by the preset's. The output directory is the runner's (shard files, eval_results.jsonl, args.json); rerunning resumes.
 """
 
 from __future__ import annotations

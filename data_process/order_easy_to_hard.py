@@ -39,7 +39,7 @@ from medvlthinker.inference.settings import CURATION
               help="Row order of the output.")
 @click.option("--seed", type=int, default=CURATION.seed, show_default=True,
               help="Seed of the shuffle before the stable sort (the default is the paper's).")
-@click.option("--num_rollouts", type=int, default=CURATION.rollouts, show_default=True,
+@click.option("--num_rollouts", type=click.IntRange(min=0), default=CURATION.rollouts, show_default=True,
               help="Rollouts per record expected in the results (0: do not check).")
 @click.option("--min_rows", type=int, default=1, show_default=True,
               help="Stop, writing nothing, if the band keeps fewer rows (e.g. the RL batch size, which verl needs "

@@ -24,9 +24,11 @@ from medvlthinker.inference.regrade import regrade
               help="eval set whose options fill in records without them (the original recipe's result files), "
                    "e.g. UCSC-VLAA/MedVLThinker-Eval")
 @click.option("--eval_split", default=None, help="split of --eval_data")
-def main(results, output_dir, mode, llava_med_rule, eval_data, eval_split):
+@click.option("--allow_partial", is_flag=True,
+              help="regrade an unfinished run's shards although rows are missing (a warning names them)")
+def main(results, output_dir, mode, llava_med_rule, eval_data, eval_split, allow_partial):
     table = regrade(results, output_dir, mode=mode, llava_med_rule=llava_med_rule, eval_data=eval_data,
-                    eval_split=eval_split)
+                    eval_split=eval_split, allow_partial=allow_partial)
     click.echo(json.dumps(table, indent=2))
 
 

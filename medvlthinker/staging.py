@@ -18,6 +18,7 @@ would read, and an existing output is kept until its replacement is complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -25,6 +26,8 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from medvlthinker.errors import UserError
 
 
 def _remove(path: Path) -> None:
@@ -56,7 +59,12 @@ def staged(target: str | os.PathLike, *, overwrite: bool = False, directory: boo
     owner = f".{os.getpid()}-{threading.get_ident()}" if private else ""
     tmp = target.with_name(f".{target.name}{owner}.partial")
     _remove(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next(p for p in target.parents if p.exists() and not p.is_dir())
+        raise UserError(str(target), f"its folder cannot be created: {blocking} is a file",
+                        fix="choose an output path none of whose folders is a file") from None
     if directory:
         tmp.mkdir()
     try:
@@ -87,3 +95,28 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     return Path(path)
+
+
+class DiskFullError(UserError):
+    """No space left on the device while writing into a folder; the message names it and its free space."""
+
+    def __init__(self, folder: str | os.PathLike, what: str = "writing") -> None:
+        folder = Path(folder)
+        probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+        try:
+            free = f"{shutil.disk_usage(probe).free / 2**30:.2f} GiB free"
+        except OSError:
+            free = "free space unknown"
+        super().__init__(str(folder), f"no space left on the device while {what} ({free})",
+                         fix="free space there or point the output at a disk with room, then run again")
+
+
+@contextlib.contextmanager
+def disk_full_named(folder: str | os.PathLike, what: str = "writing") -> Iterator[None]:
+    """``OSError`` ENOSPC inside the block becomes :class:`DiskFullError` naming ``folder``; other errors pass."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise DiskFullError(folder, what) from None

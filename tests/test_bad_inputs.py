@@ -454,6 +454,24 @@ def test_a_torn_shard_line_is_skipped_alike_and_a_torn_merged_file_refused(eval_
     expect_failure("eval/regrade.py", torn, "--output_dir", tmp_path / "r2", names=["merged.jsonl:", "torn last line"])
 
 
+def test_regrade_of_shards_names_the_rows_a_torn_line_left_out(eval_run, tmp_path):
+    # a run killed while appending its last row: the shard rule skips the torn line, so the shards hold one row
+    # fewer than the run; regrade used to grade the others without a word
+    run_dir = _copy_run(eval_run["out"], tmp_path / "killed")
+    (run_dir / "eval_results.jsonl").unlink()
+    (run_dir / "accuracy.json").unlink()
+    shard = next(run_dir.glob("shard-*.jsonl"))
+    lines = shard.read_text().splitlines()
+    shard.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:30])
+    expect_failure("eval/regrade.py", run_dir, "--output_dir", tmp_path / "r",
+                   names=[f"holds {len(lines) - 1} of the run's {len(lines)} rows",
+                          f"shard 0 of 1: {len(lines) - 1} of {len(lines)}", "--allow_partial"], kept=[run_dir])
+    with pytest.warns(UserWarning, match=f"holds {len(lines) - 1} of the run's {len(lines)} rows"):
+        code, output = run("eval/regrade.py", run_dir, "--output_dir", tmp_path / "r", "--allow_partial")
+    assert code == 0, output
+    assert len((tmp_path / "r" / "eval_results.regrade.jsonl").read_text().splitlines()) == len(lines) - 1
+
+
 def data_rows(eval_run):
     return [json.loads(line) for line in (eval_run["out"] / "eval_results.jsonl").read_text().splitlines()]
 
@@ -699,3 +717,46 @@ def test_sft_refuses_a_bad_learning_rate_or_a_missing_flash_attn_before_the_mode
         pytest.skip("flash-attn is installed here")
     expect_failure("train/sft/train_sft.py", TINY_CONFIG, f"model_name_or_path={_unloadable_model(tmp_path)}",
                    f"train_data={data['sft']}", f"output_dir={tmp_path / 'run'}", override, names=names)
+
+
+# ----------------------------------- empty files, out-of-range numbers, a bare RL config, a file in an output path
+@pytest.mark.parametrize("case", ["verl-empty-jsonl", "m23k-empty-source", "overlap-ngram-0", "overlap-num-proc",
+                                  "e2h-negative-rollouts", "plots-zero-rollouts", "report-negative-samples",
+                                  "rl-config-without-base", "output-under-a-file", "plots-greedy-as-sampling"])
+def test_empty_and_out_of_range_inputs_fail_in_one_line_before_any_work(data, tmp_path, case):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    good, out = data["good"], tmp_path / "out"
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("data:\n  train_batch_size: 8\n")
+    greedy = tmp_path / "greedy.jsonl"  # one rollout a row, as a greedy eval writes
+    greedy.write_text("".join(json.dumps({"dataset_name": "pmc_vqa", "dataset_index": i, "answer_label": "A",
+                                          "answer": "Yes", "options": '{"A": "Yes", "B": "No"}', "num_rollouts": 1,
+                                          "rollouts": [{"output_text": "<answer>A</answer>", "pred_letter": "A",
+                                                        "is_correct": True}]}) + "\n" for i in range(3)))
+    script, args, names = {
+        "verl-empty-jsonl": ("data_process/convert_verl_format.py", [empty, tmp_path / "out.parquet"],
+                             [f"{empty}: the file is empty"]),
+        "m23k-empty-source": ("data_process/prepare_m23k.py", ["--source", empty, "--output", out],
+                              [f"{empty}: the file is empty"]),
+        "overlap-ngram-0": ("data_process/check_overlap.py", ["--train", good, "--eval", good, "--ngram", "0",
+                                                              "--output_dir", out], ["--ngram", "0 is not in the range"]),
+        "overlap-num-proc": ("data_process/check_overlap.py", ["--train", good, "--eval", good, "--num_proc", "-2",
+                                                               "--output_dir", out], ["--num_proc", "x>=1"]),
+        "e2h-negative-rollouts": ("data_process/order_easy_to_hard.py",
+                                  ["--dataset_name", good, "--results_jsonl_path", good, "--num_rollouts", "-1",
+                                   "--save_to_disk_path", out], ["--num_rollouts", "x>=0"]),
+        "plots-zero-rollouts": ("analysis/make_plots.py", ["--pass_rate_dir", good, "--pass_rate_rollouts", "0",
+                                                           "--output_dir", out], ["--pass_rate_rollouts", "x>=1"]),
+        "report-negative-samples": ("analysis/make_report.py", ["--run", f"m={good}", "--samples_per_benchmark", "-1",
+                                                                "--output_dir", out],
+                                    ["--samples_per_benchmark", "x>=0"]),
+        "rl-config-without-base": ("train/rl/preflight.py", [bare], ["composes to no GRPO config",
+                                                                     "defaults: [base/grpo, _self_]"]),
+        "plots-greedy-as-sampling": ("analysis/make_plots.py", ["--sampling_run", f"m={greedy}", "--output_dir", out],
+                                     ["--sampling_run m: every row has one rollout", "--preset metrics_at_n"]),
+        "output-under-a-file": ("data_process/convert_verl_format.py", [good, empty / "out.parquet"],
+                                [f"its folder cannot be created: {empty} is a file"]),
+    }[case]
+    expect_failure(script, *args, names=names)
+    assert not out.exists() and not (tmp_path / "out.parquet").exists()

@@ -131,3 +131,25 @@ def test_sft_checkpoint_merges_with_the_base_models_files(tmp_path, tiny_model_d
     assert any(not torch.equal(merged[k], base[k]) for k in base)  # the step changed the weights
     with pytest.raises(merge.MergeError, match="already exists"):
         merge.merge_sft_checkpoint(ckpt, str(tiny_model_dir), target)
+
+
+def test_a_full_disk_during_an_sft_merge_is_one_line_and_leaves_no_target(tmp_path, tiny_model_dir, monkeypatch):
+    import errno
+    import shutil
+
+    import pytest
+
+    from medvlthinker.staging import DiskFullError
+    from medvlthinker.train import merge
+
+    ckpt = tmp_path / "checkpoint-1"
+    ckpt.mkdir()
+    shutil.copy2(Path(tiny_model_dir) / "model.safetensors", ckpt / "model.safetensors")
+
+    def no_space(src, dst, *args, **kwargs):  # what the OS answers when the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(merge.shutil, "copy2", no_space)
+    with pytest.raises(DiskFullError, match=r"no space left on the device while writing the merged model \(.* GiB free"):
+        merge.merge_sft_checkpoint(ckpt, str(tiny_model_dir), tmp_path / "merged", check=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]

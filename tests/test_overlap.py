@@ -116,6 +116,29 @@ def test_find_overlap_kinds_and_counts(sets):
     assert {(m["train_dataset_index"], m["eval_dataset_index"]) for m in strict.matches} == {(100, 0), (104, 3)}
 
 
+def test_rows_whose_images_cannot_be_decoded_are_counted_named_and_warned(tmp_path):
+    junk = {"bytes": b"\x89PNG\r\n\x1a\n cut short", "path": None}
+    train = to_dataset(TRAIN[:2] + [_row("Which organ is enlarged?", [junk], "pmc_vqa", 107)])
+    eval_ = to_dataset(EVAL[:1] + [_row("Is it a fracture?", [junk], "slake_closed", 9)])
+    for side, ds in (("train", train), ("eval", eval_)):
+        ds.save_to_disk(str(tmp_path / side))
+    with pytest.warns(UserWarning, match=r"images of \{'train': 1, 'eval': 1\} rows cannot be decoded.*\(first: "
+                                         r"train dataset_name=pmc_vqa, dataset_index=107, eval dataset_name="
+                                         r"slake_closed, dataset_index=9\)"):
+        report = find_overlap(train, eval_)
+    assert report.undecodable_image_rows == {"train": 1, "eval": 1}
+    spec = importlib.util.spec_from_file_location("check_overlap", ROOT / "data_process" / "check_overlap.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.warns(UserWarning, match="cannot be decoded"):
+        result = CliRunner().invoke(module.main, ["--train", str(tmp_path / "train"), "--eval", str(tmp_path / "eval"),
+                                                  "--output_dir", str(tmp_path / "out")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "out" / "overlap_report.json").read_text())
+    assert written["images_compared"] is True and written["undecodable_image_rows"] == {"train": 1, "eval": 1}
+    assert {"side": "eval", "dataset_name": "slake_closed", "dataset_index": 9} in written["undecodable_examples"]
+
+
 def test_check_overlap_script_is_deterministic(sets, tmp_path):
     root, _, _ = sets
     spec = importlib.util.spec_from_file_location("check_overlap", ROOT / "data_process" / "check_overlap.py")

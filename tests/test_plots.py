@@ -150,3 +150,14 @@ def test_pass_at_k_uses_recorded_grades_and_a_pooled_panel(rows, tmp_path):
     assert regraded["SLAKE"] == [(1, 0.0), (2, 0.0)]
     written = plots.make_plots(tmp_path / "fig", sampling_runs={"m": loaded})
     _check_files(written["pass_at_k"], "pass_at_k", str(tmp_path / "fig"))
+
+
+def test_a_dollar_in_a_model_name_is_drawn_as_text(sampled, tmp_path):
+    # matplotlib reads text between two $ as mathtext, where "$^$" or "$\\x$" does not parse
+    names = ("run$^$1", r"ckpt $\x$ final")
+    written = plots.make_plots(tmp_path, sampling_runs={name: sampled for name in names})
+    assert set(written) == {*(f"metrics_at_n:{name}" for name in names), "pass_at_k"}
+    _check_files(written["pass_at_k"], "pass_at_k", str(tmp_path))
+    from medvlthinker.curate import curation_report
+
+    assert curation_report.plot_pass_count_distribution({1: 3, 2: 1}, tmp_path / "counts.png", title="run$^$1").is_file()

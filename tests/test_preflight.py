@@ -33,7 +33,8 @@ def test_every_paper_row_has_a_config():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_passes_preflight(config, tiny_overrides):
-    report = run_preflight(config, tiny_overrides, sample_rows=4)
+    one_node = ["trainer.nnodes=1"] if "32b" in config.name else []  # the CPU profile runs on one machine
+    report = run_preflight(config, tiny_overrides + one_node, sample_rows=4)
     assert len(report.prompt_lengths) == 8  # 4 rows from train_files and 4 from val_files
     assert report.over_limit == 0 and min(report.prompt_lengths) > 60
     # the image rows are longer than the text rows by their image tokens
@@ -202,3 +203,94 @@ def test_online_filter_overlay_applies_to_a_paper_config_and_only_where_verl_fil
         with pytest.raises(PreflightError, match=r"algorithm\.filter_groups\.enable=true \(configs/rl/overlays/"
                                                  r"online_filter\.yaml\) cannot apply to this config: " + message):
             run_preflight(ONE, online + extra, sample_rows=1)
+
+
+@pytest.mark.parametrize(
+    "config, extra, message",
+    [
+        # verl's train loader drops the last partial batch: no step an epoch, ZeroDivisionError after start-up
+        (ONE, ["data.train_batch_size=8"],
+         (r"data\.train_batch_size=8 is larger than the 4 rows of data\.train_files.*fix: set "
+          r"data\.train_batch_size to at most 4")),
+        (ONE, ["trainer.default_local_dir=/proc/medvlthinker/ckpt"],
+         r"trainer\.default_local_dir=/proc/medvlthinker/ckpt: /proc is not writable"),
+        (ROOT / "configs" / "rl" / "qwen2.5-vl-32b_rl_m23k.yaml", [],
+         (r"overlays/cpu\.yaml runs verl on this one machine, but trainer\.nnodes=4.*fix: add the override "
+          r"trainer\.nnodes=1")),
+    ],
+    ids=["batch-over-rows", "checkpoint-not-writable", "cpu-on-four-nodes"],
+)
+def test_preflight_refuses_what_would_fail_after_start_up(config, extra, message, tiny_overrides):
+    with pytest.raises(PreflightError, match=message):
+        run_preflight(config, tiny_overrides + extra, sample_rows=1)
+
+
+def test_a_folder_for_the_data_files_is_named(tiny_overrides, tmp_path):
+    # datasets reads an empty folder as "Instruction 'train' corresponds to no data!"
+    with pytest.raises(PreflightError, match=rf"data\.train_files: {tmp_path} is a folder \(empty of parquet\).*fix: "
+                                             r"list the \.parquet files"):
+        run_preflight(ONE, tiny_overrides + [f"data.train_files=[{tmp_path}]"], sample_rows=1)
+
+
+def test_checkpoint_folder_under_a_file_is_named(tiny_overrides, tmp_path):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(PreflightError, match=r"taken is a file, so the checkpoint folder cannot be created"):
+        run_preflight(ONE, tiny_overrides + [f"trainer.default_local_dir={tmp_path}/taken/ckpt"], sample_rows=1)
+
+
+def _cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rl_preflight_cli", ROOT / "train" / "rl" / "preflight.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def test_cli_names_a_split_path_an_overlay_without_its_header_and_the_old_option(tiny_overrides, tmp_path):
+    from click.testing import CliRunner
+
+    main = _cli().main
+    rest = [o for o in tiny_overrides if not o.startswith("+overlays")]
+    cpu = ROOT / "configs" / "rl" / "overlays" / "cpu.yaml"
+    # a path with a space, unquoted: the shell hands Hydra two pieces
+    split = CliRunner().invoke(main, [str(ONE), str(cpu), *rest, "data.val_files=[/my", "data/val.parquet]"])
+    assert split.exit_code == 1 and "Traceback" not in split.output
+    assert ("data/val.parquet]: neither key=value nor an overlay .yaml file (a value with a space is split in two by "
+            "the shell); fix: quote the whole override, e.g. 'data.val_files=[/my data/val.parquet]'") in split.output
+    stray = CliRunner().invoke(main, [str(ONE), str(cpu), *rest, "noequals"])
+    assert stray.exit_code == 1 and "noequals: neither key=value nor an overlay .yaml file; fix: write Hydra " \
+        "overrides as key=value" in stray.output
+    # an overlay without '# @package _global_' would nest its keys under overlays.*
+    headless = ROOT / "configs" / "rl" / "overlays" / f"headless_{tmp_path.name}.yaml"
+    headless.write_text("\n".join(line for line in cpu.read_text().splitlines() if "@package" not in line))
+    try:
+        result = CliRunner().invoke(main, [str(ONE), str(headless), *rest, "--sample_rows", "1"])
+    finally:
+        headless.unlink()
+    assert result.exit_code == 1 and "lacks Hydra's '# @package _global_' header" in result.output
+    assert "fix: add '# @package _global_' as its first line" in result.output
+    # the former spelling of --sample_rows still works, with a warning that names the new one
+    old = CliRunner().invoke(main, [str(ONE), *tiny_overrides, "--sample-rows", "1"])
+    assert old.exit_code == 0, old.output
+    assert "--sample-rows is deprecated and will be removed; spell it --sample_rows" in old.output
+
+
+def test_launcher_refuses_an_empty_data_set_before_verl_starts(tiny_overrides, tmp_path, capsys):
+    # without the check, verl's start-up (Ray, the workers) ran first and then stopped on "Instruction 'train'
+    # corresponds to no data!"; SKIP_PREFLIGHT=1 skips the preflight but not these checks
+    import pyarrow.parquet as pq
+
+    from medvlthinker.train import rl
+
+    train = next(o for o in tiny_overrides if o.startswith("data.train_files="))[len("data.train_files=["):-1]
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(train).slice(0, 0), empty)
+    with pytest.raises(SystemExit) as exit_:
+        rl._prepare([str(ONE), *tiny_overrides, f"data.train_files=[{empty}]"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert f"error: data.train_files: {empty} has no rows; fix:" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        rl._prepare([str(ONE), *tiny_overrides, "data.train_batch_size=64"])
+    assert "data.train_batch_size=64 is larger than the 4 rows" in capsys.readouterr().err

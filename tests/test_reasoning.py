@@ -179,3 +179,24 @@ def test_teacher_run_through_the_runner_then_merge(tmp_path, tiny_model_dir, tra
     saved = datasets.Dataset.from_parquet(str(tmp_path / "sft.parquet"))
     assert saved["dataset_index"] == [102] and saved["reasoning"] == ["from the teacher"]
     assert report.kept_from_rollout == {1: 1} and sorted(report.dropped["no_correct"]) == [100, 101, 103]
+
+
+def test_a_preset_given_to_the_teacher_takes_effect():
+    # the teacher's sampling flags, given explicitly, would outrank every value of a preset
+    import importlib.util
+
+    from medvlthinker.inference.settings import METRICS_AT_N
+
+    spec = importlib.util.spec_from_file_location("run_offline_inference", ROOT / "eval" / "run_offline_inference.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+
+    def resolved(*user):
+        args = reasoning.teacher_runner_args(["--model", "M", "--dataset_name", "D", "--output_dir", "O", *user])
+        params = runner.main.make_context("generate_reasoning.py", args).params
+        return params["split"], params["n"], params["temperature"], params["max_tokens"]
+
+    assert resolved() == ("train", 3, 1.0, 4096)
+    assert resolved("--preset", "metrics_at_n") == ("train", METRICS_AT_N.n, METRICS_AT_N.temperature,
+                                                    METRICS_AT_N.max_tokens)
+    assert resolved("--preset=metrics_at_n", "--n", "7")[1] == 7  # a flag the user types still wins

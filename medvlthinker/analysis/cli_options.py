@@ -71,7 +71,7 @@ FIGURE_OPTIONS = (
     flag("sampling_run", multiple=True, metavar="MODEL=DIR",
          help="Sampled eval output (n > 1 rollouts) for the metrics@n bars and the pass@k curves."),
     flag("pass_rate_dir", type=click.Path(exists=True), help="Pass-rate output for the pass-count plot."),
-    flag("pass_rate_rollouts", default=PASS_RATE.n, help="Rollouts per question of the pass-rate run."),
+    flag("pass_rate_rollouts", type=click.IntRange(min=1), default=PASS_RATE.n, help="Rollouts per question of the pass-rate run."),
     flag("pass_at_k_grading", type=click.Choice(GRADINGS), default=PASS_AT_K_GRADING,
          help="How rollouts are graded for the pass@k curves (recorded: the strict grades of generation, as the "
               "original; regrade grades them like the table)."),

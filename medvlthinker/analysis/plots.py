@@ -42,6 +42,10 @@ _METADATA = {"png": {}, "pdf": {"CreationDate": None, "ModDate": None}}
 _COLOURS = ("#3b6ea5", "#d1603d", "#3f9b5a", "#8e5ea2", "#c9a227", "#5b5b5b", "#2aa1b3", "#b5475d")
 
 
+# User text (model names, titles) is drawn as written, not read as mathtext, where "$^$" fails to draw.
+_plain_text = matplotlib.rc_context({"text.parse_math": False})
+
+
 def save_figure(fig, out_dir: str | os.PathLike, stem: str, formats: Sequence[str] = FORMATS) -> list[str]:
     """Save ``fig`` as ``out_dir/stem.{png,pdf}`` (150 dpi) and close it; return the paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -134,6 +138,7 @@ def metrics_at_n(
     return out
 
 
+@_plain_text
 def plot_metrics_at_n(
     metrics: Mapping[str, Mapping[str, float]], out_dir: str | os.PathLike, *, stem: str = "metrics_at_n",
     title: str | None = None,
@@ -205,6 +210,7 @@ def pass_at_k_curves(
     return curves
 
 
+@_plain_text
 def plot_pass_at_k(
     curves_by_model: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]],
     out_dir: str | os.PathLike,
@@ -256,6 +262,7 @@ def radar_values(table: PaperTable) -> dict[str, dict[str, float]]:
     }
 
 
+@_plain_text
 def plot_radar(
     values_by_model: Mapping[str, Mapping[str, float]],
     out_dir: str | os.PathLike,
@@ -299,9 +306,14 @@ def sampling_figures(
     pass_at_k_grading: str = PASS_AT_K_GRADING,
     drop_unconverted: bool = False,
     options: Mapping[int, Any] | None = None,
+    name: str = "sampling run",
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[int, float]]]]:
     """The numbers of a sampled run's two figures, each graded as the original graded it: ``(metrics@n, pass@k
     curves)``. The original's metrics@n come from its regraded file, its pass@k curves from the generation file."""
+    if records and max(len(r["rollouts"]) for r in records) < 2:
+        raise AnalysisError(f"{name}: every row has one rollout, so metrics@n and pass@k would be plain accuracy; fix: "
+                            "pass a sampled run (eval/run_offline_inference.py --preset metrics_at_n or pass_at_k), "
+                            "or its greedy run as --run")
     metrics = metrics_at_n(graded(records, metrics_grading, options), drop_unconverted=drop_unconverted)
     curves = pass_at_k_curves(graded(records, pass_at_k_grading, options))
     return metrics, curves
@@ -310,6 +322,7 @@ def sampling_figures(
 # ---- RL reward curve ----------------------------------------------------------------------------------------------
 
 
+@_plain_text
 def plot_reward_curve(
     curve: Sequence[tuple[int, float]], out_dir: str | os.PathLike, *, stem: str = "reward_curve",
     title: str = "GRPO: mean reward per step",
@@ -371,7 +384,7 @@ def make_plots(
             stem = "metrics_at_n" if len(sampling_runs) == 1 else f"metrics_at_n_{i}"
             metrics, curves[model] = sampling_figures(
                 records, metrics_grading=metrics_grading, pass_at_k_grading=pass_at_k_grading,
-                drop_unconverted=drop_unconverted, options=options,
+                drop_unconverted=drop_unconverted, options=options, name=f"--sampling_run {model}",
             )
             written[f"metrics_at_n:{model}"] = plot_metrics_at_n(
                 metrics, out_dir, stem=stem, title=f"{model}: metrics@n per benchmark"

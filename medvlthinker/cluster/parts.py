@@ -152,6 +152,7 @@ def grpo_overrides(ctx: Context, model: Path, parquet: Path, gpus: int) -> list[
 def part_grpo(ctx: Context) -> dict[str, Any]:
     from medvlthinker.analysis.demo_summary import step_metrics
     from medvlthinker.converters.verl_format import convert_to_verl, write_verl_parquet
+    from medvlthinker.data import to_dataset
     from medvlthinker.demo import synthetic
 
     require(gpu_problem(ctx.profile), vllm_problem(),
@@ -164,7 +165,7 @@ def part_grpo(ctx: Context) -> dict[str, Any]:
     parquet = work / "train.parquet"
     size = ctx.profile.image_size
     rows = synthetic.make_image_rows(n=ctx.profile.rl_rows, seed=3, image_size=(size, size))
-    write_verl_parquet(convert_to_verl(synthetic.to_dataset(rows)), parquet)
+    write_verl_parquet(convert_to_verl(to_dataset(rows)), parquet)
     gpus = torch.cuda.device_count() if ctx.profile.device == "cuda" else 1
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     env = {**os.environ, "PYTHON": sys.executable, "RAY_TMPDIR": ray_tmp, "PREFLIGHT_ROWS": "4"}
@@ -209,6 +210,7 @@ def part_sft(ctx: Context) -> dict[str, Any]:
     from transformers import AutoConfig, TrainerCallback
 
     from medvlthinker.converters.sft_format import convert_to_sft, write_sft_dataset
+    from medvlthinker.data import to_dataset
     from medvlthinker.demo import synthetic
     from medvlthinker.train.sft import run_sft
     from medvlthinker.train.sft_benchmark import peak_flops, training_flops_per_token
@@ -219,7 +221,7 @@ def part_sft(ctx: Context) -> dict[str, Any]:
     work = ctx.work / "sft"
     steps = ctx.profile.sft_steps
     rows = synthetic.make_text_rows(n=steps + 1, seed=4)  # the 3B SFT row is m23k: text-only
-    data = write_sft_dataset(convert_to_sft(synthetic.to_dataset(rows)), work / "data", overwrite=True)
+    data = write_sft_dataset(convert_to_sft(to_dataset(rows)), work / "data", overwrite=True)
     cfg = load_config(SFT_CONFIG, [f"model_name_or_path={model}", f"train_data={data}", f"output_dir={work / 'run'}",
                                    f"max_steps={steps}", "save_strategy=no", "global_batch_size=1",
                                    "per_device_train_batch_size=1", "logging_steps=1", "report_to=[none]",

@@ -99,6 +99,7 @@ def plot_pass_count_distribution(distribution: Mapping[int, int], out_path: str 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.text
 
     out_path = Path(out_path)
     suffix = out_path.suffix.lower()
@@ -116,6 +117,8 @@ def plot_pass_count_distribution(distribution: Mapping[int, int], out_path: str 
         ax.set_ylabel("questions")
         ax.set_title(title or f"Pass-count distribution ({sum(values)} questions)", fontsize=10)
         ax.spines[["top", "right"]].set_visible(False)
+        for text in fig.findobj(matplotlib.text.Text):
+            text.set_parse_math(False)  # the title is user text: a pair of $ in it is not mathtext
         fig.tight_layout()
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with matplotlib.rc_context({"svg.hashsalt": "medvlthinker"}):

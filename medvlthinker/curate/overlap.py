@@ -75,10 +75,12 @@ class ImageHashes:
 
     pixels: dict[int, list[str]] = field(default_factory=dict)
     perceptual: dict[int, list[int]] = field(default_factory=dict)
+    undecodable: list[int] = field(default_factory=list)  # row positions of images that cannot be decoded
 
 
 def hash_images(ds, *, num_proc: int = 1, perceptual: bool = False, desc: str = "hashing images") -> ImageHashes:
-    """Decode every image of ``ds`` once and hash it (an undecodable image hashes to nothing)."""
+    """Decode every image of ``ds`` once and hash it (an undecodable image hashes to nothing; its row position is
+    listed in ``undecodable``)."""
     import functools
 
     from tqdm.auto import tqdm
@@ -91,18 +93,21 @@ def hash_images(ds, *, num_proc: int = 1, perceptual: bool = False, desc: str = 
 
         with multiprocessing.get_context("spawn").Pool(num_proc) as pool:
             results = tqdm(pool.imap(work, items, chunksize=16), desc=desc, unit="img")
-            for position, _, digest, phash in results:
-                if digest:
-                    out.pixels[position].append(digest)
-                if phash is not None:
-                    out.perceptual[position].append(phash)
+            for result in results:
+                _collect(out, *result)
     else:
-        for position, _, digest, phash in tqdm(map(work, items), desc=desc, unit="img"):
-            if digest:
-                out.pixels[position].append(digest)
-            if phash is not None:
-                out.perceptual[position].append(phash)
-    return ImageHashes(dict(out.pixels), dict(out.perceptual))
+        for result in tqdm(map(work, items), desc=desc, unit="img"):
+            _collect(out, *result)
+    return ImageHashes(dict(out.pixels), dict(out.perceptual), out.undecodable)
+
+
+def _collect(out: ImageHashes, position: int, _image_position: int, digest: str | None, phash: int | None) -> None:
+    if digest:
+        out.pixels[position].append(digest)
+    else:
+        out.undecodable.append(position)
+    if phash is not None:
+        out.perceptual[position].append(phash)
 
 
 def image_hashes(ds, *, num_proc: int = 1, desc: str = "hashing images") -> dict[int, list[str]]:
@@ -122,6 +127,9 @@ class OverlapReport:
     with_options: bool
     images_compared: bool
     image_threshold: int | None = None
+    # rows with an image that cannot be decoded, left out of the image comparison: counts and the first few
+    undecodable_image_rows: dict[str, int] = field(default_factory=dict)
+    undecodable_examples: list[dict[str, Any]] = field(default_factory=list)
     # eval dataset_name -> kind -> number of eval rows with at least one match of that kind
     eval_rows_matched: dict[str, dict[str, int]] = field(default_factory=dict)
     # kind -> number of train rows with at least one match of that kind
@@ -252,6 +260,8 @@ def find_overlap(
         with_options=with_options, images_compared=compare_images or near_images,
         image_threshold=image_threshold if near_images else None,
     )
+    if compare_images or near_images:
+        _note_undecodable(report, {"train": (tr, train_hashes), "eval": (ev, eval_hashes)})
     eval_sets: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     train_sets: dict[str, set[int]] = defaultdict(set)
     for (i, j), flags in sorted(pairs.items()):
@@ -283,6 +293,22 @@ def find_overlap(
     }
     report.train_rows_matched = {kind: len(train_sets.get(kind, ())) for kind in (*KINDS, "question_and_image")}
     return report
+
+
+def _note_undecodable(report: OverlapReport, sides: Mapping[str, tuple[Mapping[str, list], ImageHashes]]) -> None:
+    """Count the rows whose images could not be compared, name the first ones, and warn once."""
+    import warnings
+
+    for side, (rows, hashes) in sides.items():
+        positions = sorted(set(hashes.undecodable))
+        report.undecodable_image_rows[side] = len(positions)
+        report.undecodable_examples += [{"side": side, "dataset_name": rows["dataset_name"][i],
+                                         "dataset_index": rows["dataset_index"][i]} for i in positions[:3]]
+    if report.undecodable_examples:
+        first = ", ".join(f"{e['side']} dataset_name={e['dataset_name']}, dataset_index={e['dataset_index']}"
+                          for e in report.undecodable_examples[:3])
+        warnings.warn(f"images of {report.undecodable_image_rows} rows cannot be decoded and were left out of the "
+                      f"image comparison (first: {first}); their questions were still compared", stacklevel=3)
 
 
 def near_image_pairs(train: Mapping[int, Sequence[int]], eval_: Mapping[int, Sequence[int]],

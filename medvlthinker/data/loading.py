@@ -25,7 +25,7 @@ from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Any
 
-from medvlthinker.data.sources import load_disk_dataset, load_hub, pick_split, source_kind
+from medvlthinker.data.sources import check_not_empty, load_disk_dataset, load_hub, pick_split, source_kind
 from medvlthinker.schema import COLUMNS, REQUIRED_COLUMNS, SchemaError, validate_row
 
 
@@ -285,6 +285,7 @@ def load_unified(
             files = in_split or files
         ds = datasets.Dataset.from_parquet(files, num_proc=num_proc)
     elif kind == "jsonl":
+        check_not_empty(source)
         rows = [_fill_optional(row) for row in _read_jsonl(Path(source).expanduser())]
         rows = _subset_rows(rows, subset, name)
         if size is not None:

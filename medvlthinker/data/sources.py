@@ -15,6 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from medvlthinker.errors import UserError
+
 _SPLIT_PREFERENCE = ("test", "train", "validation")
 _LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".arrow")
 
@@ -156,6 +158,16 @@ def load_hub(name: str, split: str | None, num_proc: int | None = None):
         ) from exc
 
 
+def check_not_empty(path: str | os.PathLike) -> None:
+    """A local data file without a byte of content is an error naming it (the readers' own messages for one, a
+    datasets schema mismatch or a bare StopIteration, do not say so)."""
+    path = Path(path).expanduser()
+    if not path.is_file() or path.stat().st_size > 4096:
+        return
+    if not path.read_bytes().strip():
+        raise UserError(str(path), "the file is empty", fix="point at the data file with the rows, or rebuild it")
+
+
 _TABLE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
@@ -174,6 +186,7 @@ def load_table(source: str | os.PathLike, split: str | None = "train"):
         if builder is None:
             raise ValueError(f"{source}: unknown file type {path.suffix!r}; fix: pass a .parquet, .jsonl, .json or "
                              ".csv file, a save_to_disk directory or a Hugging Face dataset name")
+        check_not_empty(path)
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     kind, name = source_kind(source), str(source)
     if kind == "disk":

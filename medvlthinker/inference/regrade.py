@@ -14,7 +14,17 @@ from typing import Any
 
 from medvlthinker.errors import UserError
 from medvlthinker.grading import grade_record
-from medvlthinker.inference.records import RecordsError, accuracy_table, read_run
+from medvlthinker.inference.records import (
+    ARGS_FILE,
+    RESULTS_FILE,
+    SHARD_RE,
+    RecordsError,
+    accuracy_table,
+    read_records,
+    read_run,
+    shard_bounds,
+    shard_files,
+)
 from medvlthinker.staging import write_json, write_jsonl
 
 
@@ -85,16 +95,51 @@ def regrade_records(records: Iterable[Mapping[str, Any]], mode: str = "regrade",
     return out
 
 
+def shard_gap(path: str | os.PathLike, found: int) -> str | None:
+    """For a run directory with shards but no merged file: which shards hold fewer rows than ``args.json``'s
+    ``num_rows`` gives them (an unfinished run, or a last line torn by a kill, which the shard rule skips), or None.
+    """
+    path = Path(path)
+    if not path.is_dir() or (path / RESULTS_FILE).is_file() or not (path / ARGS_FILE).is_file():
+        return None
+    import json
+
+    num_rows = json.loads((path / ARGS_FILE).read_text()).get("num_rows")
+    if not isinstance(num_rows, int) or found >= num_rows:
+        return None
+    shards = {int(m.group(1)): (int(m.group(2)), f) for f in shard_files(path) if (m := SHARD_RE.search(f.name))}
+    short = []
+    for world in sorted({w for w, _ in shards.values()}):
+        for rank in range(world):
+            start, end = shard_bounds(num_rows, rank, world)
+            have = len(read_records(shards[rank][1])) if rank in shards and shards[rank][0] == world else 0
+            if have < end - start:
+                short.append(f"shard {rank} of {world}: {have} of {end - start}")
+    return f"holds {found} of the run's {num_rows} rows ({'; '.join(short[:4]) or 'shards of another layout'})"
+
+
 def regrade(path: str | os.PathLike, output: str | os.PathLike | None = None, *, mode: str = "regrade",
             llava_med_rule: bool = False, eval_data: str | os.PathLike | None = None,
-            eval_split: str | None = None) -> dict[str, Any]:
+            eval_split: str | None = None, allow_partial: bool = False) -> dict[str, Any]:
     """Regrade the records at ``path``; write ``<stem>.{mode}[-llava].jsonl`` and the matching accuracy JSON
     into ``output`` (default: beside the input). Returns the accuracy table (with conversion-failure rates).
 
-    ``eval_data`` joins the options of records written without them (the original recipe's result files)."""
+    ``eval_data`` joins the options of records written without them (the original recipe's result files). A run
+    directory whose shards hold fewer rows than the run has (:func:`shard_gap`) is an error naming the short
+    shards, unless ``allow_partial`` (then a warning)."""
     path = Path(path)
     options = eval_options(eval_data, eval_split) if eval_data is not None else None
-    records = regrade_records(read_run(path), mode, options, llava_med_rule=llava_med_rule)
+    found = read_run(path)
+    gap = shard_gap(path, len(found))
+    if gap and not allow_partial:
+        raise RecordsError(str(path), f"{gap}: an unfinished run, or a shard's last line torn by a kill",
+                           fix="rerun the same eval command (it resumes and merges), or pass --allow_partial to "
+                               "regrade the rows there are")
+    if gap:
+        import warnings
+
+        warnings.warn(f"{path}: {gap}; regrading those alone", stacklevel=2)
+    records = regrade_records(found, mode, options, llava_med_rule=llava_med_rule)
     out_dir = Path(output) if output else (path if path.is_dir() else path.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = mode + ("-llava" if llava_med_rule else "")

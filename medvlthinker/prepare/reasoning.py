@@ -60,9 +60,17 @@ def teacher_runner_args(user_args: Iterable[str]) -> list[str]:
     """The runner's command line for the teacher: :data:`TEACHER_SAMPLING` and the train split, then the user's
     flags (click keeps the last value of a repeated option, so a flag the user gives wins).
 
+    A ``--preset`` replaces the teacher's sampling (the runner's preset only fills flags not given, and the
+    teacher's would all be given).
+
     >>> teacher_runner_args(["--model", "M"])[:4]
     ['--split', 'train', '--n', '3']
+    >>> teacher_runner_args(["--model", "M", "--preset", "pass_rate"])
+    ['--split', 'train', '--model', 'M', '--preset', 'pass_rate']
     """
+    user_args = list(user_args)
+    if any(arg == "--preset" or arg.startswith("--preset=") for arg in user_args):
+        return ["--split", TEACHER_SPLIT, *user_args]
     s = TEACHER_SAMPLING
     return ["--split", TEACHER_SPLIT, "--n", str(s.n), "--temperature", str(s.temperature), "--top_p", str(s.top_p),
             "--max_tokens", str(s.max_tokens), "--seed", str(s.seed), *user_args]

@@ -27,7 +27,7 @@ import click
 
 from medvlthinker.cli import Group
 from medvlthinker.errors import UserError
-from medvlthinker.staging import staged
+from medvlthinker.staging import disk_full_named, staged
 
 
 class MergeError(UserError, RuntimeError):
@@ -150,7 +150,8 @@ def merge_sft_checkpoint(
     target = Path(target_dir)
     if target.exists() and not overwrite:
         raise MergeError(f"{target} already exists; fix: choose another target or pass --overwrite")
-    with staged(target, overwrite=True, directory=True) as tmp:
+    with disk_full_named(target.parent, "writing the merged model"), \
+            staged(target, overwrite=True, directory=True) as tmp:
         for f in weights:
             shutil.copy2(f, tmp / f.name)
         _copy_base_files(base_model, tmp)

@@ -4,8 +4,9 @@ In order, stopping at the first problem with a :class:`PreflightError` that name
 fix:
 
 1. compose the config with Hydra (it extends verl's ``ppo_trainer``, so unknown keys fail here) and run verl's own
-   ``validate_config``, as ``main_ppo`` does; check that the rollout batch splits over the agent-loop workers, and
-   that online filtering (``algorithm.filter_groups``) is on only where verl applies it;
+   ``validate_config``, as ``main_ppo`` does; check that the rollout batch splits over the agent-loop workers,
+   that online filtering (``algorithm.filter_groups``) is on only where verl applies it, that the checkpoint folder
+   (``trainer.default_local_dir``) can be written and that the CPU profile runs on one node;
 2. the reward: configured under ``reward.custom_reward_function`` (verl 0.9 silently ignores the old top-level
    ``custom_reward_function`` key and would run its default scorer, which fails on our data sources);
 3. the installed stack against the config's needs: verl's actor build imports TRL's value-head class whenever TRL
@@ -14,7 +15,7 @@ fix:
    dummy-loaded weights (its buffers would stay noise); then each fix of :mod:`medvlthinker.compat.verl_fixes` (3-D
    position ids, text-only batches): whether the installed verl needs it, whether the config installs it in every
    Ray worker, and whether it is active once installed;
-4. the data: every train/val file exists and has the RL columns; a sample of rows loads through verl's
+4. the data: every train/val file exists and has the RL columns, the training rows fill one batch; a sample of rows loads through verl's
    ``RLHFDataset`` with the model's processor (verl's loaders), and their prompt lengths, image tokens included,
    are measured against ``data.max_prompt_length`` the way verl's own overlong-prompt filter measures them;
 5. the reward through verl's loading path (``get_custom_reward_fn``): on every sampled row a well-formed correct
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 import statistics
+from pathlib import Path
 
 from medvlthinker import env
 from medvlthinker.compat import verl_fixes
@@ -39,8 +41,10 @@ from medvlthinker.train.preflight_config import (
     check_online_filter,
     check_reward_keys,
     check_reward_scores,
+    check_run_layout,
     compose_config,
     load_reward,
+    runtime_env_vars,
     validate_with_verl,
 )
 
@@ -48,8 +52,6 @@ from medvlthinker.train.preflight_config import (
 # ------------------------------------------------------------------------------------------------ 3. the stack
 def cpu_profile(cfg) -> bool:
     """Whether the config runs verl on the CPU (the overlay sets ``VERL_PLATFORM=cpu`` for every process)."""
-    from medvlthinker.train.rl import runtime_env_vars
-
     return runtime_env_vars(cfg).get("VERL_PLATFORM", env.get("VERL_PLATFORM")).lower() == "cpu"
 
 
@@ -197,7 +199,7 @@ def _files(cfg, key: str) -> list[str]:
 def check_data_files(cfg, report: PreflightReport) -> list[str]:
     from medvlthinker.converters.verl_format import check_verl_parquet
 
-    files = []
+    files, train_rows = [], 0
     for key in ("train_files", "val_files"):
         for path in _files(cfg, key):
             local = os.path.expanduser(path)
@@ -206,14 +208,30 @@ def check_data_files(cfg, report: PreflightReport) -> list[str]:
                     f"data.{key}: {path} does not exist; fix: build it with data_process/convert_verl_format.py "
                     f"or override data.{key}"
                 )
+            if os.path.isdir(local):
+                inside = sorted(str(p) for p in Path(local).rglob("*.parquet"))[:3]
+                raise PreflightError(
+                    f"data.{key}: {path} is a folder ({'holding ' + ', '.join(inside) if inside else 'empty of parquet'}"
+                    f"); verl reads the files a key lists (an empty folder is its \"Instruction 'train' corresponds to "
+                    f"no data!\"); fix: list the .parquet files, e.g. data.{key}=[{inside[0] if inside else 'a.parquet'}]"
+                )
             try:
                 rows = check_verl_parquet(local)
             except ValueError as exc:
                 raise PreflightError(f"data.{key}: {exc}") from exc
             report.ok(f"data.{key}: {path} ({rows} rows)")
             files.append(local)
+            train_rows += rows if key == "train_files" else 0
     if not _files(cfg, "train_files"):
         raise PreflightError("data.train_files is empty; fix: set it to the parquet(s) of the run")
+    batch = cfg.data.train_batch_size
+    if batch > train_rows:
+        # verl's train loader drops the last partial batch: an epoch of no step, and verl divides by that count
+        raise PreflightError(
+            f"data.train_batch_size={batch} is larger than the {train_rows} rows of data.train_files, so an epoch "
+            f"has no full batch and verl would stop after start-up (ZeroDivisionError); fix: set "
+            f"data.train_batch_size to at most {train_rows}, or train on more rows"
+        )
     return files
 
 
@@ -319,6 +337,7 @@ def run_preflight(config: str | os.PathLike, overrides: list[str] | tuple[str, .
     check_reward_keys(cfg, report)
     validate_with_verl(cfg, report)
     check_online_filter(cfg, report)
+    check_run_layout(cfg, report, cpu=cpu_profile(cfg))
     check_stack(cfg, report)
     check_picture_normalisation(cfg, report)
     check_verl_fixes(cfg, report)

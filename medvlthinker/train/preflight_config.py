@@ -38,6 +38,12 @@ class PreflightReport:
 
 
 # --------------------------------------------------------------------------------------------------- 1. config
+def runtime_env_vars(cfg) -> dict[str, str]:
+    """``ray_kwargs.ray_init.runtime_env.env_vars`` of a composed config, as strings."""
+    env = (((cfg.get("ray_kwargs") or {}).get("ray_init") or {}).get("runtime_env") or {}).get("env_vars") or {}
+    return {str(k): str(v) for k, v in env.items()}
+
+
 def compose_config(config: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
     """Compose ``config`` (a YAML path under configs/rl) with Hydra overrides, as ``main_ppo`` would."""
     import yaml
@@ -50,7 +56,7 @@ def compose_config(config: str | os.PathLike, overrides: list[str] | tuple[str, 
         raise PreflightError(f"config file {config} not found; fix: pass a file such as configs/rl/<row>.yaml")
     try:
         with initialize_config_dir(config_dir=str(path.parent), version_base=None):
-            return compose(config_name=path.stem, overrides=list(overrides))
+            cfg = compose(config_name=path.stem, overrides=list(overrides))
     except yaml.YAMLError as exc:
         raise PreflightError(f"{config}: a config file is not valid YAML ({' '.join(str(exc).split())}); fix: correct "
                              "the line named above") from exc
@@ -59,6 +65,12 @@ def compose_config(config: str | os.PathLike, overrides: list[str] | tuple[str, 
             f"{config}: Hydra cannot compose it with overrides {list(overrides)}: {exc}; fix: correct the key named "
             f"above (verl's keys: verl/trainer/config/_generated_ppo_trainer.yaml; a new key needs a leading +)"
         ) from exc
+    missing = [key for key in ("data", "actor_rollout_ref", "reward", "trainer") if key not in cfg]
+    if missing:
+        raise PreflightError(f"{config}: composes to no GRPO config (no {', '.join(missing)} section), so it does not "
+                             "extend verl's trainer; fix: start it with 'defaults: [base/grpo, _self_]' and the hydra "
+                             "searchpath of configs/rl/*.yaml, in the folder configs/rl")
+    return cfg
 
 
 def check_keys(config: str | os.PathLike, overrides: list[str] | tuple[str, ...], cfg, report: PreflightReport) -> None:
@@ -106,6 +118,33 @@ def validate_with_verl(cfg, report: PreflightReport) -> None:
             f"{sequences}"
         )
     report.ok(f"{sequences} rollouts a step split over {workers} agent-loop workers")
+
+
+def check_run_layout(cfg, report: PreflightReport, *, cpu: bool) -> None:
+    """The checkpoint folder can be written (verl writes it only after the first save interval), and the CPU
+    profile (``configs/rl/overlays/cpu.yaml``, one machine) is not asked for several nodes."""
+    import tempfile
+
+    nodes = int(cfg.trainer.nnodes)
+    if cpu and nodes > 1:
+        raise PreflightError(
+            f"configs/rl/overlays/cpu.yaml runs verl on this one machine, but trainer.nnodes={nodes} (the paper "
+            f"config's): Ray would wait for {nodes} nodes that never join; fix: add the override trainer.nnodes=1"
+        )
+    folder = Path(os.path.expanduser(str(cfg.trainer.default_local_dir)))
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    key = f"trainer.default_local_dir={cfg.trainer.default_local_dir}"
+    if not existing.is_dir():
+        raise PreflightError(f"{key}: {existing} is a file, so the checkpoint folder cannot be created; fix: point "
+                             "trainer.default_local_dir at a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise PreflightError(f"{key}: {existing} is not writable ({exc.strerror}), so the first checkpoint save would "
+                             "fail after hours of training; fix: point trainer.default_local_dir at a writable "
+                             "folder") from None
+    report.ok(f"checkpoints go to {folder} (writable)")
 
 
 ONLINE_FILTER_OVERLAY = "configs/rl/overlays/online_filter.yaml"

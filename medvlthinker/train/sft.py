@@ -3,8 +3,9 @@
 The config is :class:`medvlthinker.train.sft_config.SFTRunConfig`, a ``trl.SFTConfig`` with the paper's defaults,
 loaded and checked by :func:`~medvlthinker.train.sft_config.load_config`. This module checks what a run can check
 before the model loads (:func:`preflight`), builds the ``trl.SFTTrainer`` (:func:`build_trainer`) and trains
-(:func:`run_sft`): it resumes from the newest checkpoint in ``output_dir`` when there is one and saves the final
-model with the base model's processor and chat template.
+(:func:`run_sft`): it resumes from the newest complete checkpoint in ``output_dir`` when it was written by the same
+run (:mod:`medvlthinker.train.sft_resume`) and saves the final model with the base model's processor and chat
+template.
 
 The data is the converter's output (docs/protocol.md contract 4, ``data_process/convert_sft_format.py``): conversational
 prompt-completion rows, so TRL's ``completion_only_loss`` puts the loss on the assistant turn only (with
@@ -17,7 +18,9 @@ import os
 from pathlib import Path
 
 from medvlthinker import env
+from medvlthinker.staging import disk_full_named
 from medvlthinker.train.sft_config import ConfigError, SFTRunConfig, build_sft_config
+from medvlthinker.train.sft_resume import last_complete_checkpoint, prepare_output_dir
 
 
 def load_train_dataset(cfg: SFTRunConfig, *, check_images: bool = False, num_proc: int | None = None):
@@ -159,21 +162,24 @@ def build_trainer(cfg: SFTRunConfig, *, train_dataset=None, callbacks=None):
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest ``checkpoint-N`` directory in ``output_dir``, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    """The newest complete ``checkpoint-N`` directory in ``output_dir``, or None (incomplete ones are skipped)."""
+    return last_complete_checkpoint(output_dir)
 
 
-def run_sft(cfg: SFTRunConfig, *, train_dataset=None, callbacks=None):
-    """Train; resume from the newest checkpoint when ``cfg.resume``; save the final model and processor.
+def run_sft(cfg: SFTRunConfig, *, train_dataset=None, callbacks=None, overwrite: bool = False):
+    """Train; resume from the newest complete checkpoint when ``cfg.resume``; save the final model and processor.
 
+    Before the model loads, ``output_dir`` is checked against this run's identity
+    (:func:`medvlthinker.train.sft_resume.prepare_output_dir`): checkpoints of another run stop it, unless
+    ``overwrite`` removes them. A full disk at a save is one line naming the folder and its free space.
     Returns the trainer (its ``state.log_history`` holds the logged losses).
     """
-    trainer = build_trainer(cfg, train_dataset=train_dataset, callbacks=callbacks)
-    resume_from = last_checkpoint(cfg.output_dir) if cfg.resume else None
+    ds = train_dataset if train_dataset is not None else preflight(cfg)
+    resume_from = prepare_output_dir(cfg, ds, overwrite=overwrite, main_process=is_main_process())
+    trainer = build_trainer(cfg, train_dataset=ds, callbacks=callbacks)
     if resume_from and trainer.is_world_process_zero():
         print(f"resuming from {resume_from}")
-    trainer.train(resume_from_checkpoint=resume_from)
-    trainer.save_model(cfg.output_dir)  # also saves the processor (config, tokenizer, chat template)
+    with disk_full_named(cfg.output_dir, "saving a checkpoint or the model"):
+        trainer.train(resume_from_checkpoint=resume_from)
+        trainer.save_model(cfg.output_dir)  # also saves the processor (config, tokenizer, chat template)
     return trainer

@@ -19,10 +19,14 @@ from medvlthinker import cli
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-@click.option("--sample_rows", type=int, default=64, show_default=True,
+@click.option("--sample_rows", type=click.IntRange(min=1), default=64, show_default=True,
               help="Rows per data file loaded through RLHFDataset and measured.")
-def main(config, overrides, sample_rows):
+@click.option("--sample-rows", "sample_rows_dashed", type=click.IntRange(min=1), hidden=True)  # the former spelling
+def main(config, overrides, sample_rows, sample_rows_dashed):
     """Preflight CONFIG with overlay files and Hydra OVERRIDES (key=value), as for train/rl/train.sh."""
+    if sample_rows_dashed is not None:
+        click.echo("warning: --sample-rows is deprecated and will be removed; spell it --sample_rows", err=True)
+        sample_rows = sample_rows_dashed
     from medvlthinker.train.preflight import run_preflight
     from medvlthinker.train.preflight_config import PreflightError
     from medvlthinker.train.rl import LaunchError, split_arguments

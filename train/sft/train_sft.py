@@ -6,7 +6,8 @@ FSDP on 8 GPUs:                   train/sft/sft.sh configs/sft/qwen2.5-vl-3b_sft
 The config is a ``trl.SFTConfig`` with the paper's defaults (medvlthinker/train/sft_config.py): every key, with its
 help, is listed by --help. Before the model loads, the run checks the model path, the output directory and the data
 set (path, columns, rows, and on the main process every image decoded), so a mistake fails in seconds naming the
-key, file or row.
+key, file or row. A run resumes from the newest complete checkpoint in output_dir when that folder was written by
+the same model, data and trainer arguments; otherwise it stops, and --overwrite starts afresh there.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class _WithConfigKeys(cli.Command):
 @click.option("--print-config", "print_config_dashed", is_flag=True, hidden=True)  # deprecated spelling
 @click.option("--check", is_flag=True,
               help="Check the model path, output directory and data set (path, columns, rows), then exit.")
-def main(config, overrides, print_config, print_config_dashed, check):
+@click.option("--overwrite", is_flag=True,
+              help="Start afresh in output_dir: remove the checkpoints of an earlier run there instead of resuming.")
+def main(config, overrides, print_config, print_config_dashed, check, overwrite):
     """Train with CONFIG; OVERRIDES are key=value pairs of the config's keys."""
     import yaml
 
@@ -55,7 +58,7 @@ def main(config, overrides, print_config, print_config_dashed, check):
         click.echo(f"checked: {cfg.train_data} ({len(ds)} rows), {cfg.output_dir} writable")
     if print_config or check:
         return
-    trainer = run_sft(cfg)
+    trainer = run_sft(cfg, overwrite=overwrite)
     if trainer.is_world_process_zero():
         click.echo(f"saved the model to {cfg.output_dir}")
 
