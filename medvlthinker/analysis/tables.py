@@ -43,7 +43,6 @@ from medvlthinker.benchmarks import BENCHMARKS
 from medvlthinker.inference.regrade import eval_options
 
 LABEL_OF = {b.dataset_name: b.label for b in BENCHMARKS}
-DATASET_OF = {b.label: b.dataset_name for b in BENCHMARKS}
 
 
 @dataclass(frozen=True)
