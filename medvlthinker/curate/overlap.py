@@ -110,11 +110,6 @@ def _collect(out: ImageHashes, position: int, _image_position: int, digest: str 
         out.perceptual[position].append(phash)
 
 
-def image_hashes(ds, *, num_proc: int = 1, desc: str = "hashing images") -> dict[int, list[str]]:
-    """``{row position: [pixel hash per image]}`` for rows with images (an undecodable image hashes to nothing)."""
-    return hash_images(ds, num_proc=num_proc, desc=desc).pixels
-
-
 # ------------------------------------------------------------------------------------------------------ report
 @dataclass
 class OverlapReport:

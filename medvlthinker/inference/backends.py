@@ -114,14 +114,6 @@ class VllmBackend:
             return "unknown"
         return "off" if renderer.mm_processor_cache is None else "on"
 
-    @classmethod
-    def from_llm(cls, llm: Any) -> VllmBackend:
-        """Wrap an engine that already exists (benchmarks compare raw ``LLM.generate`` with the runner on one)."""
-        backend = cls.__new__(cls)
-        backend.engine_args = {}
-        backend.llm = llm
-        return backend
-
     @property
     def max_num_seqs(self) -> int:
         return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)

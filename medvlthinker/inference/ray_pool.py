@@ -41,9 +41,6 @@ class RowQueue:
         taken = [self.positions.pop() for _ in range(min(count, len(self.positions)))]
         return taken
 
-    def remaining(self) -> int:
-        return len(self.positions)
-
 
 class InferenceWorker:
     """One engine of the pool. ``run`` is a generator: records come back to the driver as they finish."""

@@ -185,15 +185,6 @@ def parse_engine_kwargs(text: str | None) -> dict[str, Any]:
     return value
 
 
-def config_from_args(args: dict[str, Any]) -> RunConfig:
-    """A RunConfig from CLI keyword arguments (unknown keys are an error naming them)."""
-    known = set(RunConfig.__dataclass_fields__)
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise TypeError(f"unknown run option(s) {unknown}")
-    return RunConfig(**args)
-
-
 def load_config(path: str | os.PathLike) -> RunConfig:
     """The RunConfig stored in an output directory's args.json."""
     return RunConfig(**json.loads(Path(path).read_text())["args"])
