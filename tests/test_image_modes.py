@@ -41,16 +41,28 @@ def shown(tmp_path_factory, tiny_model_dir, tiny_processor, eval_dataset_dir):
     """The images each mode showed the tiny model, through ``run_rank`` with the transformers backend."""
     from medvlthinker.inference.backends import HfBackend
 
+    import medvlthinker.data
+
     backend = HfBackend(str(tiny_model_dir), batch_size=8)
-    out = {}
+    out, loads = {}, {}
+    load_unified = medvlthinker.data.load_unified
     for mode in ("as_is", "blank", "shuffled"):
         config = RunConfig(model=str(tiny_model_dir), backend="hf", dataset_name=str(eval_dataset_dir),
                            output_dir=str(tmp_path_factory.mktemp(mode)), max_tokens=1, max_pixels=SMALL,
                            image_mode=mode, progress=False)
         builder = ShownImages(tiny_processor, max_pixels=SMALL)
-        assert run_rank(config, 0, backend=backend, builder=builder) == 24
-        out[mode] = builder.shown
+        calls = []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(medvlthinker.data, "load_unified", lambda *a, **k: calls.append(a) or load_unified(*a, **k))
+            assert run_rank(config, 0, backend=backend, builder=builder) == 24
+        out[mode], loads[mode] = builder.shown, len(calls)
+    out["loads"] = loads
     return out
+
+
+def test_every_mode_loads_the_data_set_once(shown):
+    # shuffled draws its donor pictures from the data set the rank already holds, not from a second load
+    assert shown["loads"] == {"as_is": 1, "blank": 1, "shuffled": 1}
 
 
 def test_blank_images_are_uniform_grey_of_the_same_size(shown):

@@ -79,15 +79,19 @@ def make_backend(config: RunConfig, max_images: int):
     raise ValueError(f"unknown backend {config.backend!r}; fix: --backend one of {backends.BACKENDS}")
 
 
-def stream_records(config: RunConfig, rows, builder: Any, backend: Any, *, window: int | None = None):
+def stream_records(config: RunConfig, rows, builder: Any, backend: Any, *, window: int | None = None,
+                   source: Any = None):
     """Generate ``rows`` (any iterable of unified rows, read lazily) and yield one record per row as it finishes.
+    ``source`` is the run's whole data set (:func:`load_rows`), from which ``--image_mode shuffled`` draws its
+    donor pictures; it is loaded here when the caller does not hold it.
 
     At most ``window`` requests exist at any time (default: the backend's batch capacity): a request is built
     (prompt rendered, images decoded and resized) only when the engine has room for it, so memory does not grow
     with the number of rows.
     """
     window = window or config.window or backend.default_window(config.sampling)
-    source = load_rows(config, check_images=False) if config.image_mode == "shuffled" else None
+    if config.image_mode == "shuffled" and source is None:
+        source = load_rows(config, check_images=False)
     requests = (builder.build(row) for row in with_image_mode(rows, config, source))
     for request, completions in backend.generate(requests, config.sampling, window=window):
         yield make_record(request.row, request.prompt, request.prompt_tokens, request.image_tokens, completions,

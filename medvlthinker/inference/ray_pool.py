@@ -66,7 +66,7 @@ class InferenceWorker:
             while positions := ray.get(queue.take.remote(take)):
                 yield from raw_rows(self.rows, positions)
 
-        yield from stream_records(self.config, rows(), self.builder, self.backend, window=window)
+        yield from stream_records(self.config, rows(), self.builder, self.backend, window=window, source=self.rows)
 
     def peak_in_flight(self) -> int:
         return getattr(self.backend, "peak_in_flight", 0)

@@ -151,7 +151,7 @@ def run_rank(config: RunConfig, rank: int, *, validated: bool = False, backend: 
     start = time.perf_counter()
     try:
         with ShardWriter(path) as writer:
-            for record in stream_records(config, raw_rows(todo), builder, backend, window=summary.window):
+            for record in stream_records(config, raw_rows(todo), builder, backend, window=summary.window, source=ds):
                 writer.write(record)
                 summary.add(record)
                 bar.update(1)
