@@ -39,9 +39,8 @@ def _pixels(img) -> str:
 @pytest.fixture(scope="module")
 def shown(tmp_path_factory, tiny_model_dir, tiny_processor, eval_dataset_dir):
     """The images each mode showed the tiny model, through ``run_rank`` with the transformers backend."""
-    from medvlthinker.inference.backends import HfBackend
-
     import medvlthinker.data
+    from medvlthinker.inference.backends import HfBackend
 
     backend = HfBackend(str(tiny_model_dir), batch_size=8)
     out, loads = {}, {}
@@ -53,7 +52,8 @@ def shown(tmp_path_factory, tiny_model_dir, tiny_processor, eval_dataset_dir):
         builder = ShownImages(tiny_processor, max_pixels=SMALL)
         calls = []
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(medvlthinker.data, "load_unified", lambda *a, **k: calls.append(a) or load_unified(*a, **k))
+            mp.setattr(medvlthinker.data, "load_unified",
+                       lambda *a, _calls=calls, **k: _calls.append(a) or load_unified(*a, **k))
             assert run_rank(config, 0, backend=backend, builder=builder) == 24
         out[mode], loads[mode] = builder.shown, len(calls)
     out["loads"] = loads
