@@ -101,22 +101,48 @@ class DiskFullError(UserError):
     """No space left on the device while writing into a folder; the message names it and its free space."""
 
     def __init__(self, folder: str | os.PathLike, what: str = "writing") -> None:
-        folder = Path(folder)
-        probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-        try:
-            free = f"{shutil.disk_usage(probe).free / 2**30:.2f} GiB free"
-        except OSError:
-            free = "free space unknown"
+        free_bytes = _free_bytes(Path(folder))
+        free = "free space unknown" if free_bytes is None else f"{free_bytes / 2**30:.2f} GiB free"
         super().__init__(str(folder), f"no space left on the device while {what} ({free})",
                          fix="free space there or point the output at a disk with room, then run again")
 
 
+# How a full disk reads where the libraries hide the errno: safetensors' Rust writer ("os error 28") and torch.save's
+# C++ stream writer, which reports only a short write ("unexpected pos ...", "file write failed").
+_DISK_FULL_TEXT = ("No space left on device", "os error 28")
+_TORCH_WRITER_TEXT = ("inline_container", "PytorchStreamWriter")
+_NEARLY_FULL_BYTES = 64 * 2**20
+
+
+def _free_bytes(folder: Path) -> int | None:
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def is_disk_full(exc: BaseException, folder: str | os.PathLike) -> bool:
+    """Whether ``exc``, raised while writing into ``folder``, is a full disk: ENOSPC, a library's message for it,
+    or torch's short write while the disk has (almost) no room left."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    text = str(exc)
+    if any(s in text for s in _DISK_FULL_TEXT):
+        return True
+    if any(s in text for s in _TORCH_WRITER_TEXT):
+        free = _free_bytes(Path(folder))
+        return free is not None and free < _NEARLY_FULL_BYTES
+    return False
+
+
 @contextlib.contextmanager
 def disk_full_named(folder: str | os.PathLike, what: str = "writing") -> Iterator[None]:
-    """``OSError`` ENOSPC inside the block becomes :class:`DiskFullError` naming ``folder``; other errors pass."""
+    """A full disk inside the block (:func:`is_disk_full`) becomes :class:`DiskFullError` naming ``folder``; other
+    errors pass."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
+    except Exception as exc:
+        if not is_disk_full(exc, folder):
             raise
         raise DiskFullError(folder, what) from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from medvlthinker.staging import staged
@@ -72,3 +74,45 @@ def test_private_temporary_names_differ_per_thread(tmp_path):
         thread.join()
     assert len(set(names)) == 2 and all(n.startswith(".entry.json.") and n.endswith(".partial") for n in names)
     assert (tmp_path / "entry.json").read_text() == "{}"
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs: a real full disk (mounting needs root and the capability; skipped without them)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_the_libraries_full_disk_errors_are_named_in_one_line(full_disk):
+    import safetensors.torch
+    import torch
+
+    from medvlthinker.staging import DiskFullError, disk_full_named
+
+    tensor = torch.zeros(1_000_000)  # 4 MB into a 1 MiB disk
+    writes = {  # torch.save raises a RuntimeError without errno, safetensors its own error: neither is an OSError
+        "torch.save": lambda: torch.save({"x": tensor}, full_disk / "optimizer.pt"),
+        "safetensors": lambda: safetensors.torch.save_file({"x": tensor}, full_disk / "model.safetensors"),
+    }
+    for write in writes.values():
+        with pytest.raises(DiskFullError, match=r"full: no space left on the device while saving \(0\.00 GiB free\)"):
+            with disk_full_named(full_disk, "saving"):
+                write()
+        for leftover in full_disk.iterdir():
+            leftover.unlink()
+
+
+def test_other_errors_pass_through(tmp_path):
+    from medvlthinker.staging import disk_full_named
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # a short write on a disk with room is not named full
+        with disk_full_named(tmp_path, "saving"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    with pytest.raises(ValueError):
+        with disk_full_named(tmp_path, "saving"):
+            raise ValueError("bad value")
